@@ -1,0 +1,337 @@
+//! Typed settings, layered the way operators expect:
+//!
+//! 1. `config/default.toml`, compiled into the binary, so `confirmd` runs from any directory;
+//! 2. `default.toml` and then `<CONFIRMD_ENV>.toml` (`local` unless set) from the config folder
+//!    (`./config` or `--config DIR`), when present;
+//! 3. environment variables `CONFIRMD_<SECTION>__<KEY>`, e.g. `CONFIRMD_SMTP__PORT=1025`.
+//!
+//! Everything is checked here, at start-up: a bad value stops the process with a message that
+//! names its key, instead of surfacing as a strange failure on the first signup.
+
+use std::{path::Path, time::Duration};
+
+use config::{Config, Environment, File, FileFormat};
+use lettre::message::Mailbox;
+use serde::Deserialize;
+
+use crate::domain::DeliveryMode;
+
+const DEFAULTS: &str = include_str!("../config/default.toml");
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Settings {
+    pub server: ServerSettings,
+    pub database: DatabaseSettings,
+    pub smtp: SmtpSettings,
+    pub mail: MailSettings,
+    pub app: AppSettings,
+    pub delivery: DeliverySettings,
+    pub worker: WorkerSettings,
+    pub token: TokenSettings,
+    pub telemetry: TelemetrySettings,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerSettings {
+    /// `host:port` to listen on; port 0 picks a free port (the tests do).
+    pub listen: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseSettings {
+    pub url: String,
+    /// Connections for reads. Writes always go through one connection: SQLite has one writer.
+    pub max_connections: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SmtpTls {
+    /// Plain SMTP, for local catchers such as MailHog and maildev.
+    None,
+    /// Plain connect, then upgrade with STARTTLS (submission port 587).
+    Starttls,
+    /// TLS from the first byte (port 465).
+    Tls,
+}
+
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SmtpSettings {
+    pub host: String,
+    pub port: u16,
+    pub tls: SmtpTls,
+    /// Empty means no authentication.
+    pub username: String,
+    pub password: String,
+    /// The longest one send may take, connection included, before it counts as failed.
+    pub timeout_ms: u64,
+    /// How many SMTP connections the transport keeps open and reuses.
+    pub pool_size: u32,
+}
+
+impl std::fmt::Debug for SmtpSettings {
+    /// Hand-written so the password never reaches a log.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SmtpSettings")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("tls", &self.tls)
+            .field("username", &self.username)
+            .field("timeout_ms", &self.timeout_ms)
+            .field("pool_size", &self.pool_size)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SmtpSettings {
+    pub fn timeout(&self) -> Duration {
+        Duration::from_millis(self.timeout_ms)
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MailSettings {
+    /// `Name <address>` or a bare address.
+    pub from: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AppSettings {
+    /// Public origin of the service, used to build the link in the email.
+    pub base_url: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeliverySettings {
+    /// The mode of a `POST /signups` that names none.
+    pub default_mode: DeliveryMode,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkerSettings {
+    pub concurrency: usize,
+    pub queue_capacity: usize,
+    pub max_attempts: u32,
+    pub retry_base_ms: u64,
+    pub retry_max_ms: u64,
+    pub sweep_interval_ms: u64,
+    pub lease_ms: u64,
+    pub shutdown_timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenSettings {
+    pub ttl_hours: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Pretty,
+    Json,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TelemetrySettings {
+    pub format: LogFormat,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("configuration: {0}")]
+    Load(#[from] config::ConfigError),
+    #[error("configuration: `{key}` {problem}")]
+    Invalid { key: &'static str, problem: String },
+}
+
+impl Settings {
+    /// Defaults, then the files in `dir` (if it exists), then `CONFIRMD_*` variables.
+    pub fn load(dir: &Path) -> Result<Settings, ConfigError> {
+        let environment = std::env::var("CONFIRMD_ENV").unwrap_or_else(|_| "local".to_owned());
+        let settings: Settings = Config::builder()
+            .add_source(File::from_str(DEFAULTS, FileFormat::Toml))
+            .add_source(File::from(dir.join("default.toml")).required(false))
+            .add_source(File::from(dir.join(format!("{environment}.toml"))).required(false))
+            .add_source(
+                Environment::with_prefix("CONFIRMD")
+                    .prefix_separator("_")
+                    .separator("__")
+                    .try_parsing(true),
+            )
+            .build()?
+            .try_deserialize()?;
+        settings.validated()
+    }
+
+    /// The compiled-in defaults alone: what the tests start from.
+    pub fn defaults() -> Settings {
+        Config::builder()
+            .add_source(File::from_str(DEFAULTS, FileFormat::Toml))
+            .build()
+            .and_then(Config::try_deserialize)
+            .expect("config/default.toml is valid")
+    }
+
+    /// Checks what types alone cannot, and normalizes `app.base_url`.
+    pub fn validated(mut self) -> Result<Settings, ConfigError> {
+        fn invalid(key: &'static str, problem: impl Into<String>) -> ConfigError {
+            ConfigError::Invalid {
+                key,
+                problem: problem.into(),
+            }
+        }
+        self.mail
+            .from
+            .parse::<Mailbox>()
+            .map_err(|e| invalid("mail.from", format!("is not a valid mailbox: {e}")))?;
+        let base = self.app.base_url.trim().trim_end_matches('/');
+        if !(base.starts_with("http://") || base.starts_with("https://"))
+            || base.contains(char::is_whitespace)
+        {
+            return Err(invalid(
+                "app.base_url",
+                "must be an http:// or https:// URL",
+            ));
+        }
+        self.app.base_url = base.to_owned();
+        if self.smtp.host.trim().is_empty() {
+            return Err(invalid("smtp.host", "must not be empty"));
+        }
+        if self.smtp.username.is_empty() != self.smtp.password.is_empty() {
+            return Err(invalid(
+                "smtp.password",
+                "must be set together with smtp.username",
+            ));
+        }
+        let positive: [(&'static str, u64); 9] = [
+            ("smtp.timeout_ms", self.smtp.timeout_ms),
+            ("smtp.pool_size", self.smtp.pool_size.into()),
+            (
+                "database.max_connections",
+                self.database.max_connections.into(),
+            ),
+            ("worker.concurrency", self.worker.concurrency as u64),
+            ("worker.queue_capacity", self.worker.queue_capacity as u64),
+            ("worker.max_attempts", self.worker.max_attempts.into()),
+            ("worker.retry_base_ms", self.worker.retry_base_ms),
+            ("worker.sweep_interval_ms", self.worker.sweep_interval_ms),
+            ("token.ttl_hours", self.token.ttl_hours),
+        ];
+        if let Some((key, _)) = positive.iter().find(|(_, value)| *value == 0) {
+            return Err(invalid(key, "must be at least 1"));
+        }
+        if self.worker.retry_max_ms < self.worker.retry_base_ms {
+            return Err(invalid(
+                "worker.retry_max_ms",
+                "must be at least worker.retry_base_ms",
+            ));
+        }
+        if self.worker.lease_ms <= self.smtp.timeout_ms {
+            return Err(invalid(
+                "worker.lease_ms",
+                "must be longer than smtp.timeout_ms, or a slow send could be taken over and sent twice",
+            ));
+        }
+        if self.token.ttl_hours > 24 * 365 {
+            return Err(invalid("token.ttl_hours", "must be at most a year"));
+        }
+        Ok(self)
+    }
+
+    pub fn mail_from(&self) -> Mailbox {
+        self.mail.from.parse().expect("validated at load")
+    }
+}
+
+impl WorkerSettings {
+    pub fn retry_base(&self) -> Duration {
+        Duration::from_millis(self.retry_base_ms)
+    }
+    pub fn retry_max(&self) -> Duration {
+        Duration::from_millis(self.retry_max_ms)
+    }
+    pub fn sweep_interval(&self) -> Duration {
+        Duration::from_millis(self.sweep_interval_ms)
+    }
+    pub fn lease(&self) -> Duration {
+        Duration::from_millis(self.lease_ms)
+    }
+    pub fn shutdown_timeout(&self) -> Duration {
+        Duration::from_millis(self.shutdown_timeout_ms)
+    }
+}
+
+impl TokenSettings {
+    pub fn ttl(&self) -> Duration {
+        Duration::from_secs(self.ttl_hours * 3600)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn compiled_in_defaults_are_valid_and_fit_a_local_mailhog() {
+        let settings = Settings::defaults().validated().unwrap();
+        assert_eq!(settings.smtp.host, "127.0.0.1");
+        assert_eq!(settings.smtp.port, 1025);
+        assert_eq!(settings.server.listen, "127.0.0.1:3000");
+        assert_eq!(settings.delivery.default_mode, DeliveryMode::Background);
+        assert_eq!(settings.worker.concurrency, 4);
+    }
+
+    #[test]
+    fn a_bad_value_names_its_key() {
+        let mut settings = Settings::defaults();
+        settings.mail.from = "not a mailbox".into();
+        let err = settings.validated().unwrap_err().to_string();
+        assert!(err.contains("mail.from"), "{err}");
+
+        let mut settings = Settings::defaults();
+        settings.worker.concurrency = 0;
+        assert!(
+            settings
+                .validated()
+                .unwrap_err()
+                .to_string()
+                .contains("worker.concurrency")
+        );
+
+        let mut settings = Settings::defaults();
+        settings.worker.lease_ms = settings.smtp.timeout_ms;
+        assert!(
+            settings
+                .validated()
+                .unwrap_err()
+                .to_string()
+                .contains("worker.lease_ms")
+        );
+    }
+
+    #[test]
+    fn files_layer_over_the_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("default.toml"), "[smtp]\nport = 2525\n").unwrap();
+        let settings = Settings::load(dir.path()).unwrap();
+        assert_eq!(settings.smtp.port, 2525);
+        assert_eq!(settings.smtp.host, "127.0.0.1");
+
+        std::fs::write(
+            dir.path().join("default.toml"),
+            "[smtp]\nport = \"twenty\"\n",
+        )
+        .unwrap();
+        let err = Settings::load(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("smtp.port"), "{err}");
+    }
+}

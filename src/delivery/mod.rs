@@ -1,0 +1,321 @@
+//! Getting the confirmation email out: the part of confirmd that the two modes differ in.
+//!
+//! Both modes first write the user, the token and an **outbox** row in one transaction. Then:
+//!
+//! - **sync**: the request itself sends the email and answers only when the SMTP server has
+//!   accepted it. Its outbox row was written already claimed (state `sending`, with a lease), so
+//!   no worker sends it at the same time; if SMTP fails, the row goes back to the queue and a
+//!   worker delivers it later, while the caller gets a 502/504.
+//! - **background**: the request puts the row's id on a bounded channel and answers at once. A
+//!   pool of workers ([`worker`]) takes ids off the channel, claims each row (so no two senders
+//!   ever hold it), sends, and marks it sent, or schedules a retry with exponential backoff.
+//!
+//! The channel is only a wake-up call: the outbox table is the queue. If the channel is full,
+//! or the process dies with ids in it, nothing is lost: the [`sweeper`] finds due rows in the
+//! table (and rows whose sender died mid-send) and feeds them to the workers again.
+//!
+//! Nothing here knows about HTTP: the `http` module calls [`Delivery::signup`] and maps the result.
+
+mod retry;
+mod sweeper;
+mod worker;
+
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use tokio::sync::mpsc;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tracing::{Instrument, info_span, warn};
+
+pub use retry::Backoff;
+
+use crate::{
+    clock,
+    config::Settings,
+    domain::{ConfirmationToken, DeliveryMode, SubscriberEmail, SubscriberName},
+    mail::{ConfirmationEmail, Mailer, SendError},
+    store::{NewSignup, OutboxId, Store, StoreError},
+};
+
+/// What a worker is told: which row, and enough context to report how long it waited.
+#[derive(Debug)]
+pub(crate) struct Job {
+    id: OutboxId,
+    /// When the id entered the channel, to measure queue wait (commit → pick-up).
+    enqueued_at: Instant,
+}
+
+/// Settings the delivery core needs, copied out of [`Settings`] once.
+#[derive(Debug, Clone)]
+pub(crate) struct Policy {
+    base_url: String,
+    token_ttl: Duration,
+    lease: Duration,
+    backoff: Backoff,
+    max_attempts: u32,
+    sweep_interval: Duration,
+    sweep_batch: usize,
+}
+
+/// The delivery core: shared by the HTTP handlers, the workers and the sweeper.
+#[derive(Clone)]
+pub struct Delivery {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Store,
+    mailer: Mailer,
+    policy: Policy,
+    jobs: mpsc::Sender<Job>,
+    /// Sync sends run as their own tasks, tracked here with the workers, so that a client that
+    /// hangs up mid-send cannot abandon an email half-sent and shutdown waits for them.
+    tasks: TaskTracker,
+}
+
+/// A committed signup and what became of its email so far.
+#[derive(Debug, Clone)]
+pub struct SignupReceipt {
+    pub user_id: String,
+    pub email: String,
+    pub mode: DeliveryMode,
+    /// The outbox state as the request leaves it: `sent` (sync) or `queued` (background).
+    pub state: &'static str,
+    /// Time in the signup transaction.
+    pub db_time: Duration,
+    /// Time waiting for SMTP (sync mode only).
+    pub smtp_time: Option<Duration>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SignupError {
+    #[error("{0} is already confirmed")]
+    AlreadyConfirmed(String),
+    /// Sync mode: the signup is stored and its email queued for a retry, but SMTP failed now.
+    #[error("the signup is saved but its email could not be sent now: {error}")]
+    SendFailed {
+        receipt: SignupReceipt,
+        error: SendError,
+    },
+    #[error(transparent)]
+    Store(StoreError),
+    /// The send task panicked: a bug, not an input problem. The row's lease brings it back.
+    #[error("the send task failed: {0}")]
+    Internal(String),
+}
+
+impl From<StoreError> for SignupError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::AlreadyConfirmed(email) => SignupError::AlreadyConfirmed(email),
+            other => SignupError::Store(other),
+        }
+    }
+}
+
+/// What one attempt at sending a claimed row came to; the worker logs it.
+#[derive(Debug)]
+pub(crate) enum Attempt {
+    Sent,
+    Retrying { after: Duration, error: SendError },
+    Failed { error: SendError },
+}
+
+impl Delivery {
+    /// Builds the delivery core and starts its workers and sweeper on `tasks`; they stop when
+    /// `shutdown` is cancelled, each finishing the email in hand.
+    pub fn start(
+        settings: &Settings,
+        store: Store,
+        mailer: Mailer,
+        shutdown: CancellationToken,
+        tasks: TaskTracker,
+    ) -> Delivery {
+        let worker = &settings.worker;
+        let (jobs, receiver) = mpsc::channel(worker.queue_capacity);
+        let policy = Policy {
+            base_url: settings.app.base_url.clone(),
+            token_ttl: settings.token.ttl(),
+            lease: worker.lease(),
+            backoff: Backoff::new(worker.retry_base(), worker.retry_max()),
+            max_attempts: worker.max_attempts,
+            sweep_interval: worker.sweep_interval(),
+            sweep_batch: worker.queue_capacity,
+        };
+        let delivery = Delivery {
+            inner: Arc::new(Inner {
+                store,
+                mailer,
+                policy,
+                jobs,
+                tasks: tasks.clone(),
+            }),
+        };
+        worker::spawn_pool(
+            delivery.clone(),
+            receiver,
+            worker.concurrency,
+            shutdown.clone(),
+            &tasks,
+        );
+        tasks.spawn(sweeper::run(delivery.clone(), shutdown));
+        delivery
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.inner.store
+    }
+
+    pub fn mailer(&self) -> &Mailer {
+        &self.inner.mailer
+    }
+
+    /// Stores a signup and delivers its email in the requested mode.
+    pub async fn signup(
+        &self,
+        email: &SubscriberEmail,
+        name: Option<&SubscriberName>,
+        mode: DeliveryMode,
+        request_id: Option<&str>,
+    ) -> Result<SignupReceipt, SignupError> {
+        let policy = &self.inner.policy;
+        let token = ConfirmationToken::generate();
+        let now = clock::now_ms();
+        let claimed_until = (mode == DeliveryMode::Sync).then(|| clock::ms_from_now(policy.lease));
+        let new = NewSignup {
+            email,
+            name,
+            token: token.expose(),
+            token_hash: &token.hash(),
+            token_expires_at: clock::ms_from_now(policy.token_ttl),
+            mode,
+            request_id,
+            claimed_until,
+            now,
+        };
+        let started = Instant::now();
+        let stored = self
+            .inner
+            .store
+            .create_signup(&new)
+            .instrument(info_span!("db.transaction"))
+            .await?;
+        let db_time = started.elapsed();
+        let mut receipt = SignupReceipt {
+            user_id: stored.user_id,
+            email: stored.email,
+            mode,
+            state: "queued",
+            db_time,
+            smtp_time: None,
+        };
+
+        match mode {
+            DeliveryMode::Background => {
+                self.enqueue(stored.outbox_id);
+                Ok(receipt)
+            }
+            DeliveryMode::Sync => {
+                let this = self.clone();
+                let link = self.link(&token);
+                let id = stored.outbox_id;
+                let (to, name) = (receipt.email.clone(), name.map(|n| n.as_str().to_owned()));
+                let started = Instant::now();
+                let send = async move {
+                    let email = ConfirmationEmail {
+                        to_address: &to,
+                        to_name: name.as_deref(),
+                        link: &link,
+                    };
+                    this.attempt(id, &email, 1).await
+                };
+                let attempt = self
+                    .inner
+                    .tasks
+                    .spawn(send.instrument(info_span!("smtp.send", outbox_id = %id)))
+                    .await
+                    .map_err(|e| SignupError::Internal(e.to_string()))??;
+                receipt.smtp_time = Some(started.elapsed());
+                match attempt {
+                    Attempt::Sent => {
+                        receipt.state = "sent";
+                        Ok(receipt)
+                    }
+                    Attempt::Retrying { error, .. } => {
+                        Err(SignupError::SendFailed { receipt, error })
+                    }
+                    Attempt::Failed { error } => {
+                        receipt.state = "failed";
+                        Err(SignupError::SendFailed { receipt, error })
+                    }
+                }
+            }
+        }
+    }
+
+    /// Hands a committed row to the workers without waiting: if the channel is full the row
+    /// simply stays queued in the table, and the sweeper brings it back.
+    fn enqueue(&self, id: OutboxId) {
+        let job = Job {
+            id,
+            enqueued_at: Instant::now(),
+        };
+        if let Err(e) = self.inner.jobs.try_send(job) {
+            match e {
+                mpsc::error::TrySendError::Full(_) => {
+                    warn!(outbox_id = %id, "worker queue full; the sweeper will pick the email up")
+                }
+                mpsc::error::TrySendError::Closed(_) => {
+                    warn!(outbox_id = %id, "workers stopped; the email stays queued for the next start")
+                }
+            }
+        }
+    }
+
+    fn link(&self, token: &ConfirmationToken) -> String {
+        format!(
+            "{}/confirm?token={}",
+            self.inner.policy.base_url,
+            token.expose()
+        )
+    }
+
+    /// Sends a claimed row once and records the outcome: sent, retry later, or failed for good.
+    async fn attempt(
+        &self,
+        id: OutboxId,
+        email: &ConfirmationEmail<'_>,
+        attempts: i64,
+    ) -> Result<Attempt, StoreError> {
+        let store = &self.inner.store;
+        let policy = &self.inner.policy;
+        let result = match self.inner.mailer.confirmation(email) {
+            Ok(message) => self.inner.mailer.send(message).await,
+            Err(e) => Err(SendError::Permanent(e.to_string())),
+        };
+        let error = match result {
+            Ok(()) => {
+                store.mark_sent(id, clock::now_ms()).await?;
+                return Ok(Attempt::Sent);
+            }
+            Err(error) => error,
+        };
+        let out_of_attempts = attempts >= i64::from(policy.max_attempts);
+        if !error.is_retryable() || out_of_attempts {
+            let reason = if error.is_retryable() {
+                format!("gave up after {attempts} attempts: {error}")
+            } else {
+                error.to_string()
+            };
+            store.mark_failed(id, &reason).await?;
+            return Ok(Attempt::Failed { error });
+        }
+        let after = policy.backoff.delay(attempts);
+        store
+            .mark_retry(id, clock::ms_from_now(after), &error.to_string())
+            .await?;
+        Ok(Attempt::Retrying { after, error })
+    }
+}

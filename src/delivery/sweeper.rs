@@ -1,0 +1,52 @@
+//! The sweeper: the safety net that makes the channel a mere wake-up call.
+//!
+//! At start-up and then every `worker.sweep_interval_ms` it takes back rows whose lease expired
+//! (their sender died mid-send), and offers the workers every queued row that is due: retries
+//! whose backoff has passed, rows the full channel could not take, rows left by the last run.
+
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info};
+
+use super::Delivery;
+use crate::clock;
+
+pub(super) async fn run(delivery: Delivery, shutdown: CancellationToken) {
+    let interval = delivery.inner.policy.sweep_interval;
+    loop {
+        if let Err(e) = sweep(&delivery).await {
+            error!(error = %e, "sweep failed; trying again next interval");
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => break,
+            () = tokio::time::sleep(interval) => {}
+        }
+    }
+    debug!("sweeper stopped");
+}
+
+async fn sweep(delivery: &Delivery) -> Result<(), crate::store::StoreError> {
+    let store = delivery.store();
+    let now = clock::now_ms();
+    let reclaimed = store.reclaim_expired_leases(now).await?;
+    if reclaimed > 0 {
+        info!(reclaimed, "took back emails whose sender's lease expired");
+    }
+    // Offer no more than the channel can hold right now: what does not fit waits for the next
+    // sweep, and a busy pool is not flooded with duplicates of ids it already holds.
+    let room = delivery
+        .inner
+        .jobs
+        .capacity()
+        .min(delivery.inner.policy.sweep_batch);
+    if room == 0 {
+        return Ok(());
+    }
+    let due = store.due_emails(now, room as i64).await?;
+    if !due.is_empty() {
+        debug!(count = due.len(), "offering due emails to the workers");
+    }
+    for id in due {
+        delivery.enqueue(id);
+    }
+    Ok(())
+}

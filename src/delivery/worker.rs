@@ -1,0 +1,119 @@
+//! The worker pool: `concurrency` tokio tasks sharing one channel receiver.
+//!
+//! Each worker is one of the "waiters" of the README: it takes an id, claims the row, waits on
+//! the SMTP server, records the outcome and takes the next. While one waits on the network the
+//! others run; that is concurrency on a handful of threads, not one thread per email.
+
+use std::{sync::Arc, time::Instant};
+
+use tokio::sync::{Mutex, mpsc};
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tracing::{Instrument, Span, error, field, info, info_span, warn};
+
+use super::{Attempt, Delivery, Job};
+use crate::{clock, mail::ConfirmationEmail, telemetry::millis};
+
+pub(super) fn spawn_pool(
+    delivery: Delivery,
+    receiver: mpsc::Receiver<Job>,
+    concurrency: usize,
+    shutdown: CancellationToken,
+    tasks: &TaskTracker,
+) {
+    // tokio's mpsc has one receiver; the workers take turns holding it. The lock is held only
+    // while waiting for the next id, never while sending.
+    let receiver = Arc::new(Mutex::new(receiver));
+    for worker in 0..concurrency {
+        tasks.spawn(run(
+            worker,
+            delivery.clone(),
+            receiver.clone(),
+            shutdown.clone(),
+        ));
+    }
+}
+
+async fn run(
+    worker: usize,
+    delivery: Delivery,
+    receiver: Arc<Mutex<mpsc::Receiver<Job>>>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let job = tokio::select! {
+            // Stop taking new work at shutdown; what is still in the channel stays queued in the
+            // table for the next start.
+            biased;
+            () = shutdown.cancelled() => break,
+            job = async { receiver.lock().await.recv().await } => match job {
+                Some(job) => job,
+                None => break,
+            },
+        };
+        // Once taken, a job is finished even during shutdown (bounded by the SMTP timeout).
+        deliver(&delivery, job).await;
+    }
+    info!(worker, "worker stopped");
+}
+
+/// Claims, sends and records one outbox row, in a span that carries the queue wait, the send
+/// time and the id of the request that created it.
+async fn deliver(delivery: &Delivery, job: Job) {
+    let queue_wait_ms = millis(job.enqueued_at.elapsed());
+    let span = info_span!(
+        "delivery",
+        outbox_id = %job.id,
+        request_id = field::Empty,
+        attempt = field::Empty,
+        queue_wait_ms,
+        send_ms = field::Empty,
+        outcome = field::Empty,
+    );
+    async {
+        let store = delivery.store();
+        let now = clock::now_ms();
+        let claimed = match store.claim(job.id, now, clock::ms_from_now(delivery.inner.policy.lease)).await {
+            Ok(Some(claimed)) => claimed,
+            // Someone else has it, it is not due, or it was superseded: nothing to do.
+            Ok(None) => return,
+            Err(e) => {
+                error!(error = %e, "cannot claim the email; the sweeper will offer it again");
+                return;
+            }
+        };
+        let span = Span::current();
+        span.record("attempt", claimed.attempts);
+        if let Some(request_id) = &claimed.request_id {
+            span.record("request_id", request_id.as_str());
+        }
+        let email = ConfirmationEmail {
+            to_address: &claimed.recipient,
+            to_name: claimed.recipient_name.as_deref(),
+            link: &format!("{}/confirm?token={}", delivery.inner.policy.base_url, claimed.token),
+        };
+        let sending = Instant::now();
+        let attempt = delivery.attempt(claimed.id, &email, claimed.attempts).await;
+        span.record("send_ms", millis(sending.elapsed()));
+        // Commit → SMTP accepted, the figure background mode is judged by.
+        let end_to_end_ms = clock::now_ms().saturating_sub(claimed.created_at);
+        match attempt {
+            Ok(Attempt::Sent) => {
+                span.record("outcome", "sent");
+                info!(end_to_end_ms, "email sent");
+            }
+            Ok(Attempt::Retrying { after, error }) => {
+                span.record("outcome", "retry");
+                warn!(error = %error, retry_in_ms = after.as_millis() as u64, "send failed; will retry");
+            }
+            Ok(Attempt::Failed { error }) => {
+                span.record("outcome", "failed");
+                error!(error = %error, "email failed for good");
+            }
+            Err(e) => {
+                error!(error = %e, "cannot record the outcome; the lease will bring the email back");
+            }
+        }
+    }
+    .instrument(span)
+    .await
+}

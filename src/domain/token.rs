@@ -1,0 +1,84 @@
+use std::fmt;
+
+use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
+use sha2::{Digest, Sha256};
+
+/// A confirmation token: 256 bits from the operating system's CSPRNG, written as 43 characters
+/// of unpadded base64url so it sits in a URL untouched. Only its [`TokenHash`] is stored with the
+/// user. `Debug` does not print it, so it cannot leak into logs by accident.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ConfirmationToken(String);
+
+/// SHA-256 of a token: what the database keeps and looks up. A fast hash is enough here (unlike
+/// passwords) because the token has 256 bits of entropy: there is nothing to brute-force.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenHash(pub [u8; 32]);
+
+#[derive(Debug, thiserror::Error)]
+#[error("the token is malformed: expected 43 characters of base64url")]
+pub struct MalformedToken;
+
+impl ConfirmationToken {
+    const ENCODED_LEN: usize = 43;
+
+    pub fn generate() -> Self {
+        let mut bytes = [0u8; 32];
+        getrandom::fill(&mut bytes).expect("the operating system's random source failed");
+        ConfirmationToken(URL_SAFE_NO_PAD.encode(bytes))
+    }
+
+    /// Accepts only what [`generate`](Self::generate) can produce, so a malformed link is told
+    /// apart from an unknown one.
+    pub fn parse(input: &str) -> Result<Self, MalformedToken> {
+        if input.len() != Self::ENCODED_LEN {
+            return Err(MalformedToken);
+        }
+        match URL_SAFE_NO_PAD.decode(input) {
+            Ok(bytes) if bytes.len() == 32 => Ok(ConfirmationToken(input.to_owned())),
+            _ => Err(MalformedToken),
+        }
+    }
+
+    pub fn hash(&self) -> TokenHash {
+        TokenHash(Sha256::digest(self.0.as_bytes()).into())
+    }
+
+    /// The token itself, for the one place it is needed: the link in the email.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for ConfirmationToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ConfirmationToken(..)")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_tokens_parse_and_differ() {
+        let a = ConfirmationToken::generate();
+        let b = ConfirmationToken::generate();
+        assert_ne!(a, b);
+        assert_eq!(ConfirmationToken::parse(a.expose()).unwrap(), a);
+        assert_ne!(a.hash(), b.hash());
+        assert!(!format!("{a:?}").contains(a.expose()));
+    }
+
+    #[test]
+    fn malformed_tokens_are_rejected() {
+        let good = ConfirmationToken::generate();
+        for bad in [
+            "",
+            "short",
+            &format!("{}=", &good.expose()[..42]),
+            &format!("{}A", good.expose()),
+        ] {
+            assert!(ConfirmationToken::parse(bad).is_err(), "{bad:?}");
+        }
+    }
+}

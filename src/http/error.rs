@@ -1,0 +1,230 @@
+//! One error type for every route, answered as `application/problem+json` (RFC 9457).
+//!
+//! Handlers return `Result<_, http::Error>` and use `?`; this is the only place that decides a
+//! status code. Server-side causes are logged here with their source chain and never shown to the
+//! client, whose `detail` says what to do instead.
+
+use axum::{
+    Json,
+    extract::rejection::{JsonRejection, QueryRejection},
+    http::{HeaderValue, StatusCode, header},
+    response::{IntoResponse, Response},
+};
+use serde::Serialize;
+
+use crate::{
+    delivery::SignupError,
+    domain::{EmailError, MalformedToken, NameError, UnknownMode},
+    mail::SendError,
+    store::StoreError,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    Unprocessable(String),
+    #[error("{0}")]
+    UnsupportedMediaType(String),
+    #[error("{0}")]
+    PayloadTooLarge(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    MethodNotAllowed(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    Gone(String),
+    /// Sync mode only: SMTP failed; the signup is stored and its email will be retried.
+    #[error("{detail}")]
+    Smtp {
+        detail: String,
+        timeout: bool,
+        id: String,
+    },
+    #[error("not ready: {0}")]
+    NotReady(String),
+    #[error("the database is unavailable")]
+    Unavailable(#[source] StoreError),
+    #[error("internal error")]
+    Internal(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
+/// The RFC 9457 body. `type` is `about:blank` (RFC 9457 §4.2.1): the status and title say it all,
+/// and we do not host pages of error documentation.
+#[derive(Serialize)]
+struct Problem<'a> {
+    r#type: &'static str,
+    title: &'a str,
+    status: u16,
+    detail: String,
+    /// The signup the error is about, when one was stored (sync mode with SMTP down).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id: Option<&'a str>,
+}
+
+impl Error {
+    fn status(&self) -> StatusCode {
+        match self {
+            Error::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Error::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            Error::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Error::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Error::NotFound(_) => StatusCode::NOT_FOUND,
+            Error::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            Error::Conflict(_) => StatusCode::CONFLICT,
+            Error::Gone(_) => StatusCode::GONE,
+            Error::Smtp { timeout: true, .. } => StatusCode::GATEWAY_TIMEOUT,
+            Error::Smtp { timeout: false, .. } => StatusCode::BAD_GATEWAY,
+            Error::NotReady(_) | Error::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+}
+
+impl IntoResponse for Error {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        match &self {
+            Error::Unavailable(e) => {
+                tracing::error!(error = %ErrorChain(e), "database unavailable")
+            }
+            Error::Internal(e) => {
+                tracing::error!(error = %ErrorChain(e.as_ref()), "internal error")
+            }
+            Error::Smtp { detail, .. } => tracing::warn!(%detail, "sync send failed"),
+            _ => {}
+        }
+        let detail = match &self {
+            Error::Unavailable(_) => "The database is unavailable; try again shortly.".to_owned(),
+            Error::Internal(_) => {
+                "Something went wrong on our side; it has been logged.".to_owned()
+            }
+            other => other.to_string(),
+        };
+        let id = match &self {
+            Error::Smtp { id, .. } => Some(id.as_str()),
+            _ => None,
+        };
+        let problem = Problem {
+            r#type: "about:blank",
+            title: status.canonical_reason().unwrap_or("Error"),
+            status: status.as_u16(),
+            detail,
+            id,
+        };
+        let mut response = (status, Json(problem)).into_response();
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
+        if status == StatusCode::METHOD_NOT_ALLOWED {
+            // Only the routes that reach this fallback are ours; they each accept GET, or POST for /signups.
+            response
+                .headers_mut()
+                .insert(header::ALLOW, HeaderValue::from_static("GET, POST"));
+        }
+        response
+    }
+}
+
+/// Formats an error with its whole `source()` chain, for the log.
+struct ErrorChain<'a>(&'a (dyn std::error::Error + 'static));
+
+impl std::fmt::Display for ErrorChain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut source = self.0.source();
+        while let Some(cause) = source {
+            write!(f, ": {cause}")?;
+            source = cause.source();
+        }
+        Ok(())
+    }
+}
+
+impl From<JsonRejection> for Error {
+    fn from(rejection: JsonRejection) -> Self {
+        let detail = rejection.body_text();
+        match rejection {
+            JsonRejection::MissingJsonContentType(_) => Error::UnsupportedMediaType(
+                "Send the body as JSON with `Content-Type: application/json`.".into(),
+            ),
+            JsonRejection::JsonDataError(_) => Error::Unprocessable(detail),
+            JsonRejection::JsonSyntaxError(_) => Error::BadRequest(detail),
+            other if other.status() == StatusCode::PAYLOAD_TOO_LARGE => Error::PayloadTooLarge(
+                format!("The body is larger than {} bytes.", super::BODY_LIMIT),
+            ),
+            _ => Error::BadRequest(detail),
+        }
+    }
+}
+
+impl From<QueryRejection> for Error {
+    fn from(rejection: QueryRejection) -> Self {
+        Error::BadRequest(rejection.body_text())
+    }
+}
+
+impl From<EmailError> for Error {
+    fn from(e: EmailError) -> Self {
+        Error::Unprocessable(e.to_string())
+    }
+}
+
+impl From<NameError> for Error {
+    fn from(e: NameError) -> Self {
+        Error::Unprocessable(e.to_string())
+    }
+}
+
+impl From<UnknownMode> for Error {
+    fn from(e: UnknownMode) -> Self {
+        Error::Unprocessable(e.to_string())
+    }
+}
+
+impl From<MalformedToken> for Error {
+    fn from(e: MalformedToken) -> Self {
+        Error::BadRequest(e.to_string())
+    }
+}
+
+impl From<StoreError> for Error {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::AlreadyConfirmed(email) => {
+                Error::Conflict(format!("{email} is already confirmed."))
+            }
+            other => Error::Unavailable(other),
+        }
+    }
+}
+
+impl From<SignupError> for Error {
+    fn from(e: SignupError) -> Self {
+        match e {
+            SignupError::AlreadyConfirmed(email) => {
+                Error::Conflict(format!("{email} is already confirmed."))
+            }
+            SignupError::SendFailed { receipt, error } => {
+                let next = if error.is_retryable() {
+                    "it has been queued and will be retried"
+                } else {
+                    "it will not be retried"
+                };
+                Error::Smtp {
+                    detail: format!(
+                        "The signup is saved, but its confirmation email could not be sent now ({error}); {next}."
+                    ),
+                    timeout: matches!(error, SendError::Timeout(_)),
+                    id: receipt.user_id,
+                }
+            }
+            SignupError::Store(e) => Error::Unavailable(e),
+            SignupError::Internal(e) => Error::Internal(e.into()),
+        }
+    }
+}

@@ -1,0 +1,157 @@
+//! The HTTP layer: axum routes that parse requests into domain values, call the delivery core,
+//! and turn its results into responses. One module per resource, each exporting `router()`.
+//!
+//! Every response, errors included, passes through [`observe`]: it gives the request an id
+//! (`x-request-id`), runs it inside a `request` span, adds `Server-Timing`, and logs one line
+//! with the method, route, mode, status and latency in milliseconds.
+
+mod confirm;
+mod error;
+mod health;
+mod signups;
+
+use std::{
+    panic::AssertUnwindSafe,
+    time::{Duration, Instant},
+};
+
+use axum::{
+    Router,
+    extract::{DefaultBodyLimit, FromRequest, MatchedPath, Request},
+    http::{HeaderName, HeaderValue},
+    middleware::{self, Next},
+    response::{IntoResponse, Response},
+};
+use futures_util::FutureExt;
+use serde::de::DeserializeOwned;
+use tracing::{Instrument, field, info, info_span};
+
+pub use error::Error;
+
+use crate::{delivery::Delivery, domain::DeliveryMode};
+
+/// The largest request body accepted: a signup is two short strings.
+pub const BODY_LIMIT: usize = 16 * 1024;
+
+const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+const SERVER_TIMING: HeaderName = HeaderName::from_static("server-timing");
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct ApiContext {
+    pub delivery: Delivery,
+    pub default_mode: DeliveryMode,
+}
+
+pub fn router(ctx: ApiContext) -> Router {
+    Router::new()
+        .merge(signups::router())
+        .merge(confirm::router())
+        .merge(health::router())
+        .fallback(|| async { Error::NotFound("There is nothing at this path.".into()) })
+        .method_not_allowed_fallback(|| async {
+            Error::MethodNotAllowed("This path does not accept that method.".into())
+        })
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(middleware::from_fn(observe))
+        .with_state(ctx)
+}
+
+/// The request's id, from a well-formed incoming `x-request-id` or freshly made.
+#[derive(Clone, Debug)]
+pub struct RequestId(pub String);
+
+/// Durations a handler measured, for the `Server-Timing` header; `total` is added by [`observe`].
+#[derive(Clone, Debug, Default)]
+pub struct ServerTiming(pub Vec<(&'static str, Duration)>);
+
+async fn observe(mut request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let request_id = request
+        .headers()
+        .get(&REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .filter(|id| is_valid_request_id(id))
+        .map_or_else(|| uuid::Uuid::now_v7().simple().to_string(), str::to_owned);
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("unmatched", |p| p.as_str())
+        .to_owned();
+    let span = info_span!(
+        "request",
+        method = %request.method(),
+        route,
+        request_id,
+        mode = field::Empty,
+        status = field::Empty,
+        latency_ms = field::Empty,
+    );
+    request
+        .extensions_mut()
+        .insert(RequestId(request_id.clone()));
+
+    // A panic in a handler is a bug, but it must still answer (500, problem+json) and be logged
+    // rather than drop the connection.
+    let mut response = AssertUnwindSafe(next.run(request).instrument(span.clone()))
+        .catch_unwind()
+        .await
+        .unwrap_or_else(|panic| {
+            let message = panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            let _guard = span.enter();
+            Error::Internal(format!("handler panicked: {message}").into()).into_response()
+        });
+
+    let total = started.elapsed();
+    span.record("status", response.status().as_u16());
+    span.record("latency_ms", crate::telemetry::millis(total));
+    span.in_scope(|| info!("request finished"));
+
+    let mut timing = response
+        .extensions_mut()
+        .remove::<ServerTiming>()
+        .unwrap_or_default();
+    timing.0.push(("total", total));
+    let header = timing
+        .0
+        .iter()
+        .map(|(name, d)| format!("{name};dur={:.1}", d.as_secs_f64() * 1000.0))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let headers = response.headers_mut();
+    if let Ok(value) = HeaderValue::from_str(&header) {
+        headers.insert(SERVER_TIMING, value);
+    }
+    if let Ok(value) = HeaderValue::from_str(&request_id) {
+        headers.insert(REQUEST_ID, value);
+    }
+    response
+}
+
+/// Incoming ids are echoed into headers and logs, so only short, plain ones are kept.
+fn is_valid_request_id(id: &str) -> bool {
+    (1..=64).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+}
+
+/// `axum::Json`, but its rejections become our problem+json errors (415, 400, 422, 413).
+pub struct JsonBody<T>(pub T);
+
+impl<S, T> FromRequest<S> for JsonBody<T>
+where
+    S: Send + Sync,
+    T: DeserializeOwned,
+{
+    type Rejection = Error;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let axum::Json(value) = axum::Json::<T>::from_request(request, state).await?;
+        Ok(JsonBody(value))
+    }
+}

@@ -1,0 +1,30 @@
+//! # confirmd
+//!
+//! Sign a user up and send the confirmation email, in one of two ways, so the difference can be
+//! measured:
+//!
+//! - **sync**: the HTTP request waits while the email goes out over SMTP, then answers
+//!   `201 Created`. Simple and ordered, and the user pays the mail server's latency.
+//! - **background**: the request writes the email to an *outbox* table in the signup's own
+//!   transaction, hands its id to a pool of tokio workers and answers `202 Accepted` at once.
+//!   The email is as durable as the signup: a crash, an SMTP outage or a full queue delays it,
+//!   never loses it.
+//!
+//! Data flows one way: [`http`] parses requests and calls [`delivery`], which owns the two modes
+//! and the worker pool and uses [`store`] (every SQL statement of the project) and [`mail`] (the
+//! message and the SMTP transport). [`startup`] wires them together for `main` and for the tests.
+
+pub mod cli;
+pub mod config;
+pub mod delivery;
+pub mod domain;
+pub mod http;
+pub mod mail;
+pub mod startup;
+pub mod store;
+pub mod telemetry;
+
+mod clock;
+
+pub use config::Settings;
+pub use startup::Application;

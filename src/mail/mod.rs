@@ -1,0 +1,207 @@
+//! The confirmation email and the SMTP transport that sends it.
+//!
+//! [`Mailer`] wraps lettre's async SMTP transport, which keeps a pool of open connections so that
+//! consecutive emails skip the TCP and SMTP handshakes. Its errors are sorted into what the
+//! delivery code must decide on: worth retrying ([`SendError::Transient`], [`SendError::Timeout`])
+//! or not ([`SendError::Permanent`], a 5xx from the server).
+
+use std::time::Duration;
+
+use lettre::{
+    AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor,
+    message::{Mailbox, MultiPart},
+    transport::smtp::{
+        PoolConfig,
+        authentication::Credentials,
+        client::{Tls, TlsParameters},
+    },
+};
+
+use crate::config::{SmtpSettings, SmtpTls};
+
+const TEXT_TEMPLATE: &str = include_str!("confirmation.txt");
+const HTML_TEMPLATE: &str = include_str!("confirmation.html");
+const SUBJECT: &str = "Confirm your email address";
+
+/// Sends email through one pooled SMTP transport. Cheap to clone: clones share the pool.
+#[derive(Clone)]
+pub struct Mailer {
+    transport: AsyncSmtpTransport<Tokio1Executor>,
+    from: Mailbox,
+    /// lettre's own timeout bounds each socket operation; this one bounds a whole send, so a
+    /// server that trickles bytes cannot hold a worker forever.
+    timeout: Duration,
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum SendError {
+    #[error("the SMTP server did not answer within {0:?}")]
+    Timeout(Duration),
+    #[error("SMTP failure, will retry: {0}")]
+    Transient(String),
+    #[error("the SMTP server rejected the email: {0}")]
+    Permanent(String),
+}
+
+impl SendError {
+    pub fn is_retryable(&self) -> bool {
+        !matches!(self, SendError::Permanent(_))
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum MailError {
+    #[error("invalid SMTP settings: {0}")]
+    Transport(#[from] lettre::transport::smtp::Error),
+    #[error("cannot build the email: {0}")]
+    Build(#[from] lettre::error::Error),
+    #[error("invalid recipient {0:?}")]
+    Recipient(String),
+}
+
+/// The confirmation email for one signup, before it becomes a MIME message.
+pub struct ConfirmationEmail<'a> {
+    pub to_address: &'a str,
+    pub to_name: Option<&'a str>,
+    pub link: &'a str,
+}
+
+impl Mailer {
+    pub fn new(settings: &SmtpSettings, from: Mailbox) -> Result<Mailer, MailError> {
+        let host = settings.host.as_str();
+        let builder = match settings.tls {
+            SmtpTls::None => AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(host),
+            SmtpTls::Starttls => AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(host)
+                .tls(Tls::Required(TlsParameters::new(host.to_owned())?)),
+            SmtpTls::Tls => AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(host)
+                .tls(Tls::Wrapper(TlsParameters::new(host.to_owned())?)),
+        };
+        let mut builder = builder
+            .port(settings.port)
+            .timeout(Some(settings.timeout()))
+            .pool_config(PoolConfig::new().max_size(settings.pool_size));
+        if !settings.username.is_empty() {
+            builder = builder.credentials(Credentials::new(
+                settings.username.clone(),
+                settings.password.clone(),
+            ));
+        }
+        Ok(Mailer {
+            transport: builder.build(),
+            from,
+            timeout: settings.timeout(),
+        })
+    }
+
+    /// Builds the multipart (text + HTML) confirmation message.
+    pub fn confirmation(&self, email: &ConfirmationEmail<'_>) -> Result<Message, MailError> {
+        let address = email
+            .to_address
+            .parse()
+            .map_err(|_| MailError::Recipient(email.to_address.to_owned()))?;
+        let to = Mailbox::new(email.to_name.map(str::to_owned), address);
+        let greeting_text = match email.to_name {
+            Some(name) => format!("Hi {name},"),
+            None => "Hi,".to_owned(),
+        };
+        let greeting_html = match email.to_name {
+            Some(name) => format!("Hi {},", escape_html(name)),
+            None => "Hi,".to_owned(),
+        };
+        let text = TEXT_TEMPLATE
+            .replace("{{greeting}}", &greeting_text)
+            .replace("{{link}}", email.link);
+        let html = HTML_TEMPLATE
+            .replace("{{greeting}}", &greeting_html)
+            .replace("{{link}}", &escape_html(email.link));
+        Ok(Message::builder()
+            .from(self.from.clone())
+            .to(to)
+            .subject(SUBJECT)
+            .multipart(MultiPart::alternative_plain_html(text, html))?)
+    }
+
+    /// Sends one message, within the configured timeout.
+    pub async fn send(&self, message: Message) -> Result<(), SendError> {
+        match tokio::time::timeout(self.timeout, self.transport.send(message)).await {
+            Err(_) => Err(SendError::Timeout(self.timeout)),
+            Ok(Ok(_response)) => Ok(()),
+            Ok(Err(e)) if e.is_timeout() => Err(SendError::Timeout(self.timeout)),
+            Ok(Err(e)) if e.is_permanent() => Err(SendError::Permanent(describe(&e))),
+            Ok(Err(e)) => Err(SendError::Transient(describe(&e))),
+        }
+    }
+
+    /// Does the SMTP server answer? Opens a connection and says EHLO; for `/readyz`.
+    pub async fn ping(&self) -> bool {
+        matches!(
+            tokio::time::timeout(self.timeout, self.transport.test_connection()).await,
+            Ok(Ok(true))
+        )
+    }
+}
+
+/// lettre's `Display` is terse ("permanent error (550)"): walk the source chain for the server's
+/// own words, which are what an operator reading `last_error` needs.
+fn describe(error: &lettre::transport::smtp::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+/// The five characters that matter in HTML text and attribute values.
+pub(crate) fn escape_html(input: &str) -> String {
+    let mut out = String::with_capacity(input.len());
+    for c in input.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            _ => out.push(c),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Settings;
+
+    fn mailer() -> Mailer {
+        let settings = Settings::defaults();
+        Mailer::new(&settings.smtp, settings.mail_from()).unwrap()
+    }
+
+    /// Builds the message, sends nothing; the transport's pool needs a runtime to exist.
+    #[tokio::test]
+    async fn the_name_is_escaped_in_html_and_the_link_is_in_both_parts() {
+        let link = "http://127.0.0.1:3000/confirm?token=abc";
+        let message = mailer()
+            .confirmation(&ConfirmationEmail {
+                to_address: "ann@example.com",
+                to_name: Some("<script>alert(1)</script> & co"),
+                link,
+            })
+            .unwrap();
+        let raw = message.formatted();
+        let parsed = mailparse::parse_mail(&raw).unwrap();
+        assert_eq!(parsed.ctype.mimetype, "multipart/alternative");
+        let text = parsed.subparts[0].get_body().unwrap();
+        let html = parsed.subparts[1].get_body().unwrap();
+        assert!(text.contains(link), "{text}");
+        assert!(html.contains(&format!("href=\"{link}\"")), "{html}");
+        assert!(!html.contains("<script>"), "unescaped name in {html}");
+        assert!(
+            html.contains("Hi &lt;script&gt;alert(1)&lt;/script&gt; &amp; co,"),
+            "{html}"
+        );
+    }
+}

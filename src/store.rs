@@ -1,0 +1,422 @@
+//! Every SQL statement of confirmd, and nothing about HTTP or SMTP.
+//!
+//! SQLite allows one writer at a time. Rather than let many pooled connections race for the write
+//! lock (and meet `SQLITE_BUSY`, "database is locked", when a read transaction tries to upgrade),
+//! all writes go through a pool of exactly one connection, in WAL mode so that readers on the
+//! other pool are never blocked by it. Each write transaction starts with `BEGIN IMMEDIATE`,
+//! which takes the write lock up front: with several processes on one file (a restart while the
+//! old one drains), the busy timeout then waits for the lock instead of failing.
+//!
+//! Queries are checked against the schema at compile time by `sqlx::query!`; the offline data in
+//! `.sqlx/` lets a fresh clone build with no database around (see the README to refresh it).
+
+use std::{path::Path, str::FromStr, time::Duration};
+
+use sqlx::{
+    SqlitePool,
+    sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous},
+};
+
+use crate::domain::{DeliveryMode, SubscriberEmail, SubscriberName, TokenHash};
+
+/// The primary key of an `email_outbox` row: what travels through the workers' channel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct OutboxId(pub i64);
+
+impl std::fmt::Display for OutboxId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{0} is already confirmed")]
+    AlreadyConfirmed(String),
+    #[error("database error")]
+    Database(#[from] sqlx::Error),
+    #[error("database migration failed")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("cannot create the database folder {path}")]
+    Folder {
+        path: String,
+        source: std::io::Error,
+    },
+}
+
+/// The database: a one-connection pool for writes and a pool for reads, on the same file.
+#[derive(Clone, Debug)]
+pub struct Store {
+    writer: SqlitePool,
+    reader: SqlitePool,
+}
+
+/// What a signup writes, already parsed.
+#[derive(Debug)]
+pub struct NewSignup<'a> {
+    pub email: &'a SubscriberEmail,
+    pub name: Option<&'a SubscriberName>,
+    pub token: &'a str,
+    pub token_hash: &'a TokenHash,
+    pub token_expires_at: i64,
+    pub mode: DeliveryMode,
+    pub request_id: Option<&'a str>,
+    /// For sync mode: the row is written already claimed by the request, leased until then, so
+    /// no worker or sweeper sends it at the same time.
+    pub claimed_until: Option<i64>,
+    pub now: i64,
+}
+
+/// What a committed signup is known by.
+#[derive(Debug, Clone)]
+pub struct StoredSignup {
+    pub user_id: String,
+    pub outbox_id: OutboxId,
+    pub email: String,
+}
+
+/// An outbox row claimed for sending: everything needed to build and send the email.
+#[derive(Debug, Clone)]
+pub struct ClaimedEmail {
+    pub id: OutboxId,
+    pub recipient: String,
+    pub recipient_name: Option<String>,
+    pub token: String,
+    /// Attempts including this one.
+    pub attempts: i64,
+    pub request_id: Option<String>,
+    pub created_at: i64,
+}
+
+/// A signup and its latest email, for `GET /signups/{id}`.
+#[derive(Debug, Clone)]
+pub struct SignupView {
+    pub id: String,
+    pub email: String,
+    pub name: Option<String>,
+    pub status: String,
+    pub created_at: i64,
+    pub confirmed_at: Option<i64>,
+    pub mode: String,
+    pub state: String,
+    pub attempts: i64,
+    pub next_attempt_at: i64,
+    pub last_error: Option<String>,
+    pub sent_at: Option<i64>,
+}
+
+/// The user a token belongs to, for `GET /confirm`.
+#[derive(Debug, Clone)]
+pub struct TokenOwner {
+    pub user_id: String,
+    pub email: String,
+    pub status: String,
+    pub expires_at: i64,
+}
+
+impl Store {
+    /// Opens (and creates, with its folder) the database. Does not migrate: see [`Store::migrate`].
+    pub async fn connect(url: &str, max_readers: u32) -> Result<Store, StoreError> {
+        let options = SqliteConnectOptions::from_str(url)?
+            .journal_mode(SqliteJournalMode::Wal)
+            // In WAL mode NORMAL is durable against process crashes (the property the outbox
+            // needs); only an OS crash or power loss can lose the last transactions.
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(Duration::from_secs(5))
+            .foreign_keys(true);
+        if let Some(folder) = options.get_filename().parent()
+            && !folder.as_os_str().is_empty()
+            && !is_memory(options.get_filename())
+        {
+            std::fs::create_dir_all(folder).map_err(|source| StoreError::Folder {
+                path: folder.display().to_string(),
+                source,
+            })?;
+        }
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(options.clone())
+            .await?;
+        let reader = SqlitePoolOptions::new()
+            .max_connections(max_readers)
+            .connect_with(options)
+            .await?;
+        Ok(Store { writer, reader })
+    }
+
+    /// Applies the migrations embedded in the binary from `migrations/`.
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        sqlx::migrate!("./migrations").run(&self.writer).await?;
+        Ok(())
+    }
+
+    pub async fn close(&self) {
+        self.reader.close().await;
+        self.writer.close().await;
+    }
+
+    /// Is the database answering? For `/readyz`.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query!("SELECT 1 AS one")
+            .fetch_one(&self.reader)
+            .await?;
+        Ok(())
+    }
+
+    /// Writes a signup, its token and its outbox row in one transaction, so an acknowledged
+    /// signup always has its email on disk. Signing up again while pending replaces the token
+    /// (the old link stops working) and supersedes emails still queued with the old link.
+    pub async fn create_signup(&self, new: &NewSignup<'_>) -> Result<StoredSignup, StoreError> {
+        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
+        let email = new.email.as_str();
+        let name = new.name.map(SubscriberName::as_str);
+        let existing = sqlx::query!(
+            r#"SELECT id AS "id!", email AS "email!", status AS "status!" FROM users WHERE email = ?1"#,
+            email
+        )
+        .fetch_optional(&mut *tx)
+        .await?;
+
+        let user_id = match existing {
+            Some(user) if user.status == "confirmed" => {
+                return Err(StoreError::AlreadyConfirmed(user.email));
+            }
+            Some(user) => {
+                sqlx::query!(
+                    "UPDATE users SET name = COALESCE(?2, name) WHERE id = ?1",
+                    user.id,
+                    name
+                )
+                .execute(&mut *tx)
+                .await?;
+                sqlx::query!(
+                    "UPDATE email_outbox SET state = 'superseded', token = NULL, lease_until = NULL
+                     WHERE user_id = ?1 AND state = 'queued'",
+                    user.id
+                )
+                .execute(&mut *tx)
+                .await?;
+                user.id
+            }
+            None => {
+                let id = uuid::Uuid::now_v7().to_string();
+                sqlx::query!(
+                    "INSERT INTO users (id, email, name, status, created_at) VALUES (?1, ?2, ?3, 'pending', ?4)",
+                    id,
+                    email,
+                    name,
+                    new.now
+                )
+                .execute(&mut *tx)
+                .await?;
+                id
+            }
+        };
+
+        let hash = &new.token_hash.0[..];
+        sqlx::query!(
+            "INSERT INTO confirmation_tokens (token_hash, user_id, created_at, expires_at)
+             VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (user_id) DO UPDATE SET
+                 token_hash = excluded.token_hash,
+                 created_at = excluded.created_at,
+                 expires_at = excluded.expires_at",
+            hash,
+            user_id,
+            new.now,
+            new.token_expires_at
+        )
+        .execute(&mut *tx)
+        .await?;
+
+        let mode = new.mode.as_str();
+        let (state, attempts) = match new.claimed_until {
+            Some(_) => ("sending", 1),
+            None => ("queued", 0),
+        };
+        let outbox_id = sqlx::query_scalar!(
+            r#"INSERT INTO email_outbox
+                 (user_id, recipient, recipient_name, token, mode, state, attempts,
+                  next_attempt_at, lease_until, request_id, created_at)
+               VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?8)
+               RETURNING id AS "id!""#,
+            user_id,
+            email,
+            name,
+            new.token,
+            mode,
+            state,
+            attempts,
+            new.now,
+            new.claimed_until,
+            new.request_id
+        )
+        .fetch_one(&mut *tx)
+        .await?;
+
+        tx.commit().await?;
+        Ok(StoredSignup {
+            user_id,
+            outbox_id: OutboxId(outbox_id),
+            email: email.to_owned(),
+        })
+    }
+
+    /// Claims a queued, due row for sending: the row moves to `sending`, leased until
+    /// `lease_until`, and its attempt is counted. `None` when another sender has it, it is not
+    /// due yet, or it was superseded: the caller simply moves on.
+    pub async fn claim(
+        &self,
+        id: OutboxId,
+        now: i64,
+        lease_until: i64,
+    ) -> Result<Option<ClaimedEmail>, StoreError> {
+        let row = sqlx::query!(
+            r#"UPDATE email_outbox
+               SET state = 'sending', lease_until = ?3, attempts = attempts + 1
+               WHERE id = ?1 AND state = 'queued' AND next_attempt_at <= ?2 AND token IS NOT NULL
+               RETURNING id AS "id!", recipient AS "recipient!", recipient_name, token AS "token!",
+                         attempts AS "attempts!", request_id, created_at AS "created_at!""#,
+            id.0,
+            now,
+            lease_until
+        )
+        .fetch_optional(&self.writer)
+        .await?;
+        Ok(row.map(|r| ClaimedEmail {
+            id: OutboxId(r.id),
+            recipient: r.recipient,
+            recipient_name: r.recipient_name,
+            token: r.token,
+            attempts: r.attempts,
+            request_id: r.request_id,
+            created_at: r.created_at,
+        }))
+    }
+
+    /// The SMTP server accepted the email. The token is erased: it is no longer needed here.
+    pub async fn mark_sent(&self, id: OutboxId, now: i64) -> Result<(), StoreError> {
+        sqlx::query!(
+            "UPDATE email_outbox
+             SET state = 'sent', sent_at = ?2, token = NULL, lease_until = NULL, last_error = NULL
+             WHERE id = ?1 AND state = 'sending'",
+            id.0,
+            now
+        )
+        .execute(&self.writer)
+        .await?;
+        Ok(())
+    }
+
+    /// A failed attempt that may succeed later: back to the queue, due at `next_attempt_at`.
+    pub async fn mark_retry(
+        &self,
+        id: OutboxId,
+        next_attempt_at: i64,
+        error: &str,
+    ) -> Result<(), StoreError> {
+        sqlx::query!(
+            "UPDATE email_outbox
+             SET state = 'queued', next_attempt_at = ?2, lease_until = NULL, last_error = ?3
+             WHERE id = ?1 AND state = 'sending'",
+            id.0,
+            next_attempt_at,
+            error
+        )
+        .execute(&self.writer)
+        .await?;
+        Ok(())
+    }
+
+    /// Gave up: a permanent rejection, or out of attempts. The row and its token stay, so an
+    /// operator can see why and put it back in the queue.
+    pub async fn mark_failed(&self, id: OutboxId, error: &str) -> Result<(), StoreError> {
+        sqlx::query!(
+            "UPDATE email_outbox SET state = 'failed', lease_until = NULL, last_error = ?2
+             WHERE id = ?1 AND state = 'sending'",
+            id.0,
+            error
+        )
+        .execute(&self.writer)
+        .await?;
+        Ok(())
+    }
+
+    /// Takes back rows whose sender's lease ran out (the process died mid-send, most likely):
+    /// they go back to the queue, due now. Returns how many.
+    pub async fn reclaim_expired_leases(&self, now: i64) -> Result<u64, StoreError> {
+        let done = sqlx::query!(
+            "UPDATE email_outbox SET state = 'queued', lease_until = NULL, next_attempt_at = ?1
+             WHERE state = 'sending' AND lease_until < ?1",
+            now
+        )
+        .execute(&self.writer)
+        .await?;
+        Ok(done.rows_affected())
+    }
+
+    /// Queued rows that are due, oldest first, at most `limit`.
+    pub async fn due_emails(&self, now: i64, limit: i64) -> Result<Vec<OutboxId>, StoreError> {
+        let ids = sqlx::query_scalar!(
+            r#"SELECT id AS "id!" FROM email_outbox
+               WHERE state = 'queued' AND next_attempt_at <= ?1
+               ORDER BY next_attempt_at LIMIT ?2"#,
+            now,
+            limit
+        )
+        .fetch_all(&self.reader)
+        .await?;
+        Ok(ids.into_iter().map(OutboxId).collect())
+    }
+
+    /// A signup with its latest email.
+    pub async fn signup(&self, user_id: &str) -> Result<Option<SignupView>, StoreError> {
+        let row = sqlx::query_as!(
+            SignupView,
+            r#"SELECT u.id AS "id!", u.email AS "email!", u.name, u.status AS "status!",
+                      u.created_at AS "created_at!", u.confirmed_at,
+                      o.mode AS "mode!", o.state AS "state!", o.attempts AS "attempts!",
+                      o.next_attempt_at AS "next_attempt_at!", o.last_error, o.sent_at
+               FROM users u
+               JOIN email_outbox o ON o.id = (SELECT MAX(id) FROM email_outbox WHERE user_id = u.id)
+               WHERE u.id = ?1"#,
+            user_id
+        )
+        .fetch_optional(&self.reader)
+        .await?;
+        Ok(row)
+    }
+
+    /// Who a token belongs to, if anyone.
+    pub async fn token_owner(&self, hash: &TokenHash) -> Result<Option<TokenOwner>, StoreError> {
+        let hash = &hash.0[..];
+        let row = sqlx::query_as!(
+            TokenOwner,
+            r#"SELECT u.id AS "user_id!", u.email AS "email!", u.status AS "status!",
+                      t.expires_at AS "expires_at!"
+               FROM confirmation_tokens t JOIN users u ON u.id = t.user_id
+               WHERE t.token_hash = ?1"#,
+            hash
+        )
+        .fetch_optional(&self.reader)
+        .await?;
+        Ok(row)
+    }
+
+    /// Confirms a pending user. `false` if it was confirmed already, so two clicks racing on one
+    /// link confirm once and both learn the outcome.
+    pub async fn confirm(&self, user_id: &str, now: i64) -> Result<bool, StoreError> {
+        let done = sqlx::query!(
+            "UPDATE users SET status = 'confirmed', confirmed_at = ?2 WHERE id = ?1 AND status = 'pending'",
+            user_id,
+            now
+        )
+        .execute(&self.writer)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+}
+
+fn is_memory(path: &Path) -> bool {
+    path.as_os_str() == ":memory:"
+}

@@ -1,0 +1,39 @@
+//! Logs and spans through `tracing`: human-readable by default, one JSON object per line with
+//! `telemetry.format = "json"`. `RUST_LOG` filters as usual (default: `info`).
+
+use std::{io::IsTerminal, time::Duration};
+
+use tracing_subscriber::{
+    EnvFilter, fmt::format::FmtSpan, layer::SubscriberExt, util::SubscriberInitExt,
+};
+
+use crate::config::LogFormat;
+
+/// Installs the global subscriber. Call once, from `main`; tests may call it too (a second call
+/// is ignored).
+pub fn init(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let registry = tracing_subscriber::registry().with(filter);
+    let _ = match format {
+        LogFormat::Pretty => registry
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_span_events(FmtSpan::NONE)
+                    .with_ansi(std::io::stdout().is_terminal()),
+            )
+            .try_init(),
+        LogFormat::Json => registry
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .json()
+                    .with_current_span(true)
+                    .with_span_list(true),
+            )
+            .try_init(),
+    };
+}
+
+/// A duration as milliseconds rounded to 0.01 ms: the unit every latency field is logged in.
+pub fn millis(d: Duration) -> f64 {
+    (d.as_secs_f64() * 100_000.0).round() / 100.0
+}

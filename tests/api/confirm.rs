@@ -1,0 +1,150 @@
+//! The link in the email, and signing up again.
+
+use reqwest::StatusCode;
+use serde_json::Value;
+
+use crate::helpers::{assert_problem, spawn_app};
+
+#[tokio::test]
+async fn the_link_from_the_email_confirms_the_signup_and_works_twice() {
+    let app = spawn_app().await;
+    let id = app.signup_ok("ann@example.com", "background").await;
+    let link = app.confirmation_link("ann@example.com").await;
+
+    let first = app.client.get(&link).send().await.unwrap();
+    assert_eq!(first.status(), StatusCode::OK);
+    assert!(
+        first.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/html")
+    );
+    let page = first.text().await.unwrap();
+    assert!(page.contains("ann@example.com is confirmed"), "{page}");
+
+    let details = app.signup_details(&id).await;
+    assert_eq!(details["status"], "confirmed");
+    assert!(details["confirmed_at"].is_string());
+
+    let second: Value = app
+        .client
+        .get(&link)
+        .header("accept", "application/json")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(second["status"], "confirmed");
+    assert_eq!(second["already_confirmed"], true);
+    assert_eq!(second["id"], id.as_str());
+}
+
+#[tokio::test]
+async fn a_confirmed_address_cannot_sign_up_again() {
+    let app = spawn_app().await;
+    app.signup_ok("ann@example.com", "sync").await;
+    let link = app.confirmation_link("ann@example.com").await;
+    assert_eq!(
+        app.client.get(&link).send().await.unwrap().status(),
+        StatusCode::OK
+    );
+
+    let again = app.signup("ANN@EXAMPLE.COM", "sync").await;
+
+    let problem = assert_problem(again, StatusCode::CONFLICT).await;
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap()
+            .contains("already confirmed")
+    );
+    assert_eq!(app.mail_to("ann@example.com").len(), 1, "no second email");
+}
+
+#[tokio::test]
+async fn signing_up_again_while_pending_sends_a_fresh_link_and_retires_the_old_one() {
+    let app = spawn_app().await;
+    let first_id = app.signup_ok("ann@example.com", "sync").await;
+    let old_link = app.confirmation_link("ann@example.com").await;
+
+    // The same address in another case is the same person.
+    let second_id = app.signup_ok("Ann@Example.com", "background").await;
+    assert_eq!(first_id, second_id);
+    app.wait_for_delivery_state(&second_id, "sent").await;
+    let new_link = app.confirmation_link("ann@example.com").await;
+    assert_ne!(old_link, new_link);
+    assert_eq!(app.mail_to("ann@example.com").len(), 2);
+    assert_eq!(app.count("users").await, 1);
+
+    let old = app.client.get(&old_link).send().await.unwrap();
+    assert_problem(old, StatusCode::NOT_FOUND).await;
+    let new = app.client.get(&new_link).send().await.unwrap();
+    assert_eq!(new.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn an_expired_link_is_gone() {
+    let app = spawn_app().await;
+    app.signup_ok("ann@example.com", "sync").await;
+    let link = app.confirmation_link("ann@example.com").await;
+    // Let the clock run past the expiry without waiting 24 hours.
+    let db = app.db().await;
+    sqlx::query("UPDATE confirmation_tokens SET expires_at = 0")
+        .execute(&db)
+        .await
+        .unwrap();
+    db.close().await;
+
+    let response = app.client.get(&link).send().await.unwrap();
+
+    let problem = assert_problem(response, StatusCode::GONE).await;
+    assert!(problem["detail"].as_str().unwrap().contains("expired"));
+}
+
+#[tokio::test]
+async fn unknown_malformed_and_missing_tokens_are_told_apart() {
+    let app = spawn_app().await;
+    let unknown = format!("/confirm?token={}", "A".repeat(43));
+    assert_problem(app.get(&unknown).await, StatusCode::NOT_FOUND).await;
+    assert_problem(
+        app.get("/confirm?token=not-a-token").await,
+        StatusCode::BAD_REQUEST,
+    )
+    .await;
+    assert_problem(app.get("/confirm").await, StatusCode::BAD_REQUEST).await;
+    assert_problem(
+        app.get("/confirm?token=%FF%FE").await,
+        StatusCode::BAD_REQUEST,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn the_database_keeps_only_a_hash_of_the_token() {
+    let app = spawn_app().await;
+    app.signup_ok("ann@example.com", "sync").await;
+    let link = app.confirmation_link("ann@example.com").await;
+    let token = link.split("token=").nth(1).unwrap();
+
+    let db = app.db().await;
+    let hashes: Vec<Vec<u8>> = sqlx::query_scalar("SELECT token_hash FROM confirmation_tokens")
+        .fetch_all(&db)
+        .await
+        .unwrap();
+    // Once sent, the outbox forgets the token as well.
+    let outbox_tokens: Vec<Option<String>> = sqlx::query_scalar("SELECT token FROM email_outbox")
+        .fetch_all(&db)
+        .await
+        .unwrap();
+    db.close().await;
+    assert_eq!(hashes.len(), 1);
+    assert_eq!(hashes[0].len(), 32);
+    assert!(
+        !hashes[0]
+            .windows(token.len())
+            .any(|w| w == token.as_bytes())
+    );
+    assert_eq!(outbox_tokens, vec![None]);
+}

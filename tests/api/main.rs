@@ -1,0 +1,14 @@
+//! Integration tests: the real application on a random port, a temporary SQLite file, and an
+//! SMTP server inside the test process that receives the email (or fails on purpose).
+
+#[path = "../support/smtp.rs"]
+mod smtp;
+
+mod helpers;
+
+mod bad_input;
+mod confirm;
+mod health;
+mod restart;
+mod signup;
+mod smtp_faults;

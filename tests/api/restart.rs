@@ -1,0 +1,45 @@
+//! Nothing acknowledged is lost across a restart.
+
+use crate::{
+    helpers::{PATIENCE, poll_until, spawn_app_without_smtp},
+    smtp::SmtpServer,
+};
+
+#[tokio::test]
+async fn emails_queued_before_a_restart_are_delivered_after_it() {
+    // SMTP is down for the whole first run: the workers fail and reschedule every email.
+    let app = spawn_app_without_smtp(|s| s.worker.max_attempts = 1_000).await;
+    let mut ids = Vec::new();
+    for i in 0..10 {
+        ids.push(
+            app.signup_ok(&format!("user{i}@example.com"), "background")
+                .await,
+        );
+    }
+
+    let mut stopped = app.stop().await;
+
+    let db = sqlx::SqlitePool::connect(&stopped.settings.database.url)
+        .await
+        .unwrap();
+    let queued: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM email_outbox WHERE state = 'queued'")
+            .fetch_one(&db)
+            .await
+            .unwrap();
+    db.close().await;
+    assert_eq!(
+        queued, 10,
+        "every acknowledged email is still queued after the stop"
+    );
+
+    stopped.smtp = Some(SmtpServer::start_on(stopped.settings.smtp.port).await);
+    let app = stopped.restart().await;
+
+    for id in &ids {
+        app.wait_for_delivery_state(id, "sent").await;
+    }
+    let smtp = app.smtp();
+    assert!(poll_until(PATIENCE, || async { smtp.received().len() >= 10 }).await);
+    assert_eq!(smtp.received().len(), 10, "each email exactly once");
+}

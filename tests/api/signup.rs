@@ -1,0 +1,170 @@
+//! The two modes, side by side.
+
+use reqwest::StatusCode;
+use serde_json::Value;
+
+use crate::helpers::{PATIENCE, poll_until, spawn_app, spawn_app_with};
+
+#[tokio::test]
+async fn sync_signup_answers_201_only_after_smtp_accepted_the_email() {
+    let app = spawn_app().await;
+
+    let response = app.signup("ann@example.com", "sync").await;
+
+    assert_eq!(response.status(), StatusCode::CREATED);
+    let location = response.headers()["location"].to_str().unwrap().to_owned();
+    let timing = response.headers()["server-timing"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        timing.contains("db;dur=") && timing.contains("smtp;dur=") && timing.contains("total;dur="),
+        "{timing}"
+    );
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(
+        location,
+        format!("/signups/{}", body["id"].as_str().unwrap())
+    );
+    assert_eq!(body["email"], "ann@example.com");
+    assert_eq!(body["status"], "pending");
+    assert_eq!(body["delivery"]["mode"], "sync");
+    assert_eq!(body["delivery"]["state"], "sent");
+    // Already there when the response arrived: no waiting.
+    assert_eq!(app.mail_to("ann@example.com").len(), 1);
+    let details = app.signup_details(body["id"].as_str().unwrap()).await;
+    assert_eq!(details["delivery"]["state"], "sent");
+    assert_eq!(details["delivery"]["attempts"], 1);
+    assert!(details["delivery"]["sent_at"].is_string());
+}
+
+#[tokio::test]
+async fn background_signup_answers_202_and_a_worker_sends_the_email() {
+    let app = spawn_app().await;
+
+    let response = app.signup("bob@example.com", "background").await;
+
+    assert_eq!(response.status(), StatusCode::ACCEPTED);
+    let timing = response.headers()["server-timing"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        !timing.contains("smtp"),
+        "background mode does not wait for SMTP: {timing}"
+    );
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["delivery"]["mode"], "background");
+    assert_eq!(body["delivery"]["state"], "queued");
+    let id = body["id"].as_str().unwrap();
+    let details = app.wait_for_delivery_state(id, "sent").await;
+    assert_eq!(details["delivery"]["attempts"], 1);
+    assert_eq!(app.mail_to("bob@example.com").len(), 1);
+}
+
+#[tokio::test]
+async fn async_is_accepted_as_another_name_for_background() {
+    let app = spawn_app().await;
+    let response = app.signup("cy@example.com", "async").await;
+    assert_eq!(response.status(), StatusCode::ACCEPTED);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["delivery"]["mode"], "background");
+}
+
+#[tokio::test]
+async fn without_a_mode_the_configured_default_applies() {
+    let app = spawn_app().await;
+    let response = app
+        .post_signup(r#"{"email": "dee@example.com"}"#, None)
+        .await;
+    assert_eq!(response.status(), StatusCode::ACCEPTED);
+
+    let app =
+        spawn_app_with(|s| s.delivery.default_mode = confirmd::domain::DeliveryMode::Sync).await;
+    let response = app
+        .post_signup(r#"{"email": "dee@example.com"}"#, None)
+        .await;
+    assert_eq!(response.status(), StatusCode::CREATED);
+}
+
+#[tokio::test]
+async fn the_email_is_addressed_from_the_configured_sender_and_escapes_the_name() {
+    let app = spawn_app().await;
+    let body = r#"{"email": "eve@example.com", "name": "<b>Eve</b> & \"co\""}"#;
+    assert_eq!(
+        app.post_signup(body, Some("sync")).await.status(),
+        StatusCode::CREATED
+    );
+
+    let mail = app.mail_to("eve@example.com").pop().unwrap();
+    assert_eq!(mail.from, "no-reply@confirmd.localhost");
+    assert_eq!(mail.subject(), "Confirm your email address");
+    let html = mail.html_body();
+    assert!(
+        html.contains("Hi &lt;b&gt;Eve&lt;/b&gt; &amp; &quot;co&quot;,"),
+        "{html}"
+    );
+    assert!(!html.contains("<b>Eve</b>"), "{html}");
+    assert!(mail.text_body().contains("Hi <b>Eve</b> & \"co\","));
+    // The same link in both parts.
+    let link = mail.confirmation_link();
+    assert!(html.contains(&link), "{html}");
+}
+
+#[tokio::test]
+async fn every_response_carries_a_request_id_and_keeps_a_sane_incoming_one() {
+    let app = spawn_app().await;
+    let generated = app.get("/healthz").await;
+    let id = generated.headers()["x-request-id"].to_str().unwrap();
+    assert!(id.len() >= 16, "{id}");
+
+    let echoed = app
+        .client
+        .get(format!("{}/healthz", app.address))
+        .header("x-request-id", "trace-abc.123")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(echoed.headers()["x-request-id"], "trace-abc.123");
+
+    let replaced = app
+        .client
+        .get(format!("{}/healthz", app.address))
+        .header("x-request-id", "x".repeat(200))
+        .send()
+        .await
+        .unwrap();
+    assert_ne!(
+        replaced.headers()["x-request-id"].to_str().unwrap(),
+        "x".repeat(200)
+    );
+}
+
+#[tokio::test]
+async fn many_concurrent_signups_in_both_modes_all_get_their_email() {
+    let app = spawn_app().await;
+    let requests = (0..60).map(|i| {
+        let app = &app;
+        async move {
+            let mode = if i % 2 == 0 { "sync" } else { "background" };
+            app.signup(&format!("user{i}@example.com"), mode)
+                .await
+                .status()
+        }
+    });
+    let statuses = futures_util::future::join_all(requests).await;
+    assert!(statuses.iter().all(|s| s.is_success()), "{statuses:?}");
+
+    let smtp = app.smtp();
+    assert!(poll_until(PATIENCE, || async { smtp.received().len() >= 60 }).await);
+    let mut recipients: Vec<String> = smtp.received().into_iter().flat_map(|m| m.to).collect();
+    recipients.sort();
+    recipients.dedup();
+    assert_eq!(
+        recipients.len(),
+        60,
+        "each signup gets exactly its own email"
+    );
+    assert_eq!(smtp.received().len(), 60, "and no email is sent twice");
+    assert_eq!(app.count("users").await, 60);
+}

@@ -1,0 +1,193 @@
+//! SMTP down, slow or refusing: sync mode says so, and nothing acknowledged is lost.
+
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use serde_json::Value;
+
+use crate::{
+    helpers::{PATIENCE, assert_problem, poll, spawn_app, spawn_app_with, spawn_app_without_smtp},
+    smtp::Behaviour,
+};
+
+#[tokio::test]
+async fn sync_with_smtp_down_is_502_and_the_email_goes_out_once_smtp_is_back() {
+    let mut app = spawn_app_without_smtp(|_| {}).await;
+
+    let response = app.signup("ann@example.com", "sync").await;
+
+    let problem = assert_problem(response, StatusCode::BAD_GATEWAY).await;
+    let detail = problem["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("saved") && detail.contains("retried"),
+        "{detail}"
+    );
+    let id = problem["id"]
+        .as_str()
+        .expect("the problem names the stored signup")
+        .to_owned();
+    let details = app.signup_details(&id).await;
+    assert_eq!(details["status"], "pending");
+    assert_eq!(details["delivery"]["mode"], "sync");
+    assert!(details["delivery"]["last_error"].is_string(), "{details}");
+
+    app.start_smtp().await;
+
+    let details = app.wait_for_delivery_state(&id, "sent").await;
+    assert!(details["delivery"]["attempts"].as_i64().unwrap() >= 2);
+    assert_eq!(app.mail_to("ann@example.com").len(), 1);
+}
+
+#[tokio::test]
+async fn background_with_smtp_down_is_acknowledged_and_delivered_once_smtp_is_back() {
+    let mut app = spawn_app_without_smtp(|_| {}).await;
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        ids.push(
+            app.signup_ok(&format!("user{i}@example.com"), "background")
+                .await,
+        );
+    }
+    // The workers are failing and rescheduling: the retry schedule shows in the API.
+    let retried = poll(PATIENCE, || async {
+        let details = app.signup_details(&ids[0]).await;
+        if details["delivery"]["attempts"].as_i64().unwrap() >= 2 {
+            Ok(details)
+        } else {
+            Err(details)
+        }
+    })
+    .await
+    .unwrap_or_else(|last| panic!("no retry seen: {last:#}"));
+    assert_eq!(retried["delivery"]["state"], "queued");
+    assert!(
+        retried["delivery"]["next_attempt_at"].is_string(),
+        "{retried:#}"
+    );
+    assert!(retried["delivery"]["last_error"].is_string(), "{retried:#}");
+
+    app.start_smtp().await;
+
+    for id in &ids {
+        app.wait_for_delivery_state(id, "sent").await;
+    }
+    assert_eq!(app.smtp().received().len(), 5, "each email exactly once");
+}
+
+#[tokio::test]
+async fn sync_with_a_server_that_never_answers_is_504_and_the_email_is_retried() {
+    let app = spawn_app_with(|s| {
+        s.smtp.timeout_ms = 300;
+        s.worker.lease_ms = 1_000;
+    })
+    .await;
+    app.smtp().set_behaviour(Behaviour::Hang);
+
+    let response = app.signup("ann@example.com", "sync").await;
+
+    let problem = assert_problem(response, StatusCode::GATEWAY_TIMEOUT).await;
+    let id = problem["id"].as_str().unwrap().to_owned();
+    app.smtp().set_behaviour(Behaviour::Accept);
+    app.wait_for_delivery_state(&id, "sent").await;
+}
+
+#[tokio::test]
+async fn a_permanent_rejection_fails_at_once_and_says_why() {
+    let app = spawn_app().await;
+    app.smtp().set_behaviour(Behaviour::RejectPermanent);
+
+    let sync = app.signup("ann@example.com", "sync").await;
+    let problem = assert_problem(sync, StatusCode::BAD_GATEWAY).await;
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap()
+            .contains("will not be retried")
+    );
+    let sync_id = problem["id"].as_str().unwrap().to_owned();
+
+    let background_id = app.signup_ok("bob@example.com", "background").await;
+    let details = app.wait_for_delivery_state(&background_id, "failed").await;
+
+    assert_eq!(
+        details["delivery"]["attempts"], 1,
+        "no retry storm on a 5xx"
+    );
+    let last_error = details["delivery"]["last_error"].as_str().unwrap();
+    assert!(last_error.contains("550"), "{last_error}");
+    let sync_details = app.signup_details(&sync_id).await;
+    assert_eq!(sync_details["delivery"]["state"], "failed");
+    assert_eq!(sync_details["delivery"]["attempts"], 1);
+}
+
+#[tokio::test]
+async fn temporary_rejections_are_retried_with_backoff_until_max_attempts() {
+    let app = spawn_app_with(|s| s.worker.max_attempts = 3).await;
+    app.smtp().set_behaviour(Behaviour::RejectTransient);
+
+    let id = app.signup_ok("ann@example.com", "background").await;
+
+    let details = app.wait_for_delivery_state(&id, "failed").await;
+    assert_eq!(details["delivery"]["attempts"], 3);
+    let last_error = details["delivery"]["last_error"].as_str().unwrap();
+    assert!(
+        last_error.contains("gave up after 3 attempts") && last_error.contains("451"),
+        "{last_error}"
+    );
+    assert!(app.smtp().received().is_empty());
+}
+
+#[tokio::test]
+async fn a_slow_server_delays_sync_but_not_background() {
+    let app = spawn_app().await;
+    let delay = Duration::from_millis(400);
+    app.smtp().set_behaviour(Behaviour::Delay(delay));
+
+    // Not a timing assertion: Server-Timing reports where the time went, and the sync request
+    // spent it waiting on SMTP, which background mode never does.
+    let sync = app.signup("ann@example.com", "sync").await;
+    assert_eq!(sync.status(), StatusCode::CREATED);
+    let timing = sync.headers()["server-timing"].to_str().unwrap().to_owned();
+    let smtp_ms: f64 = timing
+        .split(", ")
+        .find_map(|part| part.strip_prefix("smtp;dur="))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(smtp_ms >= delay.as_millis() as f64, "{timing}");
+
+    let background = app.signup("bob@example.com", "background").await;
+    assert_eq!(background.status(), StatusCode::ACCEPTED);
+    assert!(
+        app.mail_to("bob@example.com").is_empty(),
+        "answered before the email went out"
+    );
+    let id = background.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    app.wait_for_delivery_state(&id, "sent").await;
+}
+
+#[tokio::test]
+async fn a_connection_dropped_mid_message_is_retried() {
+    let app = spawn_app().await;
+    app.smtp().set_behaviour(Behaviour::DropDuringData);
+    let id = app.signup_ok("ann@example.com", "background").await;
+    let smtp = app.smtp();
+    poll(PATIENCE, || async {
+        let details = app.signup_details(&id).await;
+        if details["delivery"]["attempts"].as_i64().unwrap() >= 2 {
+            Ok(())
+        } else {
+            Err(details)
+        }
+    })
+    .await
+    .unwrap_or_else(|last| panic!("the dropped connection was not retried: {last:#}"));
+
+    smtp.set_behaviour(Behaviour::Accept);
+
+    app.wait_for_delivery_state(&id, "sent").await;
+    assert_eq!(app.mail_to("ann@example.com").len(), 1);
+}
