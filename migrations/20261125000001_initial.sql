@@ -31,7 +31,8 @@ CREATE TABLE email_outbox (
     recipient       TEXT    NOT NULL,
     recipient_name  TEXT,
     -- The raw token the email links to. It has to wait here until the email is sent (the user
-    -- table keeps only its hash); it is erased as soon as the row is sent, failed or superseded.
+    -- table keeps only its hash); it is erased once the row is sent or superseded. A failed row
+    -- keeps it, so an operator can put the email back in the queue.
     token           TEXT,
     mode            TEXT    NOT NULL CHECK (mode IN ('sync', 'background')),
     state           TEXT    NOT NULL CHECK (state IN ('queued', 'sending', 'sent', 'failed', 'superseded')),

@@ -165,7 +165,7 @@ impl Store {
 
     /// Writes a signup, its token and its outbox row in one transaction, so an acknowledged
     /// signup always has its email on disk. Signing up again while pending replaces the token
-    /// (the old link stops working) and supersedes emails still queued with the old link.
+    /// (the old link stops working) and supersedes emails not yet sent with the old link.
     pub async fn create_signup(&self, new: &NewSignup<'_>) -> Result<StoredSignup, StoreError> {
         let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
         let email = new.email.as_str();
@@ -189,9 +189,12 @@ impl Store {
                 )
                 .execute(&mut *tx)
                 .await?;
+                // Rows being sent right now are superseded too: if that send fails, its retry
+                // must not bring back a link that no longer works (the mark_* updates below
+                // only touch rows still in 'sending').
                 sqlx::query!(
                     "UPDATE email_outbox SET state = 'superseded', token = NULL, lease_until = NULL
-                     WHERE user_id = ?1 AND state = 'queued'",
+                     WHERE user_id = ?1 AND state IN ('queued', 'sending')",
                     user.id
                 )
                 .execute(&mut *tx)

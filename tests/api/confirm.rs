@@ -148,3 +148,31 @@ async fn the_database_keeps_only_a_hash_of_the_token() {
     );
     assert_eq!(outbox_tokens, vec![None]);
 }
+
+#[tokio::test]
+async fn a_re_signup_while_the_first_email_waits_sends_only_the_newest_link() {
+    let mut app = crate::helpers::spawn_app_without_smtp(|_| {}).await;
+    let id = app.signup_ok("ann@example.com", "background").await;
+    app.signup_ok("ann@example.com", "background").await;
+
+    app.start_smtp().await;
+
+    app.wait_for_delivery_state(&id, "sent").await;
+    let link = app.confirmation_link("ann@example.com").await;
+    let db = app.db().await;
+    let states: Vec<String> = sqlx::query_scalar("SELECT state FROM email_outbox ORDER BY id")
+        .fetch_all(&db)
+        .await
+        .unwrap();
+    db.close().await;
+    assert_eq!(states, ["superseded", "sent"]);
+    assert_eq!(
+        app.mail_to("ann@example.com").len(),
+        1,
+        "the stale email is not sent"
+    );
+    assert_eq!(
+        app.client.get(&link).send().await.unwrap().status(),
+        StatusCode::OK
+    );
+}
