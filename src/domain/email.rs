@@ -2,8 +2,8 @@ use std::{fmt, str::FromStr};
 
 use lettre::Address;
 
-/// An email address that lettre's RFC 5321 parser accepts, trimmed, at most 254 characters, with
-/// its domain lower-cased. The local part keeps its case: RFC 5321 lets a server tell
+/// An email address that lettre's RFC 5321 parser accepts, at most 254 characters as sent,
+/// trimmed, with its domain lower-cased. The local part keeps its case: RFC 5321 lets a server tell
 /// `Ann@x` from `ann@x`, even though uniqueness in our table ignores case.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SubscriberEmail(Address);
@@ -23,12 +23,12 @@ impl SubscriberEmail {
     pub const MAX_LEN: usize = 254;
 
     pub fn parse(input: &str) -> Result<Self, EmailError> {
+        if input.chars().count() > Self::MAX_LEN {
+            return Err(EmailError::TooLong);
+        }
         let trimmed = input.trim();
         if trimmed.is_empty() {
             return Err(EmailError::Empty);
-        }
-        if trimmed.chars().count() > Self::MAX_LEN {
-            return Err(EmailError::TooLong);
         }
         let address = Address::from_str(trimmed).map_err(|e| EmailError::Invalid(e.to_string()))?;
         let normalized = Address::new(address.user(), address.domain().to_lowercase())

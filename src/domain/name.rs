@@ -1,6 +1,6 @@
-/// An optional display name: trimmed, at most 100 characters, no control characters, so it can
+/// An optional display name: at most 100 characters as sent, no control characters, so it can
 /// go into a `To:` header and an HTML page without a CR/LF header injection or a broken layout.
-/// An empty name is no name.
+/// Kept trimmed; an empty name is no name.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SubscriberName(String);
 
@@ -16,17 +16,15 @@ impl SubscriberName {
     pub const MAX_LEN: usize = 100;
 
     pub fn parse(input: &str) -> Result<Option<Self>, NameError> {
-        let trimmed = input.trim();
-        if trimmed.is_empty() {
-            return Ok(None);
-        }
-        if trimmed.chars().count() > Self::MAX_LEN {
+        // Limits apply to the input as sent, as the API document states them.
+        if input.chars().count() > Self::MAX_LEN {
             return Err(NameError::TooLong);
         }
-        if trimmed.chars().any(char::is_control) {
+        if input.chars().any(char::is_control) {
             return Err(NameError::ControlCharacter);
         }
-        Ok(Some(SubscriberName(trimmed.to_owned())))
+        let trimmed = input.trim();
+        Ok((!trimmed.is_empty()).then(|| SubscriberName(trimmed.to_owned())))
     }
 
     pub fn as_str(&self) -> &str {

@@ -1,27 +1,32 @@
 //! `GET /confirm?token=…`: the link in the email.
 
 use axum::{
-    Json, Router,
+    Json,
     extract::{Query, State, rejection::QueryRejection},
     http::{HeaderMap, header},
     response::{Html, IntoResponse, Response},
-    routing::get,
 };
 use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::{router::OpenApiRouter, routes};
 
-use super::{ApiContext, Error};
+use super::{ApiContext, Error, error::Problem};
 use crate::{clock, domain::ConfirmationToken, mail::escape_html};
 
-pub(super) fn router() -> Router<ApiContext> {
-    Router::new().route("/confirm", get(confirm))
+pub(super) fn router() -> OpenApiRouter<ApiContext> {
+    OpenApiRouter::new().routes(routes!(confirm))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct ConfirmParams {
+    /// The token from the email's link: 32 bytes as 43 characters of unpadded base64url (the
+    /// last one carries 4 bits, hence its shorter alphabet).
+    #[param(required = true, pattern = "^[A-Za-z0-9_-]{42}[AEIMQUYcgkosw048]$")]
     token: Option<String>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 struct Confirmed {
     id: String,
     email: String,
@@ -30,6 +35,22 @@ struct Confirmed {
     already_confirmed: bool,
 }
 
+/// The link in the email: confirms the signup. HTML for a browser, JSON for `Accept: application/json`.
+#[utoipa::path(
+    get,
+    path = "/confirm",
+    params(ConfirmParams),
+    responses(
+        (status = OK, description = "confirmed now, or already", content(
+            (Confirmed = "application/json"),
+            (String = "text/html"),
+        )),
+        (status = BAD_REQUEST, description = "the token is missing or malformed", body = Problem, content_type = "application/problem+json"),
+        (status = NOT_FOUND, description = "unknown token, or one a newer signup replaced", body = Problem, content_type = "application/problem+json"),
+        (status = GONE, description = "the link has expired", body = Problem, content_type = "application/problem+json"),
+        (status = SERVICE_UNAVAILABLE, description = "the database is unavailable", body = Problem, content_type = "application/problem+json"),
+    )
+)]
 async fn confirm(
     State(ctx): State<ApiContext>,
     headers: HeaderMap,

@@ -11,6 +11,7 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use serde::Serialize;
+use utoipa::ToSchema;
 
 use crate::{
     delivery::SignupError,
@@ -52,13 +53,20 @@ pub enum Error {
     Internal(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
 
-/// The RFC 9457 body. `type` is `about:blank` (RFC 9457 §4.2.1): the status and title say it all,
-/// and we do not host pages of error documentation.
-#[derive(Serialize)]
-struct Problem<'a> {
+/// The RFC 9457 body of every error. `type` is `about:blank` (RFC 9457 §4.2.1): the status and
+/// title say it all, and we do not host pages of error documentation.
+#[derive(Serialize, ToSchema)]
+#[schema(as = Problem)]
+pub(super) struct Problem<'a> {
+    #[schema(example = "about:blank")]
     r#type: &'static str,
+    /// The status code's reason phrase.
+    #[schema(example = "Unprocessable Entity")]
     title: &'a str,
+    #[schema(example = 422)]
     status: u16,
+    /// What went wrong, in words meant for the client.
+    #[schema(example = "email is not a valid address: invalid email address")]
     detail: String,
     /// The signup the error is about, when one was stored (sync mode with SMTP down).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -120,12 +128,7 @@ impl IntoResponse for Error {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/problem+json"),
         );
-        if status == StatusCode::METHOD_NOT_ALLOWED {
-            // Only the routes that reach this fallback are ours; they each accept GET, or POST for /signups.
-            response
-                .headers_mut()
-                .insert(header::ALLOW, HeaderValue::from_static("GET, POST"));
-        }
+        // For 405, axum adds an `Allow` header naming the route's real methods.
         response
     }
 }

@@ -1,23 +1,51 @@
 //! `GET /healthz` (the process is up) and `GET /readyz` (its dependencies answer).
 
-use axum::{Json, Router, extract::State, routing::get};
-use serde_json::{Value, json};
+use axum::{Json, extract::State};
+use serde::Serialize;
+use utoipa::ToSchema;
+use utoipa_axum::{router::OpenApiRouter, routes};
 
-use super::{ApiContext, Error};
+use super::{ApiContext, Error, error::Problem};
 
-pub(super) fn router() -> Router<ApiContext> {
-    Router::new()
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
+pub(super) fn router() -> OpenApiRouter<ApiContext> {
+    OpenApiRouter::new()
+        .routes(routes!(healthz))
+        .routes(routes!(readyz))
 }
 
-async fn healthz() -> Json<Value> {
-    Json(json!({ "status": "ok" }))
+#[derive(Serialize, ToSchema)]
+struct Health {
+    #[schema(example = "ok")]
+    status: &'static str,
+}
+
+#[derive(Serialize, ToSchema)]
+struct Ready {
+    #[schema(example = "ready")]
+    status: &'static str,
+    #[schema(example = "ok")]
+    database: &'static str,
+    #[schema(example = "ok")]
+    smtp: &'static str,
+}
+
+/// The process is up and serving HTTP.
+#[utoipa::path(get, path = "/healthz", responses((status = OK, body = Health)))]
+async fn healthz() -> Json<Health> {
+    Json(Health { status: "ok" })
 }
 
 /// Ready when the database answers a query and the SMTP server answers EHLO. Checked together,
 /// so a slow SMTP server costs one timeout, not two.
-async fn readyz(State(ctx): State<ApiContext>) -> Result<Json<Value>, Error> {
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    responses(
+        (status = OK, body = Ready),
+        (status = SERVICE_UNAVAILABLE, description = "the database or the SMTP server does not answer", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+async fn readyz(State(ctx): State<ApiContext>) -> Result<Json<Ready>, Error> {
     let delivery = &ctx.delivery;
     let (database, smtp) = tokio::join!(delivery.store().ping(), delivery.mailer().ping());
     let mut failing = Vec::new();
@@ -28,9 +56,11 @@ async fn readyz(State(ctx): State<ApiContext>) -> Result<Json<Value>, Error> {
         failing.push("the SMTP server does not answer");
     }
     if failing.is_empty() {
-        Ok(Json(
-            json!({ "status": "ready", "database": "ok", "smtp": "ok" }),
-        ))
+        Ok(Json(Ready {
+            status: "ready",
+            database: "ok",
+            smtp: "ok",
+        }))
     } else {
         Err(Error::NotReady(failing.join("; ")))
     }

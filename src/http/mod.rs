@@ -1,6 +1,10 @@
 //! The HTTP layer: axum routes that parse requests into domain values, call the delivery core,
 //! and turn its results into responses. One module per resource, each exporting `router()`.
 //!
+//! The routes are registered through `utoipa-axum`, so the OpenAPI document served at
+//! `GET /openapi.json` is built from the same handlers and annotations as the router itself and
+//! cannot drift from it.
+//!
 //! Every response, errors included, passes through [`observe`]: it gives the request an id
 //! (`x-request-id`), runs it inside a `request` span, adds `Server-Timing`, and logs one line
 //! with the method, route, mode, status and latency in milliseconds.
@@ -12,19 +16,23 @@ mod signups;
 
 use std::{
     panic::AssertUnwindSafe,
+    sync::Arc,
     time::{Duration, Instant},
 };
 
 use axum::{
-    Router,
+    Json, Router,
     extract::{DefaultBodyLimit, FromRequest, MatchedPath, Request},
     http::{HeaderName, HeaderValue},
     middleware::{self, Next},
     response::{IntoResponse, Response},
+    routing::get,
 };
 use futures_util::FutureExt;
 use serde::de::DeserializeOwned;
 use tracing::{Instrument, field, info, info_span};
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
 
 pub use error::Error;
 
@@ -43,11 +51,33 @@ pub struct ApiContext {
     pub default_mode: DeliveryMode,
 }
 
-pub fn router(ctx: ApiContext) -> Router {
-    Router::new()
+#[derive(OpenApi)]
+#[openapi(info(
+    title = "confirmd",
+    description = "Sign a user up and send the confirmation email, inline (sync) or from a durable background outbox."
+))]
+struct ApiDoc;
+
+/// The API's OpenAPI 3.1 document, generated from the handlers.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    routes().into_openapi()
+}
+
+fn routes() -> OpenApiRouter<ApiContext> {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
         .merge(signups::router())
         .merge(confirm::router())
         .merge(health::router())
+}
+
+pub fn router(ctx: ApiContext) -> Router {
+    let (router, api) = routes().split_for_parts();
+    let api = Arc::new(api);
+    router
+        .route(
+            "/openapi.json",
+            get(move || async move { Json(api.as_ref().clone()) }),
+        )
         .fallback(|| async { Error::NotFound("There is nothing at this path.".into()) })
         .method_not_allowed_fallback(|| async {
             Error::MethodNotAllowed("This path does not accept that method.".into())

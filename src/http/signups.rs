@@ -1,53 +1,103 @@
 //! `POST /signups` and `GET /signups/{id}`.
 
 use axum::{
-    Extension, Json, Router,
+    Extension, Json,
     extract::{Path, Query, State, rejection::QueryRejection},
     http::{HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
-    routing::{get, post},
 };
 use serde::{Deserialize, Serialize};
 use tracing::Span;
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::{router::OpenApiRouter, routes};
 
-use super::{ApiContext, Error, JsonBody, RequestId, ServerTiming};
+use super::{ApiContext, Error, JsonBody, RequestId, ServerTiming, error::Problem};
 use crate::{
     clock,
     delivery::SignupReceipt,
     domain::{DeliveryMode, SubscriberEmail, SubscriberName},
 };
 
-pub(super) fn router() -> Router<ApiContext> {
-    Router::new()
-        .route("/signups", post(create))
-        .route("/signups/{id}", get(show))
+pub(super) fn router() -> OpenApiRouter<ApiContext> {
+    OpenApiRouter::new()
+        .routes(routes!(create))
+        .routes(routes!(show))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct SignupParams {
+    /// How to send the confirmation email; `async` is another name for `background`.
+    /// Defaults to `delivery.default_mode`.
+    #[param(value_type = Option<ModeParam>, inline)]
     mode: Option<String>,
 }
 
-#[derive(Deserialize)]
+/// The values `mode` accepts (parsed by hand, so that an unknown one is a clear 422).
+#[derive(ToSchema)]
+#[schema(rename_all = "lowercase")]
+#[allow(dead_code)]
+enum ModeParam {
+    Sync,
+    Background,
+    Async,
+}
+
+#[derive(Deserialize, ToSchema)]
 struct SignupRequest {
+    /// Trimmed; the domain is lower-cased. Unique regardless of case.
+    #[schema(format = Email, max_length = 254, example = "ada@example.com")]
     email: String,
+    /// Optional display name, used in the greeting; no control characters.
+    #[schema(
+        max_length = 100,
+        pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]*$",
+        example = "Ada Lovelace"
+    )]
     name: Option<String>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 struct SignupResponse {
     id: String,
     email: String,
+    /// Always `pending` here: the user confirms through the link in the email.
+    #[schema(example = "pending")]
     status: &'static str,
     delivery: DeliverySummary,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 struct DeliverySummary {
+    /// `sync` or `background`.
+    #[schema(example = "background")]
     mode: &'static str,
+    /// `sent` (sync) or `queued` (background) as the request leaves it.
+    #[schema(example = "queued")]
     state: &'static str,
 }
 
+/// Sign up, and send the confirmation email inline (`sync`) or from the outbox (`background`).
+#[utoipa::path(
+    post,
+    path = "/signups",
+    params(SignupParams),
+    request_body(content = SignupRequest, content_type = "application/json"),
+    responses(
+        (status = CREATED, description = "sync: the SMTP server accepted the email", body = SignupResponse,
+         headers(("location" = String, description = "/signups/{id}"))),
+        (status = ACCEPTED, description = "background: the signup and its email are committed", body = SignupResponse,
+         headers(("location" = String, description = "/signups/{id}"))),
+        (status = BAD_REQUEST, description = "malformed JSON or query string", body = Problem, content_type = "application/problem+json"),
+        (status = CONFLICT, description = "the address is already confirmed", body = Problem, content_type = "application/problem+json"),
+        (status = PAYLOAD_TOO_LARGE, description = "the body is over 16 KiB", body = Problem, content_type = "application/problem+json"),
+        (status = UNSUPPORTED_MEDIA_TYPE, description = "the body is not sent as application/json", body = Problem, content_type = "application/problem+json"),
+        (status = UNPROCESSABLE_ENTITY, description = "invalid email, name or mode", body = Problem, content_type = "application/problem+json"),
+        (status = BAD_GATEWAY, description = "sync: SMTP failed; the signup is stored and its email queued", body = Problem, content_type = "application/problem+json"),
+        (status = SERVICE_UNAVAILABLE, description = "the database is unavailable", body = Problem, content_type = "application/problem+json"),
+        (status = GATEWAY_TIMEOUT, description = "sync: SMTP timed out; the signup is stored and its email queued", body = Problem, content_type = "application/problem+json"),
+    )
+)]
 async fn create(
     State(ctx): State<ApiContext>,
     Extension(RequestId(request_id)): Extension<RequestId>,
@@ -56,7 +106,7 @@ async fn create(
 ) -> Result<Response, Error> {
     let Query(params) = params?;
     let mode = match params.mode.as_deref() {
-        None | Some("") => ctx.default_mode,
+        None => ctx.default_mode,
         Some(mode) => mode.parse::<DeliveryMode>()?,
     };
     Span::current().record("mode", mode.as_str());
@@ -100,20 +150,26 @@ fn created(receipt: SignupReceipt) -> Response {
     response
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 struct SignupDetails {
     id: String,
     email: String,
     name: Option<String>,
+    /// `pending` or `confirmed`.
+    #[schema(example = "pending")]
     status: String,
+    /// RFC 3339.
     created_at: String,
     confirmed_at: Option<String>,
     delivery: DeliveryDetails,
 }
 
-#[derive(Serialize)]
+/// The signup's latest email.
+#[derive(Serialize, ToSchema)]
 struct DeliveryDetails {
+    /// `sync` or `background`.
     mode: String,
+    /// `queued`, `sending`, `sent`, `failed` or `superseded`.
     state: String,
     attempts: i64,
     /// When the next attempt is due, while the email waits in the queue: the retry schedule.
@@ -123,6 +179,17 @@ struct DeliveryDetails {
     sent_at: Option<String>,
 }
 
+/// A signup, with the state of its latest confirmation email.
+#[utoipa::path(
+    get,
+    path = "/signups/{id}",
+    params(("id" = String, Path, description = "The id returned by POST /signups")),
+    responses(
+        (status = OK, body = SignupDetails),
+        (status = NOT_FOUND, description = "no signup has this id", body = Problem, content_type = "application/problem+json"),
+        (status = SERVICE_UNAVAILABLE, description = "the database is unavailable", body = Problem, content_type = "application/problem+json"),
+    )
+)]
 async fn show(
     State(ctx): State<ApiContext>,
     Path(id): Path<String>,

@@ -149,3 +149,18 @@ async fn unknown_paths_ids_and_methods_answer_in_the_same_shape() {
         .unwrap();
     assert_problem(delete, StatusCode::METHOD_NOT_ALLOWED).await;
 }
+
+#[tokio::test]
+async fn an_empty_mode_is_an_unknown_mode_not_the_default() {
+    let app = spawn_app().await;
+    let response = app
+        .post_signup(r#"{"email": "ann@example.com"}"#, Some(""))
+        .await;
+    assert_rejected(
+        &app,
+        response,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "unknown delivery mode",
+    )
+    .await;
+}

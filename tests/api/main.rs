@@ -9,6 +9,7 @@ mod helpers;
 mod bad_input;
 mod confirm;
 mod health;
+mod openapi;
 mod restart;
 mod signup;
 mod smtp_faults;

@@ -1,0 +1,67 @@
+//! The OpenAPI document describes the routes the router really has, with their error answers.
+
+use reqwest::StatusCode;
+use serde_json::Value;
+
+use crate::helpers::spawn_app;
+
+#[tokio::test]
+async fn the_openapi_document_lists_every_operation_and_its_problem_answers() {
+    let app = spawn_app().await;
+    let response = app.get("/openapi.json").await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let doc: Value = response.json().await.unwrap();
+
+    assert_eq!(doc["openapi"], "3.1.0");
+    let operations: Vec<(String, String)> = doc["paths"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .flat_map(|(path, item)| {
+            item.as_object()
+                .unwrap()
+                .keys()
+                .map(move |m| (m.clone(), path.clone()))
+        })
+        .collect();
+    let mut operations: Vec<String> = operations
+        .into_iter()
+        .map(|(m, p)| format!("{m} {p}"))
+        .collect();
+    operations.sort();
+    assert_eq!(
+        operations,
+        [
+            "get /confirm",
+            "get /healthz",
+            "get /readyz",
+            "get /signups/{id}",
+            "post /signups"
+        ]
+    );
+    // Every documented operation really answers on this app (no documented path the router lacks).
+    for (path, status) in [
+        ("/healthz", StatusCode::OK),
+        ("/signups/unknown", StatusCode::NOT_FOUND),
+    ] {
+        assert_eq!(app.get(path).await.status(), status);
+    }
+
+    let post = &doc["paths"]["/signups"]["post"]["responses"];
+    for status in [
+        "201", "202", "400", "409", "413", "415", "422", "502", "503", "504",
+    ] {
+        assert!(
+            post[status].is_object(),
+            "POST /signups should document {status}"
+        );
+    }
+    assert!(post["422"]["content"]["application/problem+json"].is_object());
+    let problem = &doc["components"]["schemas"]["Problem"]["required"];
+    for field in ["type", "title", "status", "detail"] {
+        assert!(
+            problem.as_array().unwrap().iter().any(|f| f == field),
+            "Problem requires {field}"
+        );
+    }
+}
