@@ -176,3 +176,33 @@ async fn a_re_signup_while_the_first_email_waits_sends_only_the_newest_link() {
         StatusCode::OK
     );
 }
+
+#[tokio::test]
+async fn two_clicks_racing_on_one_link_confirm_once_and_both_succeed() {
+    let app = spawn_app().await;
+    let id = app.signup_ok("ann@example.com", "sync").await;
+    let link = app.confirmation_link("ann@example.com").await;
+
+    let click = || async {
+        let response = app
+            .client
+            .get(&link)
+            .header("accept", "application/json")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        response.json::<Value>().await.unwrap()["already_confirmed"]
+            .as_bool()
+            .unwrap()
+    };
+    let clicks = futures_util::future::join_all((0..8).map(|_| click())).await;
+
+    assert_eq!(
+        clicks.iter().filter(|already| !**already).count(),
+        1,
+        "exactly one click confirms: {clicks:?}"
+    );
+    let details = app.signup_details(&id).await;
+    assert_eq!(details["status"], "confirmed");
+}

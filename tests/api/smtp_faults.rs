@@ -191,3 +191,31 @@ async fn a_connection_dropped_mid_message_is_retried() {
     app.wait_for_delivery_state(&id, "sent").await;
     assert_eq!(app.mail_to("ann@example.com").len(), 1);
 }
+
+#[tokio::test]
+async fn a_send_that_hangs_times_out_and_does_not_stall_the_worker() {
+    // One worker: if a hung send held it, nothing else would ever be delivered.
+    let app = spawn_app_with(|s| {
+        s.worker.concurrency = 1;
+        s.smtp.timeout_ms = 300;
+        s.worker.lease_ms = 1_000;
+    })
+    .await;
+    app.smtp().set_behaviour(Behaviour::Hang);
+    let stuck = app.signup_ok("ann@example.com", "background").await;
+    poll(PATIENCE, || async {
+        let details = app.signup_details(&stuck).await;
+        let timed_out = details["delivery"]["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("did not answer"));
+        if timed_out { Ok(()) } else { Err(details) }
+    })
+    .await
+    .unwrap_or_else(|last| panic!("the hung send never timed out: {last:#}"));
+
+    app.smtp().set_behaviour(Behaviour::Accept);
+    let next = app.signup_ok("bob@example.com", "background").await;
+
+    app.wait_for_delivery_state(&next, "sent").await;
+    app.wait_for_delivery_state(&stuck, "sent").await;
+}
