@@ -26,6 +26,7 @@ pub struct Settings {
     pub mail: MailSettings,
     pub app: AppSettings,
     pub delivery: DeliverySettings,
+    pub signup: SignupSettings,
     pub worker: WorkerSettings,
     pub token: TokenSettings,
     pub telemetry: TelemetrySettings,
@@ -115,6 +116,19 @@ pub struct DeliverySettings {
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
+pub struct SignupSettings {
+    /// The least time between two emails to one pending address.
+    pub resend_interval_s: u64,
+}
+
+impl SignupSettings {
+    pub fn resend_interval(&self) -> Duration {
+        Duration::from_secs(self.resend_interval_s)
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct WorkerSettings {
     pub concurrency: usize,
     pub queue_capacity: usize,
@@ -124,6 +138,7 @@ pub struct WorkerSettings {
     pub sweep_interval_ms: u64,
     pub lease_ms: u64,
     pub shutdown_timeout_ms: u64,
+    pub max_backlog: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -212,7 +227,7 @@ impl Settings {
                 "must be set together with smtp.username",
             ));
         }
-        let positive: [(&'static str, u64); 9] = [
+        let positive: [(&'static str, u64); 10] = [
             ("smtp.timeout_ms", self.smtp.timeout_ms),
             ("smtp.pool_size", self.smtp.pool_size.into()),
             (
@@ -225,6 +240,7 @@ impl Settings {
             ("worker.retry_base_ms", self.worker.retry_base_ms),
             ("worker.sweep_interval_ms", self.worker.sweep_interval_ms),
             ("token.ttl_hours", self.token.ttl_hours),
+            ("worker.max_backlog", self.worker.max_backlog),
         ];
         if let Some((key, _)) = positive.iter().find(|(_, value)| *value == 0) {
             return Err(invalid(key, "must be at least 1"));

@@ -33,6 +33,9 @@ impl std::fmt::Display for OutboxId {
 pub enum StoreError {
     #[error("{0} is already confirmed")]
     AlreadyConfirmed(String),
+    /// The address was sent an email less than the resend interval ago.
+    #[error("an email was sent to this address moments ago; try again in {retry_after_ms} ms")]
+    TooSoon { retry_after_ms: i64 },
     #[error("database error")]
     Database(#[from] sqlx::Error),
     #[error("database migration failed")]
@@ -64,6 +67,8 @@ pub struct NewSignup<'a> {
     /// For sync mode: the row is written already claimed by the request, leased until then, so
     /// no worker or sweeper sends it at the same time.
     pub claimed_until: Option<i64>,
+    /// A pending address gets no new email sooner than this after its last one.
+    pub resend_interval_ms: i64,
     pub now: i64,
 }
 
@@ -182,6 +187,18 @@ impl Store {
                 return Err(StoreError::AlreadyConfirmed(user.email));
             }
             Some(user) => {
+                let last_email_at = sqlx::query_scalar!(
+                    r#"SELECT MAX(created_at) AS "created_at: i64" FROM email_outbox WHERE user_id = ?1"#,
+                    user.id
+                )
+                .fetch_one(&mut *tx)
+                .await?;
+                if let Some(last) = last_email_at {
+                    let retry_after_ms = last.saturating_add(new.resend_interval_ms) - new.now;
+                    if retry_after_ms > 0 {
+                        return Err(StoreError::TooSoon { retry_after_ms });
+                    }
+                }
                 sqlx::query!(
                     "UPDATE users SET name = COALESCE(?2, name) WHERE id = ?1",
                     user.id,
@@ -370,6 +387,16 @@ impl Store {
         .fetch_all(&self.reader)
         .await?;
         Ok(ids.into_iter().map(OutboxId).collect())
+    }
+
+    /// How many emails wait to be sent (queued or being sent).
+    pub async fn backlog(&self) -> Result<i64, StoreError> {
+        let count = sqlx::query_scalar!(
+            r#"SELECT COUNT(*) AS "count!: i64" FROM email_outbox WHERE state IN ('queued', 'sending')"#
+        )
+        .fetch_one(&self.reader)
+        .await?;
+        Ok(count)
     }
 
     /// A signup with its latest email.

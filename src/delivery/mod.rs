@@ -21,7 +21,10 @@ mod sweeper;
 mod worker;
 
 use std::{
-    sync::Arc,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
     time::{Duration, Instant},
 };
 
@@ -57,6 +60,8 @@ pub(crate) struct Policy {
     max_attempts: u32,
     sweep_interval: Duration,
     sweep_batch: usize,
+    resend_interval: Duration,
+    max_backlog: u64,
 }
 
 /// The delivery core: shared by the HTTP handlers, the workers and the sweeper.
@@ -73,6 +78,9 @@ struct Inner {
     /// Sync sends run as their own tasks, tracked here with the workers, so that a client that
     /// hangs up mid-send cannot abandon an email half-sent and shutdown waits for them.
     tasks: TaskTracker,
+    /// Emails waiting to be sent: counted by the sweeper, raised by each background signup in
+    /// between, so the backlog cap holds without a COUNT on every request.
+    backlog: AtomicU64,
 }
 
 /// A committed signup and what became of its email so far.
@@ -93,6 +101,12 @@ pub struct SignupReceipt {
 pub enum SignupError {
     #[error("{0} is already confirmed")]
     AlreadyConfirmed(String),
+    /// The address was sent an email less than `signup.resend_interval_s` ago.
+    #[error("an email was sent to this address moments ago")]
+    TooSoon { retry_after: Duration },
+    /// Background mode: `worker.max_backlog` emails are already waiting (SMTP is down or slow).
+    #[error("too many emails are waiting to be sent")]
+    Backlogged { retry_after: Duration },
     /// Sync mode: the signup is stored and its email queued for a retry, but SMTP failed now.
     #[error("the signup is saved but its email could not be sent now: {error}")]
     SendFailed {
@@ -110,6 +124,9 @@ impl From<StoreError> for SignupError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::AlreadyConfirmed(email) => SignupError::AlreadyConfirmed(email),
+            StoreError::TooSoon { retry_after_ms } => SignupError::TooSoon {
+                retry_after: Duration::from_millis(u64::try_from(retry_after_ms).unwrap_or(0)),
+            },
             other => SignupError::Store(other),
         }
     }
@@ -143,6 +160,8 @@ impl Delivery {
             max_attempts: worker.max_attempts,
             sweep_interval: worker.sweep_interval(),
             sweep_batch: worker.queue_capacity,
+            resend_interval: settings.signup.resend_interval(),
+            max_backlog: worker.max_backlog,
         };
         let delivery = Delivery {
             inner: Arc::new(Inner {
@@ -151,6 +170,7 @@ impl Delivery {
                 policy,
                 jobs,
                 tasks: tasks.clone(),
+                backlog: AtomicU64::new(0),
             }),
         };
         worker::spawn_pool(
@@ -181,6 +201,13 @@ impl Delivery {
         request_id: Option<&str>,
     ) -> Result<SignupReceipt, SignupError> {
         let policy = &self.inner.policy;
+        if mode == DeliveryMode::Background
+            && self.inner.backlog.load(Ordering::Relaxed) >= policy.max_backlog
+        {
+            return Err(SignupError::Backlogged {
+                retry_after: policy.sweep_interval,
+            });
+        }
         let token = ConfirmationToken::generate();
         let now = clock::now_ms();
         let claimed_until = (mode == DeliveryMode::Sync).then(|| clock::ms_from_now(policy.lease));
@@ -193,6 +220,8 @@ impl Delivery {
             mode,
             request_id,
             claimed_until,
+            resend_interval_ms: i64::try_from(policy.resend_interval.as_millis())
+                .unwrap_or(i64::MAX),
             now,
         };
         let started = Instant::now();
@@ -214,6 +243,7 @@ impl Delivery {
 
         match mode {
             DeliveryMode::Background => {
+                self.inner.backlog.fetch_add(1, Ordering::Relaxed);
                 self.enqueue(stored.outbox_id);
                 Ok(receipt)
             }

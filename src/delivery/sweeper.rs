@@ -3,6 +3,7 @@
 //! At start-up and then every `worker.sweep_interval_ms` it takes back rows whose lease expired
 //! (their sender died mid-send), and offers the workers every queued row that is due: retries
 //! whose backoff has passed, rows the full channel could not take, rows left by the last run.
+//! It also counts the backlog, which the backlog cap (`worker.max_backlog`) is checked against.
 
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info};
@@ -31,6 +32,11 @@ async fn sweep(delivery: &Delivery) -> Result<(), crate::store::StoreError> {
     if reclaimed > 0 {
         info!(reclaimed, "took back emails whose sender's lease expired");
     }
+    let backlog = store.backlog().await?;
+    delivery.inner.backlog.store(
+        u64::try_from(backlog).unwrap_or(0),
+        std::sync::atomic::Ordering::Relaxed,
+    );
     // Offer no more than the channel can hold right now: what does not fit waits for the next
     // sweep, and a busy pool is not flooded with duplicates of ids it already holds.
     let room = delivery

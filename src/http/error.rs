@@ -38,6 +38,13 @@ pub enum Error {
     Conflict(String),
     #[error("{0}")]
     Gone(String),
+    /// 429 or 503 with `Retry-After`: come back later, nothing is wrong with the request.
+    #[error("{detail}")]
+    RetryLater {
+        status: StatusCode,
+        detail: String,
+        retry_after: std::time::Duration,
+    },
     /// Sync mode only: SMTP failed; the signup is stored and its email will be retried.
     #[error("{detail}")]
     Smtp {
@@ -84,6 +91,7 @@ impl Error {
             Error::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             Error::Conflict(_) => StatusCode::CONFLICT,
             Error::Gone(_) => StatusCode::GONE,
+            Error::RetryLater { status, .. } => *status,
             Error::Smtp { timeout: true, .. } => StatusCode::GATEWAY_TIMEOUT,
             Error::Smtp { timeout: false, .. } => StatusCode::BAD_GATEWAY,
             Error::NotReady(_) | Error::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -128,6 +136,13 @@ impl IntoResponse for Error {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/problem+json"),
         );
+        if let Error::RetryLater { retry_after, .. } = &self {
+            // Whole seconds, rounded up: never tell a client to come back before it may.
+            let seconds = retry_after.as_millis().div_ceil(1000).max(1);
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(seconds as u64));
+        }
         // For 405, axum adds an `Allow` header naming the route's real methods.
         response
     }
@@ -196,13 +211,9 @@ impl From<MalformedToken> for Error {
 }
 
 impl From<StoreError> for Error {
+    /// Through [`SignupError`], so each store outcome maps to one status in one place.
     fn from(e: StoreError) -> Self {
-        match e {
-            StoreError::AlreadyConfirmed(email) => {
-                Error::Conflict(format!("{email} is already confirmed."))
-            }
-            other => Error::Unavailable(other),
-        }
+        SignupError::from(e).into()
     }
 }
 
@@ -226,6 +237,18 @@ impl From<SignupError> for Error {
                     id: receipt.user_id,
                 }
             }
+            SignupError::TooSoon { retry_after } => Error::RetryLater {
+                status: StatusCode::TOO_MANY_REQUESTS,
+                detail:
+                    "An email was sent to this address moments ago; wait before asking for another."
+                        .into(),
+                retry_after,
+            },
+            SignupError::Backlogged { retry_after } => Error::RetryLater {
+                status: StatusCode::SERVICE_UNAVAILABLE,
+                detail: "Too many emails are waiting to be sent; try again shortly.".into(),
+                retry_after,
+            },
             SignupError::Store(e) => Error::Unavailable(e),
             SignupError::Internal(e) => Error::Internal(e.into()),
         }

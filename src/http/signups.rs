@@ -93,8 +93,11 @@ struct DeliverySummary {
         (status = PAYLOAD_TOO_LARGE, description = "the body is over 16 KiB", body = Problem, content_type = "application/problem+json"),
         (status = UNSUPPORTED_MEDIA_TYPE, description = "the body is not sent as application/json", body = Problem, content_type = "application/problem+json"),
         (status = UNPROCESSABLE_ENTITY, description = "invalid email, name or mode", body = Problem, content_type = "application/problem+json"),
+        (status = TOO_MANY_REQUESTS, description = "this pending address was sent an email less than `signup.resend_interval_s` ago",
+         body = Problem, content_type = "application/problem+json", headers(("retry-after" = u64, description = "seconds"))),
         (status = BAD_GATEWAY, description = "sync: SMTP failed; the signup is stored and its email queued", body = Problem, content_type = "application/problem+json"),
-        (status = SERVICE_UNAVAILABLE, description = "the database is unavailable", body = Problem, content_type = "application/problem+json"),
+        (status = SERVICE_UNAVAILABLE, description = "the database is unavailable, or (background) `worker.max_backlog` emails already wait",
+         body = Problem, content_type = "application/problem+json"),
         (status = GATEWAY_TIMEOUT, description = "sync: SMTP timed out; the signup is stored and its email queued", body = Problem, content_type = "application/problem+json"),
     )
 )]

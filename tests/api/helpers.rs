@@ -38,6 +38,8 @@ fn test_settings(db_dir: &TempDir, smtp_port: u16) -> Settings {
     settings.smtp.port = smtp_port;
     settings.smtp.timeout_ms = 2_000;
     settings.app.base_url = BASE_URL.into();
+    // Tests sign the same address up in quick succession; tests/api/abuse.rs sets its own.
+    settings.signup.resend_interval_s = 0;
     settings.worker.retry_base_ms = 50;
     settings.worker.retry_max_ms = 200;
     settings.worker.sweep_interval_ms = 100;

@@ -6,6 +6,7 @@ mod smtp;
 
 mod helpers;
 
+mod abuse;
 mod bad_input;
 mod confirm;
 mod health;
