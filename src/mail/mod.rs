@@ -1,35 +1,35 @@
 //! The confirmation email and the SMTP transport that sends it.
 //!
-//! [`Mailer`] wraps lettre's async SMTP transport, which keeps a pool of open connections so that
-//! consecutive emails skip the TCP and SMTP handshakes. Its errors are sorted into what the
-//! delivery code must decide on: worth retrying ([`SendError::Transient`], [`SendError::Timeout`])
-//! or not ([`SendError::Permanent`], a 5xx from the server).
+//! [`Mailer`] builds messages with lettre and sends them over lettre's SMTP client, through a
+//! pool of open connections ([`pool`]) so that consecutive emails skip the TCP and SMTP
+//! handshakes. Its errors are sorted into what the delivery code must decide on: worth retrying
+//! ([`SendError::Transient`], [`SendError::Timeout`]) or not ([`SendError::Permanent`], a 5xx
+//! from the server).
 
-use std::time::Duration;
+mod pool;
+
+use std::{sync::Arc, time::Duration};
 
 use lettre::{
-    AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor,
+    Message,
     message::{Mailbox, MultiPart},
-    transport::smtp::{
-        PoolConfig,
-        authentication::Credentials,
-        client::{Tls, TlsParameters},
-    },
+    transport::smtp::authentication::Credentials,
 };
 
-use crate::config::{SmtpSettings, SmtpTls};
+use self::pool::{PoolError, PoolSettings, SmtpPool};
+use crate::config::SmtpSettings;
 
 const TEXT_TEMPLATE: &str = include_str!("confirmation.txt");
 const HTML_TEMPLATE: &str = include_str!("confirmation.html");
 const SUBJECT: &str = "Confirm your email address";
 
-/// Sends email through one pooled SMTP transport. Cheap to clone: clones share the pool.
+/// Sends email through one pool of SMTP connections. Cheap to clone: clones share the pool.
 #[derive(Clone)]
 pub struct Mailer {
-    transport: AsyncSmtpTransport<Tokio1Executor>,
+    pool: Arc<SmtpPool>,
     from: Mailbox,
-    /// lettre's own timeout bounds each socket operation; this one bounds a whole send, so a
-    /// server that trickles bytes cannot hold a worker forever.
+    /// Bounds a whole send, connection included, so a server that stops answering (or trickles
+    /// bytes) cannot hold a worker or a sync request forever.
     timeout: Duration,
 }
 
@@ -52,7 +52,7 @@ impl SendError {
 #[derive(Debug, thiserror::Error)]
 pub enum MailError {
     #[error("invalid SMTP settings: {0}")]
-    Transport(#[from] lettre::transport::smtp::Error),
+    Settings(#[from] lettre::transport::smtp::Error),
     #[error("cannot build the email: {0}")]
     Build(#[from] lettre::error::Error),
     #[error("invalid recipient {0:?}")]
@@ -68,26 +68,18 @@ pub struct ConfirmationEmail<'a> {
 
 impl Mailer {
     pub fn new(settings: &SmtpSettings, from: Mailbox) -> Result<Mailer, MailError> {
-        let host = settings.host.as_str();
-        let builder = match settings.tls {
-            SmtpTls::None => AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(host),
-            SmtpTls::Starttls => AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(host)
-                .tls(Tls::Required(TlsParameters::new(host.to_owned())?)),
-            SmtpTls::Tls => AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(host)
-                .tls(Tls::Wrapper(TlsParameters::new(host.to_owned())?)),
-        };
-        let mut builder = builder
-            .port(settings.port)
-            .timeout(Some(settings.timeout()))
-            .pool_config(PoolConfig::new().max_size(settings.pool_size));
-        if !settings.username.is_empty() {
-            builder = builder.credentials(Credentials::new(
-                settings.username.clone(),
-                settings.password.clone(),
-            ));
-        }
+        let credentials = (!settings.username.is_empty())
+            .then(|| Credentials::new(settings.username.clone(), settings.password.clone()));
+        let pool = SmtpPool::new(PoolSettings {
+            host: settings.host.clone(),
+            port: settings.port,
+            tls: settings.tls,
+            credentials,
+            connect_timeout: settings.timeout(),
+            max_idle: settings.pool_size as usize,
+        })?;
         Ok(Mailer {
-            transport: builder.build(),
+            pool: Arc::new(pool),
             from,
             timeout: settings.timeout(),
         })
@@ -123,20 +115,26 @@ impl Mailer {
 
     /// Sends one message, within the configured timeout.
     pub async fn send(&self, message: Message) -> Result<(), SendError> {
-        match tokio::time::timeout(self.timeout, self.transport.send(message)).await {
-            Err(_) => Err(SendError::Timeout(self.timeout)),
-            Ok(Ok(_response)) => Ok(()),
-            Ok(Err(e)) if e.is_timeout() => Err(SendError::Timeout(self.timeout)),
-            Ok(Err(e)) if e.is_permanent() => Err(SendError::Permanent(describe(&e))),
-            Ok(Err(e)) => Err(SendError::Transient(describe(&e))),
+        let bytes = message.formatted();
+        match tokio::time::timeout(self.timeout, self.pool.send(message.envelope(), &bytes)).await {
+            Err(_) | Ok(Err(PoolError::ConnectTimeout(_))) => Err(SendError::Timeout(self.timeout)),
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(PoolError::Connect(e))) => {
+                Err(SendError::Transient(format!("cannot connect: {e}")))
+            }
+            Ok(Err(PoolError::Smtp(e))) if e.is_timeout() => Err(SendError::Timeout(self.timeout)),
+            Ok(Err(PoolError::Smtp(e))) if e.is_permanent() => {
+                Err(SendError::Permanent(describe(&e)))
+            }
+            Ok(Err(PoolError::Smtp(e))) => Err(SendError::Transient(describe(&e))),
         }
     }
 
     /// Does the SMTP server answer? Opens a connection and says EHLO; for `/readyz`.
     pub async fn ping(&self) -> bool {
         matches!(
-            tokio::time::timeout(self.timeout, self.transport.test_connection()).await,
-            Ok(Ok(true))
+            tokio::time::timeout(self.timeout, self.pool.ping()).await,
+            Ok(true)
         )
     }
 }
