@@ -168,3 +168,13 @@ async fn many_concurrent_signups_in_both_modes_all_get_their_email() {
     assert_eq!(smtp.received().len(), 60, "and no email is sent twice");
     assert_eq!(app.count("users").await, 60);
 }
+
+#[tokio::test]
+async fn consecutive_emails_reuse_one_smtp_connection() {
+    let app = spawn_app().await;
+    for i in 0..5 {
+        app.signup_ok(&format!("user{i}@example.com"), "sync").await;
+    }
+    assert_eq!(app.smtp().received().len(), 5);
+    assert_eq!(app.smtp().connections(), 1, "the pool should keep the connection open");
+}
