@@ -23,14 +23,14 @@ mod worker;
 use std::{
     sync::{
         Arc,
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
     time::{Duration, Instant},
 };
 
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
-use tracing::{Instrument, info_span, warn};
+use tracing::{Instrument, debug, info_span, warn};
 
 pub use retry::Backoff;
 
@@ -81,6 +81,11 @@ struct Inner {
     /// Emails waiting to be sent: counted by the sweeper, raised by each background signup in
     /// between, so the backlog cap holds without a COUNT on every request.
     backlog: AtomicU64,
+    /// Set when due rows did not fit in the channel. The first worker to see the channel half
+    /// empty clears it and wakes the sweeper through `refill`, so a backlog larger than the
+    /// channel drains at the workers' pace instead of one channel-full per sweep interval.
+    overflowed: AtomicBool,
+    refill: Notify,
 }
 
 /// A committed signup and what became of its email so far.
@@ -171,6 +176,8 @@ impl Delivery {
                 jobs,
                 tasks: tasks.clone(),
                 backlog: AtomicU64::new(0),
+                overflowed: AtomicBool::new(false),
+                refill: Notify::new(),
             }),
         };
         worker::spawn_pool(
@@ -295,12 +302,25 @@ impl Delivery {
         if let Err(e) = self.inner.jobs.try_send(job) {
             match e {
                 mpsc::error::TrySendError::Full(_) => {
-                    warn!(outbox_id = %id, "worker queue full; the sweeper will pick the email up")
+                    self.inner.overflowed.store(true, Ordering::Relaxed);
+                    debug!(outbox_id = %id, "worker queue full; the sweeper will pick the email up")
                 }
                 mpsc::error::TrySendError::Closed(_) => {
                     warn!(outbox_id = %id, "workers stopped; the email stays queued for the next start")
                 }
             }
+        }
+    }
+
+    /// Called by a worker after taking a job: if rows are waiting outside a channel that is now
+    /// half empty, wake the sweeper to refill it.
+    fn took_job(&self) {
+        let jobs = &self.inner.jobs;
+        if self.inner.overflowed.load(Ordering::Relaxed)
+            && jobs.capacity() * 2 >= jobs.max_capacity()
+            && self.inner.overflowed.swap(false, Ordering::Relaxed)
+        {
+            self.inner.refill.notify_one();
         }
     }
 

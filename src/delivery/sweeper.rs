@@ -4,6 +4,8 @@
 //! (their sender died mid-send), and offers the workers every queued row that is due: retries
 //! whose backoff has passed, rows the full channel could not take, rows left by the last run.
 //! It also counts the backlog, which the backlog cap (`worker.max_backlog`) is checked against.
+//! Between intervals it sweeps again whenever the workers have drained a channel that rows could
+//! not fit in (see `Delivery::took_job`), so a large backlog is not paced by the interval.
 
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info};
@@ -20,6 +22,8 @@ pub(super) async fn run(delivery: Delivery, shutdown: CancellationToken) {
         tokio::select! {
             () = shutdown.cancelled() => break,
             () = tokio::time::sleep(interval) => {}
+            // The workers have room again while due rows wait outside the channel.
+            () = delivery.inner.refill.notified() => {}
         }
     }
     debug!("sweeper stopped");
@@ -45,11 +49,22 @@ async fn sweep(delivery: &Delivery) -> Result<(), crate::store::StoreError> {
         .capacity()
         .min(delivery.inner.policy.sweep_batch);
     if room == 0 {
+        delivery
+            .inner
+            .overflowed
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         return Ok(());
     }
     let due = store.due_emails(now, room as i64).await?;
     if !due.is_empty() {
         debug!(count = due.len(), "offering due emails to the workers");
+    }
+    if due.len() == room {
+        // The channel is full again and more rows may be due: refill once the workers catch up.
+        delivery
+            .inner
+            .overflowed
+            .store(true, std::sync::atomic::Ordering::Relaxed);
     }
     for id in due {
         delivery.enqueue(id);

@@ -50,6 +50,7 @@ async fn run(
                 None => break,
             },
         };
+        delivery.took_job();
         // Once taken, a job is finished even during shutdown (bounded by the SMTP timeout).
         deliver(&delivery, job).await;
     }

@@ -176,5 +176,36 @@ async fn consecutive_emails_reuse_one_smtp_connection() {
         app.signup_ok(&format!("user{i}@example.com"), "sync").await;
     }
     assert_eq!(app.smtp().received().len(), 5);
-    assert_eq!(app.smtp().connections(), 1, "the pool should keep the connection open");
+    assert_eq!(
+        app.smtp().connections(),
+        1,
+        "the pool should keep the connection open"
+    );
+}
+
+#[tokio::test]
+async fn a_backlog_larger_than_the_channel_drains_without_waiting_for_the_sweep_interval() {
+    // A two-slot channel and a sweeper that would not come back for a minute on its own.
+    let app = spawn_app_with(|s| {
+        s.worker.queue_capacity = 2;
+        s.worker.concurrency = 1;
+        s.worker.sweep_interval_ms = 60_000;
+    })
+    .await;
+    app.smtp().set_behaviour(crate::smtp::Behaviour::Delay(
+        std::time::Duration::from_millis(20),
+    ));
+    for i in 0..30 {
+        app.signup_ok(&format!("user{i}@example.com"), "background")
+            .await;
+    }
+
+    let smtp = app.smtp();
+    let drained = poll_until(PATIENCE, || async { smtp.received().len() >= 30 }).await;
+
+    assert!(
+        drained,
+        "only {} of 30 emails were sent",
+        smtp.received().len()
+    );
 }
