@@ -1,0 +1,625 @@
+//! The promises of the outbox, checked against the real binary as a child process: an email the
+//! service acknowledged (`202 Accepted`) is delivered even if the process is killed, and a
+//! SIGTERM stops it cleanly with nothing sent twice. Also a load run (ignored by default).
+//!
+//! Each test prints what it measured; `--nocapture` shows it:
+//! `SQLX_OFFLINE=true cargo test --test process -- --nocapture` (the fast ones),
+//! `SQLX_OFFLINE=true cargo test --test process -- --ignored --nocapture` (the load; set
+//! `CONFIRMD_E2E_SMTP_PORT` and `CONFIRMD_E2E_MAILDEV_URL` to send its email to maildev).
+
+#[path = "support/process.rs"]
+mod process;
+#[path = "support/smtp.rs"]
+mod smtp;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+
+use process::{ServiceHome, free_port};
+use smtp::{Behaviour, ReceivedMail, SmtpServer};
+
+/// `worker.concurrency` in the compiled-in defaults, which these tests keep: at most this many
+/// emails are in a sender's hands at any moment.
+const WORKER_CONCURRENCY: usize = 4;
+
+/// How long a test waits for every acknowledged email to arrive after a restart.
+const DELIVERY_PATIENCE: Duration = Duration::from_secs(60);
+
+/// Settings that make a failed send come back within a test's patience: SMTP on `smtp_port`,
+/// retries every 50–200 ms without giving up, sweeps every 100 ms, leases of 3 s.
+fn fast_retries(smtp_port: u16) -> Vec<(&'static str, String)> {
+    vec![
+        ("CONFIRMD_SMTP__PORT", smtp_port.to_string()),
+        ("CONFIRMD_SMTP__TIMEOUT_MS", "2000".into()),
+        ("CONFIRMD_WORKER__RETRY_BASE_MS", "50".into()),
+        ("CONFIRMD_WORKER__RETRY_MAX_MS", "200".into()),
+        ("CONFIRMD_WORKER__MAX_ATTEMPTS", "1000".into()),
+        ("CONFIRMD_WORKER__SWEEP_INTERVAL_MS", "100".into()),
+        ("CONFIRMD_WORKER__LEASE_MS", "3000".into()),
+    ]
+}
+
+/// `count` distinct addresses, `{label}-{i}@example.com`.
+fn addresses(label: &str, count: usize) -> Vec<String> {
+    (0..count)
+        .map(|i| format!("{label}-{i}@example.com"))
+        .collect()
+}
+
+/// What a burst of signups came to, as its clients saw it.
+#[derive(Debug, Default)]
+struct Burst {
+    /// Emails whose signup got the mode's success status: the service promised these.
+    acknowledged: Vec<String>,
+    /// Every status that came back, with how often.
+    statuses: BTreeMap<u16, usize>,
+    /// Answers whose body mentions SQLite's "database is locked".
+    locked: usize,
+    /// Requests that got no answer (refused, reset, timed out): when the client learnt it, and
+    /// the error. A client stops at its first one.
+    errors: Vec<(Instant, String)>,
+    /// From the first request to the last answer.
+    elapsed: Duration,
+}
+
+impl Burst {
+    fn server_errors(&self) -> usize {
+        self.statuses
+            .iter()
+            .filter(|(status, _)| **status >= 500)
+            .map(|(_, n)| n)
+            .sum()
+    }
+
+    fn merge(&mut self, other: Burst) {
+        self.acknowledged.extend(other.acknowledged);
+        for (status, n) in other.statuses {
+            *self.statuses.entry(status).or_default() += n;
+        }
+        self.locked += other.locked;
+        self.errors.extend(other.errors);
+    }
+}
+
+/// Signs `emails` up in `mode` from `clients` concurrent clients, each with its own connection
+/// and sending one request after another. `acknowledged` counts successes as they come, so the
+/// test can act in the middle of the burst.
+async fn burst(
+    address: String,
+    mode: &'static str,
+    emails: Vec<String>,
+    clients: usize,
+    acknowledged: Arc<AtomicUsize>,
+) -> Burst {
+    let success = match mode {
+        "sync" => StatusCode::CREATED,
+        _ => StatusCode::ACCEPTED,
+    };
+    let url = format!("{address}/signups?mode={mode}");
+    let emails = Arc::new(emails);
+    let next = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let mut tasks = JoinSet::new();
+    for _ in 0..clients {
+        let (url, emails, next, acknowledged) = (
+            url.clone(),
+            Arc::clone(&emails),
+            Arc::clone(&next),
+            Arc::clone(&acknowledged),
+        );
+        tasks.spawn(async move {
+            let client = reqwest::Client::builder()
+                .pool_max_idle_per_host(1)
+                .timeout(Duration::from_secs(30))
+                .build()
+                .expect("a reqwest client");
+            let mut seen = Burst::default();
+            while let Some(email) = emails.get(next.fetch_add(1, Ordering::SeqCst)) {
+                let answer = client
+                    .post(&url)
+                    .json(&serde_json::json!({ "email": email }))
+                    .send()
+                    .await;
+                let response = match answer {
+                    Ok(response) => response,
+                    Err(e) => {
+                        seen.errors.push((Instant::now(), e.to_string()));
+                        break;
+                    }
+                };
+                let status = response.status();
+                // A body cut short by the server's death is a failed request too: the status
+                // alone is not an acknowledgement the client could rely on.
+                let body = match response.text().await {
+                    Ok(body) => body,
+                    Err(e) => {
+                        seen.errors.push((Instant::now(), e.to_string()));
+                        break;
+                    }
+                };
+                *seen.statuses.entry(status.as_u16()).or_default() += 1;
+                if body.contains("database is locked") {
+                    seen.locked += 1;
+                }
+                if status == success {
+                    seen.acknowledged.push(email.clone());
+                    acknowledged.fetch_add(1, Ordering::SeqCst);
+                }
+            }
+            seen
+        });
+    }
+    let mut all = Burst::default();
+    while let Some(seen) = tasks.join_next().await {
+        all.merge(seen.expect("a client task does not panic"));
+    }
+    all.elapsed = started.elapsed();
+    all
+}
+
+/// How many copies of its email each recipient got.
+fn copies_by_recipient(mail: &[ReceivedMail]) -> BTreeMap<String, usize> {
+    let mut copies = BTreeMap::new();
+    for message in mail {
+        for recipient in &message.to {
+            *copies.entry(recipient.to_ascii_lowercase()).or_default() += 1;
+        }
+    }
+    copies
+}
+
+/// Extra copies beyond the first, over all recipients.
+fn duplicates(copies: &BTreeMap<String, usize>) -> usize {
+    copies.values().map(|n| n - 1).sum()
+}
+
+/// Polls until every `acknowledged` address got its email and the outbox holds only sent rows
+/// (so nothing committed is still on its way), and returns the mail received by then.
+async fn wait_until_delivered(
+    smtp: &SmtpServer,
+    home: &ServiceHome,
+    acknowledged: &[String],
+) -> Vec<ReceivedMail> {
+    let deadline = Instant::now() + DELIVERY_PATIENCE;
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    loop {
+        tick.tick().await;
+        let mail = smtp.received();
+        let copies = copies_by_recipient(&mail);
+        let missing: Vec<&String> = acknowledged
+            .iter()
+            .filter(|email| !copies.contains_key(*email))
+            .collect();
+        let states = home.outbox_states().await;
+        let all_sent = states.keys().all(|state| state == "sent");
+        if missing.is_empty() && all_sent {
+            return mail;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "after {DELIVERY_PATIENCE:?}, {} of {} acknowledged emails have not arrived \
+             (first few: {:?}); outbox by state: {states:?}",
+            missing.len(),
+            acknowledged.len(),
+            &missing[..missing.len().min(5)],
+        );
+    }
+}
+
+/// Polls `condition` every 10 ms; panics with `what` if it is still false after `within`.
+async fn wait_for(what: &str, within: Duration, mut condition: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    let mut tick = tokio::time::interval(Duration::from_millis(10));
+    loop {
+        tick.tick().await;
+        if condition().await {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{what}: not within {within:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn emails_acknowledged_while_smtp_is_down_survive_a_crash() {
+    // Nothing listens on the SMTP port for the whole first run: every send fails and is
+    // rescheduled, so at the kill every email is only in the database.
+    let smtp_port = free_port();
+    let mut home = ServiceHome::new(fast_retries(smtp_port));
+    let mut first = home.start().await;
+
+    let signups = burst(
+        first.address.clone(),
+        "background",
+        addresses("down", 200),
+        8,
+        Arc::default(),
+    )
+    .await;
+    assert_eq!(
+        signups.statuses,
+        BTreeMap::from([(202, 200)]),
+        "every signup is acknowledged; errors: {:?}",
+        signups.errors
+    );
+    let states = home.outbox_states().await;
+    assert_eq!(states.values().sum::<i64>(), 200, "{states:?}");
+    assert!(!states.contains_key("sent"), "SMTP is down: {states:?}");
+
+    first.kill_9();
+    let smtp = SmtpServer::start_on(smtp_port).await;
+    let restarted_at = Instant::now();
+    let _second = home.start().await;
+    let mail = wait_until_delivered(&smtp, &home, &signups.acknowledged).await;
+
+    let copies = copies_by_recipient(&mail);
+    let delivered: BTreeSet<&String> = copies.keys().collect();
+    let acknowledged: BTreeSet<&String> = signups.acknowledged.iter().collect();
+    println!(
+        "crash with SMTP down: acknowledged {}, delivered {} ({} messages, {} duplicates) \
+         {:.1}s after the restart",
+        acknowledged.len(),
+        delivered.len(),
+        mail.len(),
+        duplicates(&copies),
+        restarted_at.elapsed().as_secs_f64()
+    );
+    assert_eq!(delivered, acknowledged);
+    // Nothing reached SMTP before the crash, so nothing can have gone twice.
+    assert_eq!(duplicates(&copies), 0, "{copies:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_crash_mid_burst_loses_no_acknowledged_email() {
+    let smtp = SmtpServer::start().await;
+    // Each send takes 50 ms, so at the kill every worker has one in flight.
+    smtp.set_behaviour(Behaviour::Delay(Duration::from_millis(50)));
+    let mut home = ServiceHome::new(fast_retries(smtp.port()));
+    let mut first = home.start().await;
+
+    let acknowledged = Arc::new(AtomicUsize::new(0));
+    let signups = tokio::spawn(burst(
+        first.address.clone(),
+        "background",
+        addresses("burst", 1_000),
+        32,
+        Arc::clone(&acknowledged),
+    ));
+    wait_for(
+        "300 signups acknowledged",
+        Duration::from_secs(30),
+        async || acknowledged.load(Ordering::SeqCst) >= 300,
+    )
+    .await;
+    assert!(!signups.is_finished(), "the kill must land mid-burst");
+    let killed_at = Instant::now();
+    first.kill_9();
+    let signups = signups.await.unwrap();
+    let sent_before_kill = smtp.received().len();
+
+    assert_eq!(
+        signups.statuses.keys().collect::<Vec<_>>(),
+        [&202],
+        "until the kill every answer is a 202: {:?}",
+        signups.statuses
+    );
+    assert!(
+        signups.errors.iter().all(|(at, _)| *at >= killed_at),
+        "requests failed before the kill: {:?}",
+        signups.errors
+    );
+
+    smtp.set_behaviour(Behaviour::Accept);
+    let restarted_at = Instant::now();
+    let _second = home.start().await;
+    let mail = wait_until_delivered(&smtp, &home, &signups.acknowledged).await;
+
+    let copies = copies_by_recipient(&mail);
+    let committed = home.outbox_states().await.values().sum::<i64>();
+    let lost: Vec<&String> = signups
+        .acknowledged
+        .iter()
+        .filter(|email| !copies.contains_key(*email))
+        .collect();
+    println!(
+        "crash mid-burst: acknowledged {}, committed {committed}, delivered {} ({} messages; \
+         {sent_before_kill} before the kill), duplicates {} (at most {WORKER_CONCURRENCY}), \
+         failed requests {}, all delivered {:.1}s after the restart",
+        signups.acknowledged.len(),
+        copies.len(),
+        mail.len(),
+        duplicates(&copies),
+        signups.errors.len(),
+        restarted_at.elapsed().as_secs_f64()
+    );
+    assert!(
+        lost.is_empty(),
+        "acknowledged but never delivered: {lost:?}"
+    );
+    // Only an email in a worker's hands at the kill can go twice: the SMTP server had it (the
+    // test server keeps a message whose DATA it read even if the client dies before the 250),
+    // but `mark_sent` never committed, so its lease ran out and the restart sent it again. There
+    // are at most `worker.concurrency` of those per kill.
+    assert!(
+        duplicates(&copies) <= WORKER_CONCURRENCY,
+        "{} duplicates after one kill: {:?}",
+        duplicates(&copies),
+        copies.iter().filter(|(_, n)| **n > 1).collect::<Vec<_>>()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_finishes_what_is_in_hand_and_sends_nothing_twice() {
+    let smtp = SmtpServer::start().await;
+    // Slow sends: at the SIGTERM every worker, and the sync request, has an email in hand.
+    smtp.set_behaviour(Behaviour::Delay(Duration::from_millis(1_500)));
+    let mut env = fast_retries(smtp.port());
+    env.push(("CONFIRMD_WORKER__SHUTDOWN_TIMEOUT_MS", "5000".into()));
+    let mut home = ServiceHome::new(env);
+    let mut first = home.start().await;
+
+    let acknowledged = Arc::new(AtomicUsize::new(0));
+    let signups = tokio::spawn(burst(
+        first.address.clone(),
+        "background",
+        addresses("term", 5_000),
+        16,
+        Arc::clone(&acknowledged),
+    ));
+    let sync_signup = tokio::spawn(burst(
+        first.address.clone(),
+        "sync",
+        vec!["term-sync@example.com".to_owned()],
+        1,
+        Arc::default(),
+    ));
+    wait_for(
+        "100 background signups acknowledged and the sync one sending",
+        Duration::from_secs(30),
+        async || {
+            acknowledged.load(Ordering::SeqCst) >= 100
+                && home.outbox_count("sync", "sending").await == 1
+        },
+    )
+    .await;
+    assert!(!signups.is_finished(), "the SIGTERM must land mid-burst");
+    let term_at = Instant::now();
+    first.sigterm();
+    let status = first.wait_exit(Duration::from_secs(10)).await;
+    let exit_time = term_at.elapsed();
+    let signups = signups.await.unwrap();
+    let sync_signup = sync_signup.await.unwrap();
+
+    assert!(status.success(), "exit status {status}");
+    assert_eq!(
+        sync_signup.statuses,
+        BTreeMap::from([(201, 1)]),
+        "the sync request in flight at the SIGTERM completes; errors: {:?}",
+        sync_signup.errors
+    );
+    assert_eq!(
+        signups.statuses.keys().collect::<Vec<_>>(),
+        [&202],
+        "a request answered during the drain is answered 202, never 5xx: {:?}",
+        signups.statuses
+    );
+    assert!(
+        signups.errors.iter().all(|(at, _)| *at >= term_at),
+        "requests failed before the SIGTERM: {:?}",
+        signups.errors
+    );
+    let states = home.outbox_states().await;
+    assert!(
+        !states.contains_key("sending"),
+        "a graceful stop leaves no email in a sender's hands: {states:?}"
+    );
+
+    smtp.set_behaviour(Behaviour::Accept);
+    let _second = home.start().await;
+    let mut acknowledged = signups.acknowledged.clone();
+    acknowledged.extend(sync_signup.acknowledged);
+    let mail = wait_until_delivered(&smtp, &home, &acknowledged).await;
+
+    let copies = copies_by_recipient(&mail);
+    println!(
+        "SIGTERM mid-burst: {status} after {:.2}s (shutdown_timeout 5s); acknowledged {} \
+         (+1 sync, 201), failed requests {}, outbox at exit {states:?}; delivered {} \
+         ({} messages, {} duplicates)",
+        exit_time.as_secs_f64(),
+        signups.acknowledged.len(),
+        signups.errors.len(),
+        copies.len(),
+        mail.len(),
+        duplicates(&copies)
+    );
+    assert!(
+        exit_time < Duration::from_secs(10),
+        "exited {exit_time:?} after SIGTERM"
+    );
+    assert_eq!(
+        duplicates(&copies),
+        0,
+        "after a graceful stop nothing goes twice: {:?}",
+        copies.iter().filter(|(_, n)| **n > 1).collect::<Vec<_>>()
+    );
+}
+
+/// Where the load test's email goes: the in-test server, or maildev when CI provides one.
+enum MailSink {
+    InTest(SmtpServer),
+    Maildev { smtp_port: u16, url: String },
+}
+
+impl MailSink {
+    async fn from_env() -> MailSink {
+        match (
+            std::env::var("CONFIRMD_E2E_SMTP_PORT"),
+            std::env::var("CONFIRMD_E2E_MAILDEV_URL"),
+        ) {
+            (Ok(port), Ok(url)) => MailSink::Maildev {
+                smtp_port: port
+                    .parse()
+                    .expect("CONFIRMD_E2E_SMTP_PORT is a port number"),
+                url,
+            },
+            _ => MailSink::InTest(SmtpServer::start().await),
+        }
+    }
+
+    fn smtp_port(&self) -> u16 {
+        match self {
+            MailSink::InTest(smtp) => smtp.port(),
+            MailSink::Maildev { smtp_port, .. } => *smtp_port,
+        }
+    }
+
+    /// Distinct recipients starting with `prefix` that got an email, and how many emails those
+    /// were in all.
+    async fn delivered(&self, prefix: &str) -> (usize, usize) {
+        let recipients: Vec<String> = match self {
+            MailSink::InTest(smtp) => smtp
+                .received()
+                .into_iter()
+                .flat_map(|mail| mail.to)
+                .collect(),
+            MailSink::Maildev { url, .. } => {
+                #[derive(serde::Deserialize)]
+                struct Mail {
+                    to: Vec<Address>,
+                }
+                #[derive(serde::Deserialize)]
+                struct Address {
+                    address: String,
+                }
+                let mail: Vec<Mail> = reqwest::get(format!("{url}/api/email"))
+                    .await
+                    .expect("maildev answers")
+                    .json()
+                    .await
+                    .expect("maildev lists its email as JSON");
+                mail.into_iter()
+                    .flat_map(|m| m.to)
+                    .map(|a| a.address)
+                    .collect()
+            }
+        };
+        let ours: Vec<String> = recipients
+            .into_iter()
+            .filter(|r| r.starts_with(prefix))
+            .collect();
+        let total = ours.len();
+        (ours.into_iter().collect::<BTreeSet<_>>().len(), total)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "load test; .ci/run runs it"]
+async fn ten_thousand_background_and_two_thousand_sync_signups_without_a_server_error() {
+    const BACKGROUND: usize = 10_000;
+    const SYNC: usize = 2_000;
+    const CLIENTS: usize = 64;
+    let sink = MailSink::from_env().await;
+    // Unique per run, so the count in a long-lived maildev is this run's.
+    let run = format!(
+        "load{}x{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis()
+    );
+    // Production defaults, except where the email goes.
+    let mut home = ServiceHome::new([("CONFIRMD_SMTP__PORT", sink.smtp_port().to_string())]);
+    let mut service = home.start().await;
+
+    let load_started = Instant::now();
+    let background = burst(
+        service.address.clone(),
+        "background",
+        addresses(&format!("{run}-bg"), BACKGROUND),
+        CLIENTS,
+        Arc::default(),
+    )
+    .await;
+    println!(
+        "background: {BACKGROUND} signups from {CLIENTS} connections in {:.1}s ({:.0}/s); \
+         statuses {:?}, 5xx {}, \"database is locked\" {}, failed requests {}",
+        background.elapsed.as_secs_f64(),
+        BACKGROUND as f64 / background.elapsed.as_secs_f64(),
+        background.statuses,
+        background.server_errors(),
+        background.locked,
+        background.errors.len()
+    );
+    assert_eq!(background.server_errors(), 0);
+    assert_eq!(background.locked, 0);
+    assert!(background.errors.is_empty(), "{:?}", background.errors);
+    assert_eq!(background.statuses, BTreeMap::from([(202, BACKGROUND)]));
+
+    let prefix = format!("{run}-bg-");
+    // Once more than `worker.queue_capacity` emails wait, only the sweeper refills the workers'
+    // channel: 1,024 every 2 s with the defaults, so 10,000 take about 20 s after the burst.
+    const DELIVERY_DEADLINE: Duration = Duration::from_secs(120);
+    let deadline = Instant::now() + DELIVERY_DEADLINE;
+    // Two seconds: maildev answers with every email it holds, bodies and all.
+    let mut tick = tokio::time::interval(Duration::from_secs(2));
+    let (distinct, total) = loop {
+        tick.tick().await;
+        let (distinct, total) = sink.delivered(&prefix).await;
+        if total >= BACKGROUND {
+            break (distinct, total);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "only {total} of {BACKGROUND} background emails arrived within {DELIVERY_DEADLINE:?}"
+        );
+    };
+    println!(
+        "background: {total} emails to {distinct} distinct recipients, the last {:.1}s after \
+         the first signup",
+        load_started.elapsed().as_secs_f64()
+    );
+    assert_eq!(distinct, BACKGROUND, "every recipient got an email");
+    assert_eq!(total, BACKGROUND, "and only one");
+
+    let sync = burst(
+        service.address.clone(),
+        "sync",
+        addresses(&format!("{run}-sync"), SYNC),
+        CLIENTS,
+        Arc::default(),
+    )
+    .await;
+    let peak_rss_kib = service.peak_rss_kib();
+    println!(
+        "sync: {SYNC} signups from {CLIENTS} connections in {:.1}s ({:.0}/s); statuses {:?}, \
+         5xx {}, \"database is locked\" {}, failed requests {}; peak RSS {:.1} MiB",
+        sync.elapsed.as_secs_f64(),
+        SYNC as f64 / sync.elapsed.as_secs_f64(),
+        sync.statuses,
+        sync.server_errors(),
+        sync.locked,
+        sync.errors.len(),
+        peak_rss_kib as f64 / 1024.0
+    );
+    assert_eq!(sync.server_errors(), 0);
+    assert_eq!(sync.locked, 0);
+    assert!(sync.errors.is_empty(), "{:?}", sync.errors);
+    assert_eq!(sync.statuses, BTreeMap::from([(201, SYNC)]));
+    // About 26 MiB in a debug build on the machine this was written on: ten times that means
+    // something grows with the number of signups.
+    assert!(
+        peak_rss_kib < 256 * 1024,
+        "peak RSS {peak_rss_kib} KiB after {} signups",
+        BACKGROUND + SYNC
+    );
+
+    service.sigterm();
+    let status = service.wait_exit(Duration::from_secs(10)).await;
+    assert!(status.success(), "exit status {status}");
+}
