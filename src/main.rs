@@ -1,14 +1,17 @@
+use std::process::ExitCode;
+
 use anyhow::Context;
 use clap::Parser;
 use confirmd::{
     Application, Settings,
-    cli::{Cli, Command},
+    cli::{Cli, Command, OutboxCommand},
+    outbox,
     store::Store,
     telemetry,
 };
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> anyhow::Result<ExitCode> {
     let cli = Cli::parse();
     let settings = Settings::load(&cli.config)?;
     telemetry::init(settings.telemetry.format);
@@ -22,23 +25,36 @@ async fn main() -> anyhow::Result<()> {
                 tracing::info!("shutdown signal received; draining");
                 shutdown.cancel();
             });
-            app.run_until_stopped().await
+            app.run_until_stopped().await?;
+            Ok(ExitCode::SUCCESS)
         }
         Command::Migrate => {
-            let store = Store::connect(&settings.database.url, 1)
-                .await
-                .with_context(|| {
-                    format!("cannot open the database at {}", settings.database.url)
-                })?;
-            store
-                .migrate()
-                .await
-                .context("cannot migrate the database")?;
+            let store = open_store(&settings).await?;
             store.close().await;
             tracing::info!(database = %settings.database.url, "migrations applied");
-            Ok(())
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Outbox(args) => {
+            let store = open_store(&settings).await?;
+            let command = args.command.unwrap_or(OutboxCommand::Status);
+            let outcome = outbox::run(&store, command, args.json).await;
+            store.close().await;
+            outcome
         }
     }
+}
+
+/// The database, migrated, without the service around it.
+async fn open_store(settings: &Settings) -> anyhow::Result<Store> {
+    let url = &settings.database.url;
+    let store = Store::connect(url, 1)
+        .await
+        .with_context(|| format!("cannot open the database at {url}"))?;
+    store
+        .migrate()
+        .await
+        .context("cannot migrate the database")?;
+    Ok(store)
 }
 
 async fn wait_for_signal() {

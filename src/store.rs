@@ -208,10 +208,11 @@ impl Store {
                 .await?;
                 // Rows being sent right now are superseded too: if that send fails, its retry
                 // must not bring back a link that no longer works (the mark_* updates below
-                // only touch rows still in 'sending').
+                // only touch rows still in 'sending'). Failed rows too: an operator's retry
+                // must not send the old link either.
                 sqlx::query!(
                     "UPDATE email_outbox SET state = 'superseded', token = NULL, lease_until = NULL
-                     WHERE user_id = ?1 AND state IN ('queued', 'sending')",
+                     WHERE user_id = ?1 AND state IN ('queued', 'sending', 'failed')",
                     user.id
                 )
                 .execute(&mut *tx)
@@ -444,6 +445,134 @@ impl Store {
         .execute(&self.writer)
         .await?;
         Ok(done.rows_affected() == 1)
+    }
+}
+
+/// The queue as an operator sees it (`confirmd outbox`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OutboxCounts {
+    pub queued: i64,
+    pub sending: i64,
+    pub sent: i64,
+    pub failed: i64,
+    pub superseded: i64,
+}
+
+/// An email that will not be sent unless someone puts it back in the queue.
+#[derive(Debug, Clone)]
+pub struct FailedEmail {
+    pub id: OutboxId,
+    pub recipient: String,
+    pub attempts: i64,
+    pub created_at: i64,
+    pub last_error: Option<String>,
+}
+
+/// What `requeue` did with one id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Requeue {
+    Requeued,
+    /// Only failed emails of pending users go back in the queue; this one is in `state`, its
+    /// user `status`.
+    NotFailed {
+        state: String,
+        status: String,
+    },
+    Unknown,
+}
+
+impl Store {
+    pub async fn outbox_counts(&self) -> Result<OutboxCounts, StoreError> {
+        let rows = sqlx::query!(
+            r#"SELECT state AS "state!", COUNT(*) AS "count!: i64" FROM email_outbox GROUP BY state"#
+        )
+        .fetch_all(&self.reader)
+        .await?;
+        let mut counts = OutboxCounts::default();
+        for row in rows {
+            let slot = match row.state.as_str() {
+                "queued" => &mut counts.queued,
+                "sending" => &mut counts.sending,
+                "sent" => &mut counts.sent,
+                "failed" => &mut counts.failed,
+                _ => &mut counts.superseded,
+            };
+            *slot = row.count;
+        }
+        Ok(counts)
+    }
+
+    /// When the oldest email still waiting was written, if any waits.
+    pub async fn oldest_queued_at(&self) -> Result<Option<i64>, StoreError> {
+        let oldest = sqlx::query_scalar!(
+            r#"SELECT MIN(created_at) AS "created_at: i64" FROM email_outbox WHERE state = 'queued'"#
+        )
+        .fetch_one(&self.reader)
+        .await?;
+        Ok(oldest)
+    }
+
+    /// Failed emails, newest first, at most `limit`.
+    pub async fn failed_emails(&self, limit: i64) -> Result<Vec<FailedEmail>, StoreError> {
+        let rows = sqlx::query!(
+            r#"SELECT id AS "id!", recipient AS "recipient!", attempts AS "attempts!",
+                      created_at AS "created_at!", last_error
+               FROM email_outbox WHERE state = 'failed' ORDER BY id DESC LIMIT ?1"#,
+            limit
+        )
+        .fetch_all(&self.reader)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| FailedEmail {
+                id: OutboxId(r.id),
+                recipient: r.recipient,
+                attempts: r.attempts,
+                created_at: r.created_at,
+                last_error: r.last_error,
+            })
+            .collect())
+    }
+
+    /// Puts one failed email back in the queue with a fresh set of attempts, due now. A running
+    /// service's sweeper picks it up at its next sweep.
+    pub async fn requeue(&self, id: OutboxId, now: i64) -> Result<Requeue, StoreError> {
+        let done = sqlx::query!(
+            "UPDATE email_outbox SET state = 'queued', attempts = 0, next_attempt_at = ?2, lease_until = NULL
+             WHERE id = ?1 AND state = 'failed'
+               AND (SELECT status FROM users WHERE users.id = email_outbox.user_id) = 'pending'",
+            id.0,
+            now
+        )
+        .execute(&self.writer)
+        .await?;
+        if done.rows_affected() == 1 {
+            return Ok(Requeue::Requeued);
+        }
+        let row = sqlx::query!(
+            r#"SELECT o.state AS "state!", u.status AS "status!"
+               FROM email_outbox o JOIN users u ON u.id = o.user_id WHERE o.id = ?1"#,
+            id.0
+        )
+        .fetch_optional(&self.reader)
+        .await?;
+        Ok(row.map_or(Requeue::Unknown, |r| Requeue::NotFailed {
+            state: r.state,
+            status: r.status,
+        }))
+    }
+
+    /// Puts every failed email of a pending user back in the queue; returns how many.
+    pub async fn requeue_all_failed(&self, now: i64) -> Result<u64, StoreError> {
+        let done = sqlx::query!(
+            "UPDATE email_outbox SET state = 'queued', attempts = 0, next_attempt_at = ?1, lease_until = NULL
+             WHERE state = 'failed'
+               AND (SELECT status FROM users WHERE users.id = email_outbox.user_id) = 'pending'",
+            now
+        )
+        .execute(&self.writer)
+        .await?;
+        Ok(done.rows_affected())
     }
 }
 

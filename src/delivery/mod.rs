@@ -355,7 +355,8 @@ impl Delivery {
         let out_of_attempts = attempts >= i64::from(policy.max_attempts);
         if !error.is_retryable() || out_of_attempts {
             let reason = if error.is_retryable() {
-                format!("gave up after {attempts} attempts: {error}")
+                let plural = if attempts == 1 { "" } else { "s" };
+                format!("gave up after {attempts} attempt{plural}: {error}")
             } else {
                 error.to_string()
             };

@@ -37,7 +37,7 @@ pub struct Mailer {
 pub enum SendError {
     #[error("the SMTP server did not answer within {0:?}")]
     Timeout(Duration),
-    #[error("SMTP failure, will retry: {0}")]
+    #[error("SMTP failure: {0}")]
     Transient(String),
     #[error("the SMTP server rejected the email: {0}")]
     Permanent(String),

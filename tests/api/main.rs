@@ -11,6 +11,7 @@ mod bad_input;
 mod confirm;
 mod health;
 mod openapi;
+mod outbox;
 mod restart;
 mod signup;
 mod smtp_faults;

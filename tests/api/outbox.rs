@@ -1,0 +1,145 @@
+//! `confirmd outbox`: an email that failed for good is visible, and an operator can send it again
+//! without restarting the service.
+
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+use crate::{
+    helpers::{TestApp, spawn_app},
+    smtp::Behaviour,
+};
+
+/// Runs the real binary's `outbox` command against the test app's database.
+fn outbox(app: &TestApp, args: &[&str]) -> Output {
+    let empty_config = tempfile::tempdir().unwrap();
+    Command::new(env!("CARGO_BIN_EXE_confirmd"))
+        .args(["--config", empty_config.path().to_str().unwrap(), "outbox"])
+        .args(args)
+        .env("CONFIRMD_DATABASE__URL", &app.settings.database.url)
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap()
+}
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8(output.stdout.clone()).unwrap()
+}
+
+#[tokio::test]
+async fn a_failed_email_is_listed_and_an_operator_can_send_it_again() {
+    let app = spawn_app().await;
+    app.smtp().set_behaviour(Behaviour::RejectPermanent);
+    let failed_id = app.signup_ok("ann@example.com", "background").await;
+    app.wait_for_delivery_state(&failed_id, "failed").await;
+    let sent_id = {
+        app.smtp().set_behaviour(Behaviour::Accept);
+        let id = app.signup_ok("bob@example.com", "sync").await;
+        app.smtp().set_behaviour(Behaviour::RejectPermanent);
+        id
+    };
+    assert_eq!(
+        app.signup_details(&sent_id).await["delivery"]["state"],
+        "sent"
+    );
+
+    let status = outbox(&app, &[]);
+    assert!(status.status.success());
+    let text = stdout(&status);
+    assert!(
+        text.contains("0 queued, 0 sending, 1 sent, 1 failed, 0 superseded"),
+        "{text}"
+    );
+    assert!(
+        text.contains("ann@example.com") && text.contains("550"),
+        "{text}"
+    );
+
+    let report: Value = serde_json::from_slice(&outbox(&app, &["--json"]).stdout).unwrap();
+    assert_eq!(report["counts"]["failed"], 1);
+    assert_eq!(report["counts"]["sent"], 1);
+    let failed = &report["failed"][0];
+    assert_eq!(failed["recipient"], "ann@example.com");
+    assert!(failed["last_error"].as_str().unwrap().contains("550"));
+    let outbox_id = failed["id"].as_i64().unwrap();
+
+    // Retrying what is not failed changes nothing and says why.
+    let refused = outbox(&app, &["retry", "999999", &(outbox_id + 1).to_string()]);
+    assert_eq!(refused.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("999999: unknown"), "{stderr}");
+    assert!(stderr.contains("not failed (state sent)"), "{stderr}");
+
+    // The cause is fixed: the operator sends it again, and the running service delivers it.
+    app.smtp().set_behaviour(Behaviour::Accept);
+    let retried = outbox(&app, &["retry", &outbox_id.to_string()]);
+    assert!(
+        retried.status.success(),
+        "{}",
+        String::from_utf8_lossy(&retried.stderr)
+    );
+    assert!(stdout(&retried).contains("requeued 1"));
+
+    let details = app.wait_for_delivery_state(&failed_id, "sent").await;
+    assert_eq!(
+        details["delivery"]["attempts"], 1,
+        "a fresh set of attempts"
+    );
+    assert_eq!(app.mail_to("ann@example.com").len(), 1);
+    let after: Value = serde_json::from_slice(&outbox(&app, &["--json"]).stdout).unwrap();
+    assert_eq!(after["counts"]["failed"], 0);
+    assert_eq!(after["counts"]["sent"], 2);
+}
+
+#[tokio::test]
+async fn retry_all_failed_requeues_every_failed_email_of_a_pending_address() {
+    let app = spawn_app().await;
+    app.smtp().set_behaviour(Behaviour::RejectPermanent);
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        ids.push(
+            app.signup_ok(&format!("user{i}@example.com"), "background")
+                .await,
+        );
+    }
+    for id in &ids {
+        app.wait_for_delivery_state(id, "failed").await;
+    }
+    app.smtp().set_behaviour(Behaviour::Accept);
+
+    let retried = outbox(&app, &["retry", "--failed"]);
+
+    assert!(retried.status.success());
+    assert!(
+        stdout(&retried).contains("requeued 3"),
+        "{}",
+        stdout(&retried)
+    );
+    for id in &ids {
+        app.wait_for_delivery_state(id, "sent").await;
+    }
+    assert_eq!(app.smtp().received().len(), 3);
+}
+
+#[tokio::test]
+async fn a_failed_email_with_an_old_link_is_superseded_by_a_new_signup_and_not_retried() {
+    let app = spawn_app().await;
+    app.smtp().set_behaviour(Behaviour::RejectPermanent);
+    let id = app.signup_ok("ann@example.com", "background").await;
+    app.wait_for_delivery_state(&id, "failed").await;
+    let report: Value = serde_json::from_slice(&outbox(&app, &["--json"]).stdout).unwrap();
+    let old_outbox_id = report["failed"][0]["id"].as_i64().unwrap().to_string();
+
+    app.smtp().set_behaviour(Behaviour::Accept);
+    app.signup_ok("ann@example.com", "sync").await;
+
+    let refused = outbox(&app, &["retry", &old_outbox_id]);
+    assert_eq!(refused.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("not failed (state superseded)"), "{stderr}");
+    assert_eq!(
+        app.mail_to("ann@example.com").len(),
+        1,
+        "only the new link was sent"
+    );
+}
