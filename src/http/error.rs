@@ -45,11 +45,12 @@ pub enum Error {
         detail: String,
         retry_after: std::time::Duration,
     },
-    /// Sync mode only: SMTP failed; the signup is stored and its email will be retried.
+    /// Sync mode only: the send failed after the signup was stored (`id`): 502 or 504 when the
+    /// mail server failed, 422 when it refused the address.
     #[error("{detail}")]
     Smtp {
+        status: StatusCode,
         detail: String,
-        timeout: bool,
         id: String,
     },
     #[error("not ready: {0}")]
@@ -92,8 +93,7 @@ impl Error {
             Error::Conflict(_) => StatusCode::CONFLICT,
             Error::Gone(_) => StatusCode::GONE,
             Error::RetryLater { status, .. } => *status,
-            Error::Smtp { timeout: true, .. } => StatusCode::GATEWAY_TIMEOUT,
-            Error::Smtp { timeout: false, .. } => StatusCode::BAD_GATEWAY,
+            Error::Smtp { status, .. } => *status,
             Error::NotReady(_) | Error::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -224,16 +224,35 @@ impl From<SignupError> for Error {
                 Error::Conflict(format!("{email} is already confirmed."))
             }
             SignupError::SendFailed { receipt, error } => {
-                let next = if error.is_retryable() {
-                    "it has been queued and will be retried"
-                } else {
-                    "it will not be retried"
+                let (status, detail) = match &error {
+                    SendError::RecipientRefused(_) => (
+                        StatusCode::UNPROCESSABLE_ENTITY,
+                        format!(
+                            "The mail server refused this address ({error}); no email will be sent to it."
+                        ),
+                    ),
+                    SendError::Timeout(_) => (
+                        StatusCode::GATEWAY_TIMEOUT,
+                        format!(
+                            "The signup is saved, but its confirmation email could not be sent now ({error}); it has been queued and will be retried."
+                        ),
+                    ),
+                    SendError::Transient(_) => (
+                        StatusCode::BAD_GATEWAY,
+                        format!(
+                            "The signup is saved, but its confirmation email could not be sent now ({error}); it has been queued and will be retried."
+                        ),
+                    ),
+                    SendError::Permanent(_) => (
+                        StatusCode::BAD_GATEWAY,
+                        format!(
+                            "The signup is saved, but the mail server rejected its confirmation email ({error}); it will not be retried."
+                        ),
+                    ),
                 };
                 Error::Smtp {
-                    detail: format!(
-                        "The signup is saved, but its confirmation email could not be sent now ({error}); {next}."
-                    ),
-                    timeout: matches!(error, SendError::Timeout(_)),
+                    status,
+                    detail,
                     id: receipt.user_id,
                 }
             }

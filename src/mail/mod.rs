@@ -39,13 +39,40 @@ pub enum SendError {
     Timeout(Duration),
     #[error("SMTP failure: {0}")]
     Transient(String),
+    /// The server refused the recipient for good: the address, not the service, is the problem.
+    #[error("the SMTP server refused the address: {0}")]
+    RecipientRefused(String),
     #[error("the SMTP server rejected the email: {0}")]
     Permanent(String),
 }
 
 impl SendError {
     pub fn is_retryable(&self) -> bool {
-        !matches!(self, SendError::Permanent(_))
+        matches!(self, SendError::Transient(_) | SendError::Timeout(_))
+    }
+
+    /// Sorts a permanent (5xx) rejection: about the recipient's address (enhanced status 5.1.x,
+    /// or without one, 501/550/551/553 as servers answer a bad RCPT TO), or about anything else
+    /// (policy, authentication, content), which is the operator's to fix.
+    fn permanent(error: &lettre::transport::smtp::Error) -> SendError {
+        let text = describe(error);
+        let enhanced = text.split_whitespace().find(|word| {
+            let parts: Vec<&str> = word.split('.').collect();
+            parts.len() == 3
+                && parts[0] == "5"
+                && parts[1..]
+                    .iter()
+                    .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+        });
+        let recipient = match enhanced {
+            Some(code) => code.starts_with("5.1."),
+            None => matches!(error.status().map(u16::from), Some(501 | 550 | 551 | 553)),
+        };
+        if recipient {
+            SendError::RecipientRefused(text)
+        } else {
+            SendError::Permanent(text)
+        }
     }
 }
 
@@ -123,9 +150,7 @@ impl Mailer {
                 Err(SendError::Transient(format!("cannot connect: {e}")))
             }
             Ok(Err(PoolError::Smtp(e))) if e.is_timeout() => Err(SendError::Timeout(self.timeout)),
-            Ok(Err(PoolError::Smtp(e))) if e.is_permanent() => {
-                Err(SendError::Permanent(describe(&e)))
-            }
+            Ok(Err(PoolError::Smtp(e))) if e.is_permanent() => Err(SendError::permanent(&e)),
             Ok(Err(PoolError::Smtp(e))) => Err(SendError::Transient(describe(&e))),
         }
     }

@@ -92,17 +92,17 @@ async fn sync_with_a_server_that_never_answers_is_504_and_the_email_is_retried()
 }
 
 #[tokio::test]
-async fn a_permanent_rejection_fails_at_once_and_says_why() {
+async fn a_refused_address_fails_at_once_and_sync_mode_says_the_address_is_the_problem() {
     let app = spawn_app().await;
     app.smtp().set_behaviour(Behaviour::RejectPermanent);
 
     let sync = app.signup("ann@example.com", "sync").await;
-    let problem = assert_problem(sync, StatusCode::BAD_GATEWAY).await;
+    let problem = assert_problem(sync, StatusCode::UNPROCESSABLE_ENTITY).await;
     assert!(
         problem["detail"]
             .as_str()
             .unwrap()
-            .contains("will not be retried")
+            .contains("refused this address")
     );
     let sync_id = problem["id"].as_str().unwrap().to_owned();
 
@@ -118,6 +118,23 @@ async fn a_permanent_rejection_fails_at_once_and_says_why() {
     let sync_details = app.signup_details(&sync_id).await;
     assert_eq!(sync_details["delivery"]["state"], "failed");
     assert_eq!(sync_details["delivery"]["attempts"], 1);
+}
+
+#[tokio::test]
+async fn a_rejection_that_is_not_about_the_address_is_the_gateways_fault() {
+    let app = spawn_app().await;
+    app.smtp().set_behaviour(Behaviour::RejectPolicy);
+
+    let sync = app.signup("ann@example.com", "sync").await;
+
+    let problem = assert_problem(sync, StatusCode::BAD_GATEWAY).await;
+    let detail = problem["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("will not be retried") && detail.contains("554"),
+        "{detail}"
+    );
+    let details = app.signup_details(problem["id"].as_str().unwrap()).await;
+    assert_eq!(details["delivery"]["state"], "failed");
 }
 
 #[tokio::test]

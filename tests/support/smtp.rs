@@ -36,6 +36,8 @@ pub enum Behaviour {
     RejectTransient,
     /// `550 5.1.1` to RCPT TO: the mailbox does not exist.
     RejectPermanent,
+    /// `554 5.7.1` at the end of DATA: refused by policy, whoever the recipient.
+    RejectPolicy,
     /// Closes the socket, without answering, once the client starts sending the DATA body.
     DropDuringData,
     /// Reads the DATA body, then never answers; the connection stays open until the server
@@ -349,6 +351,9 @@ async fn serve(stream: TcpStream, shared: Arc<Shared>) -> io::Result<()> {
                     }
                     Behaviour::RejectTransient => {
                         reply(&mut writer, "451 4.3.0 temporary failure, try again later").await?;
+                    }
+                    Behaviour::RejectPolicy => {
+                        reply(&mut writer, "554 5.7.1 message refused by policy").await?;
                     }
                     Behaviour::DropDuringData => return Ok(()),
                     Behaviour::Hang => std::future::pending::<()>().await,
