@@ -20,6 +20,7 @@ pub mod delivery;
 pub mod domain;
 pub mod http;
 pub mod mail;
+pub mod metrics;
 pub mod outbox;
 pub mod startup;
 pub mod store;

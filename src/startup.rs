@@ -5,7 +5,7 @@
 //! (in-flight requests finish), stops the workers from taking new emails (the one in hand is
 //! finished) and stops the sweeper. A [`TaskTracker`] then tells when every task is done.
 
-use std::{net::SocketAddr, time::Duration};
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use anyhow::Context;
 use tokio::net::TcpListener;
@@ -17,6 +17,7 @@ use crate::{
     delivery::Delivery,
     http::{self, ApiContext},
     mail::Mailer,
+    metrics::Metrics,
     store::Store,
 };
 
@@ -59,6 +60,7 @@ impl Application {
             &settings,
             store.clone(),
             mailer,
+            Arc::new(Metrics::new()),
             shutdown.clone(),
             tasks.clone(),
         );

@@ -16,6 +16,7 @@
 //!
 //! Nothing here knows about HTTP: the `http` module calls [`Delivery::signup`] and maps the result.
 
+mod backlog;
 mod retry;
 mod sweeper;
 mod worker;
@@ -23,7 +24,7 @@ mod worker;
 use std::{
     sync::{
         Arc,
-        atomic::{AtomicBool, AtomicU64, Ordering},
+        atomic::{AtomicBool, Ordering},
     },
     time::{Duration, Instant},
 };
@@ -32,6 +33,7 @@ use tokio::sync::{Notify, mpsc};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::{Instrument, debug, info_span, warn};
 
+use backlog::Backlog;
 pub use retry::Backoff;
 
 use crate::{
@@ -39,6 +41,7 @@ use crate::{
     config::Settings,
     domain::{ConfirmationToken, DeliveryMode, SubscriberEmail, SubscriberName},
     mail::{ConfirmationEmail, Mailer, SendError},
+    metrics::{EmailOutcome, Metrics},
     store::{NewSignup, OutboxId, Store, StoreError},
 };
 
@@ -73,14 +76,14 @@ pub struct Delivery {
 struct Inner {
     store: Store,
     mailer: Mailer,
+    metrics: Arc<Metrics>,
     policy: Policy,
     jobs: mpsc::Sender<Job>,
     /// Sync sends run as their own tasks, tracked here with the workers, so that a client that
     /// hangs up mid-send cannot abandon an email half-sent and shutdown waits for them.
     tasks: TaskTracker,
-    /// Emails waiting to be sent: counted by the sweeper, raised by each background signup in
-    /// between, so the backlog cap holds without a COUNT on every request.
-    backlog: AtomicU64,
+    /// Emails waiting to be sent, for the backlog cap.
+    backlog: Backlog,
     /// Set when due rows did not fit in the channel. The first worker to see the channel half
     /// empty clears it and wakes the sweeper through `refill`, so a backlog larger than the
     /// channel drains at the workers' pace instead of one channel-full per sweep interval.
@@ -152,6 +155,7 @@ impl Delivery {
         settings: &Settings,
         store: Store,
         mailer: Mailer,
+        metrics: Arc<Metrics>,
         shutdown: CancellationToken,
         tasks: TaskTracker,
     ) -> Delivery {
@@ -172,10 +176,11 @@ impl Delivery {
             inner: Arc::new(Inner {
                 store,
                 mailer,
+                metrics,
                 policy,
                 jobs,
                 tasks: tasks.clone(),
-                backlog: AtomicU64::new(0),
+                backlog: Backlog::default(),
                 overflowed: AtomicBool::new(false),
                 refill: Notify::new(),
             }),
@@ -199,6 +204,10 @@ impl Delivery {
         &self.inner.mailer
     }
 
+    pub fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
+    }
+
     /// Stores a signup and delivers its email in the requested mode.
     pub async fn signup(
         &self,
@@ -208,9 +217,7 @@ impl Delivery {
         request_id: Option<&str>,
     ) -> Result<SignupReceipt, SignupError> {
         let policy = &self.inner.policy;
-        if mode == DeliveryMode::Background
-            && self.inner.backlog.load(Ordering::Relaxed) >= policy.max_backlog
-        {
+        if mode == DeliveryMode::Background && self.inner.backlog.estimate() >= policy.max_backlog {
             return Err(SignupError::Backlogged {
                 retry_after: policy.sweep_interval,
             });
@@ -250,7 +257,7 @@ impl Delivery {
 
         match mode {
             DeliveryMode::Background => {
-                self.inner.backlog.fetch_add(1, Ordering::Relaxed);
+                self.inner.backlog.accepted();
                 self.enqueue(stored.outbox_id);
                 Ok(receipt)
             }
@@ -339,12 +346,31 @@ impl Delivery {
         email: &ConfirmationEmail<'_>,
         attempts: i64,
     ) -> Result<Attempt, StoreError> {
-        let store = &self.inner.store;
-        let policy = &self.inner.policy;
+        let started = Instant::now();
         let result = match self.inner.mailer.confirmation(email) {
             Ok(message) => self.inner.mailer.send(message).await,
             Err(e) => Err(SendError::Permanent(e.to_string())),
         };
+        let took = started.elapsed();
+        let attempt = self.record(id, attempts, result).await?;
+        let outcome = match &attempt {
+            Attempt::Sent => EmailOutcome::Sent,
+            Attempt::Retrying { .. } => EmailOutcome::Retried,
+            Attempt::Failed { .. } => EmailOutcome::Failed,
+        };
+        self.inner.metrics.observe_send(took, outcome);
+        Ok(attempt)
+    }
+
+    /// Writes what a send came to: sent, due again after a backoff, or failed for good.
+    async fn record(
+        &self,
+        id: OutboxId,
+        attempts: i64,
+        result: Result<(), SendError>,
+    ) -> Result<Attempt, StoreError> {
+        let store = &self.inner.store;
+        let policy = &self.inner.policy;
         let error = match result {
             Ok(()) => {
                 store.mark_sent(id, clock::now_ms()).await?;

@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info};
 
 use super::Delivery;
-use crate::clock;
+use crate::{clock, store::StoreError};
 
 pub(super) async fn run(delivery: Delivery, shutdown: CancellationToken) {
     let interval = delivery.inner.policy.sweep_interval;
@@ -29,18 +29,18 @@ pub(super) async fn run(delivery: Delivery, shutdown: CancellationToken) {
     debug!("sweeper stopped");
 }
 
-async fn sweep(delivery: &Delivery) -> Result<(), crate::store::StoreError> {
+async fn sweep(delivery: &Delivery) -> Result<(), StoreError> {
     let store = delivery.store();
     let now = clock::now_ms();
     let reclaimed = store.reclaim_expired_leases(now).await?;
     if reclaimed > 0 {
         info!(reclaimed, "took back emails whose sender's lease expired");
     }
-    let backlog = store.backlog().await?;
-    delivery.inner.backlog.store(
-        u64::try_from(backlog).unwrap_or(0),
-        std::sync::atomic::Ordering::Relaxed,
-    );
+    delivery
+        .inner
+        .backlog
+        .recount(async { Ok::<_, StoreError>(u64::try_from(store.backlog().await?).unwrap_or(0)) })
+        .await?;
     // Offer no more than the channel can hold right now: what does not fit waits for the next
     // sweep, and a busy pool is not flooded with duplicates of ids it already holds.
     let room = delivery

@@ -82,6 +82,7 @@ async fn deliver(delivery: &Delivery, job: Job) {
                 return;
             }
         };
+        delivery.metrics().observe_queue_wait(job.enqueued_at.elapsed());
         let span = Span::current();
         span.record("attempt", claimed.attempts);
         if let Some(request_id) = &claimed.request_id {

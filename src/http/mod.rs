@@ -12,6 +12,7 @@
 mod confirm;
 mod error;
 mod health;
+mod metrics;
 mod signups;
 
 use std::{
@@ -22,7 +23,7 @@ use std::{
 
 use axum::{
     Json, Router,
-    extract::{DefaultBodyLimit, FromRequest, MatchedPath, Request},
+    extract::{DefaultBodyLimit, FromRequest, MatchedPath, Request, State},
     http::{HeaderName, HeaderValue},
     middleware::{self, Next},
     response::{IntoResponse, Response},
@@ -68,6 +69,7 @@ fn routes() -> OpenApiRouter<ApiContext> {
         .merge(signups::router())
         .merge(confirm::router())
         .merge(health::router())
+        .merge(metrics::router())
 }
 
 pub fn router(ctx: ApiContext) -> Router {
@@ -83,7 +85,7 @@ pub fn router(ctx: ApiContext) -> Router {
             Error::MethodNotAllowed("This path does not accept that method.".into())
         })
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
-        .layer(middleware::from_fn(observe))
+        .layer(middleware::from_fn_with_state(ctx.clone(), observe))
         .with_state(ctx)
 }
 
@@ -95,8 +97,9 @@ pub struct RequestId(pub String);
 #[derive(Clone, Debug, Default)]
 pub struct ServerTiming(pub Vec<(&'static str, Duration)>);
 
-async fn observe(mut request: Request, next: Next) -> Response {
+async fn observe(State(ctx): State<ApiContext>, mut request: Request, next: Next) -> Response {
     let started = Instant::now();
+    let method = request.method().clone();
     let request_id = request
         .headers()
         .get(&REQUEST_ID)
@@ -110,7 +113,7 @@ async fn observe(mut request: Request, next: Next) -> Response {
         .to_owned();
     let span = info_span!(
         "request",
-        method = %request.method(),
+        method = %method,
         route,
         request_id,
         mode = field::Empty,
@@ -137,9 +140,17 @@ async fn observe(mut request: Request, next: Next) -> Response {
         });
 
     let total = started.elapsed();
-    span.record("status", response.status().as_u16());
+    let status = response.status().as_u16();
+    span.record("status", status);
     span.record("latency_ms", crate::telemetry::millis(total));
     span.in_scope(|| info!("request finished"));
+    let mode = response
+        .extensions()
+        .get::<DeliveryMode>()
+        .map_or("", |mode| mode.as_str());
+    ctx.delivery
+        .metrics()
+        .observe_request(method.as_str(), &route, mode, status, total);
 
     let mut timing = response
         .extensions_mut()

@@ -114,6 +114,21 @@ async fn create(
         Some(mode) => mode.parse::<DeliveryMode>()?,
     };
     Span::current().record("mode", mode.as_str());
+    let mut response = match sign_up(&ctx, body, mode, &request_id).await {
+        Ok(receipt) => created(receipt),
+        Err(error) => error.into_response(),
+    };
+    // For the request metrics, which count each mode apart, errors included.
+    response.extensions_mut().insert(mode);
+    Ok(response)
+}
+
+async fn sign_up(
+    ctx: &ApiContext,
+    body: SignupRequest,
+    mode: DeliveryMode,
+    request_id: &str,
+) -> Result<SignupReceipt, Error> {
     let email = SubscriberEmail::parse(&body.email)?;
     let name = body
         .name
@@ -121,12 +136,10 @@ async fn create(
         .map(SubscriberName::parse)
         .transpose()?
         .flatten();
-
-    let receipt = ctx
+    Ok(ctx
         .delivery
-        .signup(&email, name.as_ref(), mode, Some(&request_id))
-        .await?;
-    Ok(created(receipt))
+        .signup(&email, name.as_ref(), mode, Some(request_id))
+        .await?)
 }
 
 fn created(receipt: SignupReceipt) -> Response {

@@ -10,6 +10,7 @@ mod abuse;
 mod bad_input;
 mod confirm;
 mod health;
+mod metrics;
 mod openapi;
 mod outbox;
 mod restart;

@@ -34,6 +34,7 @@ async fn the_openapi_document_lists_every_operation_and_its_problem_answers() {
         [
             "get /confirm",
             "get /healthz",
+            "get /metrics",
             "get /readyz",
             "get /signups/{id}",
             "post /signups"
