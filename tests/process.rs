@@ -519,9 +519,9 @@ impl MailSink {
 
 #[tokio::test(flavor = "multi_thread")]
 #[ignore = "load test; .ci/run runs it"]
-async fn ten_thousand_background_and_two_thousand_sync_signups_without_a_server_error() {
+async fn ten_thousand_signups_in_each_mode_from_64_connections_without_a_server_error() {
     const BACKGROUND: usize = 10_000;
-    const SYNC: usize = 2_000;
+    const SYNC: usize = 10_000;
     const CLIENTS: usize = 64;
     let sink = MailSink::from_env().await;
     // Unique per run, so the count in a long-lived maildev is this run's.
@@ -562,8 +562,7 @@ async fn ten_thousand_background_and_two_thousand_sync_signups_without_a_server_
     assert_eq!(background.statuses, BTreeMap::from([(202, BACKGROUND)]));
 
     let prefix = format!("{run}-bg-");
-    // Once more than `worker.queue_capacity` emails wait, only the sweeper refills the workers'
-    // channel: 1,024 every 2 s with the defaults, so 10,000 take about 20 s after the burst.
+    // Generous: the workers drain at the pace of the SMTP server, after the burst.
     const DELIVERY_DEADLINE: Duration = Duration::from_secs(120);
     let deadline = Instant::now() + DELIVERY_DEADLINE;
     // Two seconds: maildev answers with every email it holds, bodies and all.
