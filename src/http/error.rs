@@ -231,14 +231,12 @@ impl From<SignupError> for Error {
                             "The mail server refused this address ({error}); no email will be sent to it."
                         ),
                     ),
-                    SendError::Timeout(_) => (
-                        StatusCode::GATEWAY_TIMEOUT,
-                        format!(
-                            "The signup is saved, but its confirmation email could not be sent now ({error}); it has been queued and will be retried."
-                        ),
-                    ),
-                    SendError::Transient(_) => (
-                        StatusCode::BAD_GATEWAY,
+                    SendError::Timeout(_) | SendError::Transient(_) => (
+                        if matches!(error, SendError::Timeout(_)) {
+                            StatusCode::GATEWAY_TIMEOUT
+                        } else {
+                            StatusCode::BAD_GATEWAY
+                        },
                         format!(
                             "The signup is saved, but its confirmation email could not be sent now ({error}); it has been queued and will be retried."
                         ),

@@ -60,19 +60,22 @@ async fn invalid_fields_are_422() {
     assert!(app.smtp().received().is_empty());
 }
 
+/// An empty `?mode=` is an unknown mode too, not a request for the default.
 #[tokio::test]
-async fn an_unknown_mode_is_422() {
+async fn an_unknown_or_empty_mode_is_422() {
     let app = spawn_app().await;
-    let response = app
-        .post_signup(r#"{"email": "ann@example.com"}"#, Some("carrier-pigeon"))
+    for mode in ["carrier-pigeon", ""] {
+        let response = app
+            .post_signup(r#"{"email": "ann@example.com"}"#, Some(mode))
+            .await;
+        assert_rejected(
+            &app,
+            response,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "unknown delivery mode",
+        )
         .await;
-    assert_rejected(
-        &app,
-        response,
-        StatusCode::UNPROCESSABLE_ENTITY,
-        "unknown delivery mode",
-    )
-    .await;
+    }
 }
 
 #[tokio::test]
@@ -148,19 +151,4 @@ async fn unknown_paths_ids_and_methods_answer_in_the_same_shape() {
         .await
         .unwrap();
     assert_problem(delete, StatusCode::METHOD_NOT_ALLOWED).await;
-}
-
-#[tokio::test]
-async fn an_empty_mode_is_an_unknown_mode_not_the_default() {
-    let app = spawn_app().await;
-    let response = app
-        .post_signup(r#"{"email": "ann@example.com"}"#, Some(""))
-        .await;
-    assert_rejected(
-        &app,
-        response,
-        StatusCode::UNPROCESSABLE_ENTITY,
-        "unknown delivery mode",
-    )
-    .await;
 }
