@@ -257,6 +257,12 @@ impl Settings {
                 "must be longer than smtp.timeout_ms, or a slow send could be taken over and sent twice",
             ));
         }
+        if self.worker.shutdown_timeout_ms <= self.smtp.timeout_ms {
+            return Err(invalid(
+                "worker.shutdown_timeout_ms",
+                "must be longer than smtp.timeout_ms, or shutdown could cut a send in the middle",
+            ));
+        }
         if self.token.ttl_hours > 24 * 365 {
             return Err(invalid("token.ttl_hours", "must be at most a year"));
         }
@@ -321,6 +327,16 @@ mod tests {
                 .unwrap_err()
                 .to_string()
                 .contains("worker.concurrency")
+        );
+
+        let mut settings = Settings::defaults();
+        settings.worker.shutdown_timeout_ms = settings.smtp.timeout_ms;
+        assert!(
+            settings
+                .validated()
+                .unwrap_err()
+                .to_string()
+                .contains("worker.shutdown_timeout_ms")
         );
 
         let mut settings = Settings::defaults();

@@ -105,6 +105,12 @@ impl Metrics {
         status: u16,
         took: Duration,
     ) {
+        // Clients choose the method: anything unusual shares one label, or each made-up method
+        // would add a series that lives as long as the process.
+        let method = match method {
+            "GET" | "HEAD" | "POST" | "PUT" | "PATCH" | "DELETE" | "OPTIONS" => method,
+            _ => "other",
+        };
         self.http_requests
             .with_label_values(&[method, route, mode, &status.to_string()])
             .observe(took.as_secs_f64());

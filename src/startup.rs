@@ -99,24 +99,45 @@ impl Application {
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
         info!(address = %self.local_addr(), "listening");
         let shutdown = self.shutdown.clone();
-        axum::serve(self.listener, self.router)
+        let server = axum::serve(self.listener, self.router)
             .with_graceful_shutdown(async move { shutdown.cancelled().await })
-            .await
-            .context("the HTTP server failed")?;
-        // The server returns once every in-flight request has answered; the workers and any
-        // sync send still running get the rest of the deadline.
-        self.shutdown.cancel();
+            .into_future();
+        // One deadline for the whole drain, counted from the shutdown signal: a client that
+        // trickles its request must not hold the process open.
+        let deadline = async {
+            self.shutdown.cancelled().await;
+            tokio::time::Instant::now() + self.shutdown_timeout
+        };
+        tokio::pin!(server, deadline);
+        let deadline = tokio::select! {
+            result = &mut server => {
+                result.context("the HTTP server failed")?;
+                // Stopped without a signal (the listener failed): stop the workers too.
+                self.shutdown.cancel();
+                tokio::time::Instant::now() + self.shutdown_timeout
+            }
+            at = &mut deadline => {
+                if tokio::time::timeout_at(at, &mut server).await.is_err() {
+                    warn!("requests still in flight at the shutdown deadline; closing them");
+                }
+                at
+            }
+        };
+        // The workers and any sync send still running get the rest of the deadline.
         self.tasks.close();
-        if tokio::time::timeout(self.shutdown_timeout, self.tasks.wait())
+        if tokio::time::timeout_at(deadline, self.tasks.wait())
             .await
-            .is_err()
+            .is_ok()
         {
+            self.store.close().await;
+        } else {
+            // Closing the store now would make a send that is about to finish fail to record
+            // itself; leave the connections to the process exit instead.
             warn!(
                 timeout_ms = self.shutdown_timeout.as_millis() as u64,
                 "shutdown deadline passed with emails in hand; their leases will bring them back"
             );
         }
-        self.store.close().await;
         info!("stopped");
         Ok(())
     }

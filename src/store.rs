@@ -54,8 +54,16 @@ pub struct Store {
     reader: SqlitePool,
 }
 
-/// What a signup writes, already parsed.
-#[derive(Debug)]
+/// A sender's hold on an outbox row: its id and the lease it was claimed with. Outcomes are
+/// written only while the row still carries this lease, so a sender whose lease ran out (and whose
+/// row the sweeper gave to another sender) cannot overwrite the newer sender's outcome.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Claim {
+    pub id: OutboxId,
+    pub lease_until: i64,
+}
+
+/// What a signup writes, already parsed. (No `Debug`: it holds the raw token.)
 pub struct NewSignup<'a> {
     pub email: &'a SubscriberEmail,
     pub name: Option<&'a SubscriberName>,
@@ -81,9 +89,10 @@ pub struct StoredSignup {
 }
 
 /// An outbox row claimed for sending: everything needed to build and send the email.
-#[derive(Debug, Clone)]
+/// (No `Debug`: it holds the raw token.)
+#[derive(Clone)]
 pub struct ClaimedEmail {
-    pub id: OutboxId,
+    pub claim: Claim,
     pub recipient: String,
     pub recipient_name: Option<String>,
     pub token: String,
@@ -295,7 +304,7 @@ impl Store {
         let row = sqlx::query!(
             r#"UPDATE email_outbox
                SET state = 'sending', lease_until = ?3, attempts = attempts + 1
-               WHERE id = ?1 AND state = 'queued' AND next_attempt_at <= ?2 AND token IS NOT NULL
+               WHERE id = ?1 AND state = 'queued' AND next_attempt_at <= ?2
                RETURNING id AS "id!", recipient AS "recipient!", recipient_name, token AS "token!",
                          attempts AS "attempts!", request_id, created_at AS "created_at!""#,
             id.0,
@@ -305,7 +314,10 @@ impl Store {
         .fetch_optional(&self.writer)
         .await?;
         Ok(row.map(|r| ClaimedEmail {
-            id: OutboxId(r.id),
+            claim: Claim {
+                id: OutboxId(r.id),
+                lease_until,
+            },
             recipient: r.recipient,
             recipient_name: r.recipient_name,
             token: r.token,
@@ -315,34 +327,55 @@ impl Store {
         }))
     }
 
-    /// The SMTP server accepted the email. The token is erased: it is no longer needed here.
-    pub async fn mark_sent(&self, id: OutboxId, now: i64) -> Result<(), StoreError> {
-        sqlx::query!(
+    /// The SMTP server accepted the email. The outbox forgets the token (it is no longer needed
+    /// here), and the link stays valid for a full `token.ttl_hours` from now, however long the
+    /// email waited in the queue.
+    pub async fn mark_sent(
+        &self,
+        claim: Claim,
+        now: i64,
+        link_expires_at: i64,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
+        let done = sqlx::query!(
             "UPDATE email_outbox
              SET state = 'sent', sent_at = ?2, token = NULL, lease_until = NULL, last_error = NULL
-             WHERE id = ?1 AND state = 'sending'",
-            id.0,
-            now
+             WHERE id = ?1 AND state = 'sending' AND lease_until = ?3",
+            claim.id.0,
+            now,
+            claim.lease_until
         )
-        .execute(&self.writer)
+        .execute(&mut *tx)
         .await?;
+        if done.rows_affected() == 1 {
+            sqlx::query!(
+                "UPDATE confirmation_tokens SET expires_at = MAX(expires_at, ?2)
+                 WHERE user_id = (SELECT user_id FROM email_outbox WHERE id = ?1)",
+                claim.id.0,
+                link_expires_at
+            )
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
         Ok(())
     }
 
     /// A failed attempt that may succeed later: back to the queue, due at `next_attempt_at`.
     pub async fn mark_retry(
         &self,
-        id: OutboxId,
+        claim: Claim,
         next_attempt_at: i64,
         error: &str,
     ) -> Result<(), StoreError> {
         sqlx::query!(
             "UPDATE email_outbox
              SET state = 'queued', next_attempt_at = ?2, lease_until = NULL, last_error = ?3
-             WHERE id = ?1 AND state = 'sending'",
-            id.0,
+             WHERE id = ?1 AND state = 'sending' AND lease_until = ?4",
+            claim.id.0,
             next_attempt_at,
-            error
+            error,
+            claim.lease_until
         )
         .execute(&self.writer)
         .await?;
@@ -351,12 +384,13 @@ impl Store {
 
     /// Gave up: a permanent rejection, or out of attempts. The row and its token stay, so an
     /// operator can see why and put it back in the queue.
-    pub async fn mark_failed(&self, id: OutboxId, error: &str) -> Result<(), StoreError> {
+    pub async fn mark_failed(&self, claim: Claim, error: &str) -> Result<(), StoreError> {
         sqlx::query!(
             "UPDATE email_outbox SET state = 'failed', lease_until = NULL, last_error = ?2
-             WHERE id = ?1 AND state = 'sending'",
-            id.0,
-            error
+             WHERE id = ?1 AND state = 'sending' AND lease_until = ?3",
+            claim.id.0,
+            error,
+            claim.lease_until
         )
         .execute(&self.writer)
         .await?;

@@ -42,7 +42,7 @@ use crate::{
     domain::{ConfirmationToken, DeliveryMode, SubscriberEmail, SubscriberName},
     mail::{ConfirmationEmail, Mailer, SendError},
     metrics::{EmailOutcome, Metrics},
-    store::{NewSignup, OutboxId, Store, StoreError},
+    store::{Claim, NewSignup, OutboxId, Store, StoreError},
 };
 
 /// What a worker is told: which row, and enough context to report how long it waited.
@@ -115,11 +115,13 @@ pub enum SignupError {
     /// Background mode: `worker.max_backlog` emails are already waiting (SMTP is down or slow).
     #[error("too many emails are waiting to be sent")]
     Backlogged { retry_after: Duration },
-    /// Sync mode: the signup is stored and its email queued for a retry, but SMTP failed now.
+    /// Sync mode: the signup is stored, but SMTP failed now; `will_retry` says whether its email
+    /// went back to the queue (or failed for good: a permanent rejection, or out of attempts).
     #[error("the signup is saved but its email could not be sent now: {error}")]
     SendFailed {
         receipt: SignupReceipt,
         error: SendError,
+        will_retry: bool,
     },
     #[error(transparent)]
     Store(StoreError),
@@ -263,22 +265,26 @@ impl Delivery {
             }
             DeliveryMode::Sync => {
                 let this = self.clone();
-                let link = self.link(&token);
-                let id = stored.outbox_id;
+                let link = self.link(token.expose());
+                let claim = Claim {
+                    id: stored.outbox_id,
+                    lease_until: claimed_until.expect("a sync row is written claimed"),
+                };
                 let (to, name) = (receipt.email.clone(), name.map(|n| n.as_str().to_owned()));
                 let started = Instant::now();
                 let send = async move {
                     let email = ConfirmationEmail {
+                        id: claim.id.0,
                         to_address: &to,
                         to_name: name.as_deref(),
                         link: &link,
                     };
-                    this.attempt(id, &email, 1).await
+                    this.attempt(claim, &email, 1).await
                 };
                 let attempt = self
                     .inner
                     .tasks
-                    .spawn(send.instrument(info_span!("smtp.send", outbox_id = %id)))
+                    .spawn(send.instrument(info_span!("smtp.send", outbox_id = %claim.id)))
                     .await
                     .map_err(|e| SignupError::Internal(e.to_string()))??;
                 receipt.smtp_time = Some(started.elapsed());
@@ -287,13 +293,16 @@ impl Delivery {
                         receipt.state = "sent";
                         Ok(receipt)
                     }
-                    Attempt::Retrying { error, .. } => {
-                        Err(SignupError::SendFailed { receipt, error })
-                    }
-                    Attempt::Failed { error } => {
-                        receipt.state = "failed";
-                        Err(SignupError::SendFailed { receipt, error })
-                    }
+                    Attempt::Retrying { error, .. } => Err(SignupError::SendFailed {
+                        receipt,
+                        error,
+                        will_retry: true,
+                    }),
+                    Attempt::Failed { error } => Err(SignupError::SendFailed {
+                        receipt,
+                        error,
+                        will_retry: false,
+                    }),
                 }
             }
         }
@@ -331,18 +340,15 @@ impl Delivery {
         }
     }
 
-    fn link(&self, token: &ConfirmationToken) -> String {
-        format!(
-            "{}/confirm?token={}",
-            self.inner.policy.base_url,
-            token.expose()
-        )
+    /// The confirmation link for a raw token.
+    fn link(&self, token: &str) -> String {
+        format!("{}/confirm?token={token}", self.inner.policy.base_url)
     }
 
     /// Sends a claimed row once and records the outcome: sent, retry later, or failed for good.
     async fn attempt(
         &self,
-        id: OutboxId,
+        claim: Claim,
         email: &ConfirmationEmail<'_>,
         attempts: i64,
     ) -> Result<Attempt, StoreError> {
@@ -352,7 +358,7 @@ impl Delivery {
             Err(e) => Err(SendError::Permanent(e.to_string())),
         };
         let took = started.elapsed();
-        let attempt = self.record(id, attempts, result).await?;
+        let attempt = self.record(claim, attempts, result).await?;
         let outcome = match &attempt {
             Attempt::Sent => EmailOutcome::Sent,
             Attempt::Retrying { .. } => EmailOutcome::Retried,
@@ -365,7 +371,7 @@ impl Delivery {
     /// Writes what a send came to: sent, due again after a backoff, or failed for good.
     async fn record(
         &self,
-        id: OutboxId,
+        claim: Claim,
         attempts: i64,
         result: Result<(), SendError>,
     ) -> Result<Attempt, StoreError> {
@@ -373,7 +379,10 @@ impl Delivery {
         let policy = &self.inner.policy;
         let error = match result {
             Ok(()) => {
-                store.mark_sent(id, clock::now_ms()).await?;
+                let link_expires_at = clock::ms_from_now(policy.token_ttl);
+                store
+                    .mark_sent(claim, clock::now_ms(), link_expires_at)
+                    .await?;
                 return Ok(Attempt::Sent);
             }
             Err(error) => error,
@@ -386,12 +395,12 @@ impl Delivery {
             } else {
                 error.to_string()
             };
-            store.mark_failed(id, &reason).await?;
+            store.mark_failed(claim, &reason).await?;
             return Ok(Attempt::Failed { error });
         }
         let after = policy.backoff.delay(attempts);
         store
-            .mark_retry(id, clock::ms_from_now(after), &error.to_string())
+            .mark_retry(claim, clock::ms_from_now(after), &error.to_string())
             .await?;
         Ok(Attempt::Retrying { after, error })
     }

@@ -89,12 +89,15 @@ async fn deliver(delivery: &Delivery, job: Job) {
             span.record("request_id", request_id.as_str());
         }
         let email = ConfirmationEmail {
+            id: claimed.claim.id.0,
             to_address: &claimed.recipient,
             to_name: claimed.recipient_name.as_deref(),
-            link: &format!("{}/confirm?token={}", delivery.inner.policy.base_url, claimed.token),
+            link: &delivery.link(&claimed.token),
         };
         let sending = Instant::now();
-        let attempt = delivery.attempt(claimed.id, &email, claimed.attempts).await;
+        let attempt = delivery
+            .attempt(claimed.claim, &email, claimed.attempts)
+            .await;
         span.record("send_ms", millis(sending.elapsed()));
         // Commit → SMTP accepted, the figure background mode is judged by.
         let end_to_end_ms = clock::now_ms().saturating_sub(claimed.created_at);

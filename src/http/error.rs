@@ -223,29 +223,25 @@ impl From<SignupError> for Error {
             SignupError::AlreadyConfirmed(email) => {
                 Error::Conflict(format!("{email} is already confirmed."))
             }
-            SignupError::SendFailed { receipt, error } => {
-                let (status, detail) = match &error {
-                    SendError::RecipientRefused(_) => (
-                        StatusCode::UNPROCESSABLE_ENTITY,
-                        format!(
-                            "The mail server refused this address ({error}); no email will be sent to it."
-                        ),
+            SignupError::SendFailed {
+                receipt,
+                error,
+                will_retry,
+            } => {
+                let status = match error {
+                    SendError::RecipientRefused(_) => StatusCode::UNPROCESSABLE_ENTITY,
+                    SendError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+                    SendError::Transient(_) | SendError::Permanent(_) => StatusCode::BAD_GATEWAY,
+                };
+                let detail = match (&error, will_retry) {
+                    (SendError::RecipientRefused(_), _) => format!(
+                        "The mail server refused this address ({error}); no email will be sent to it."
                     ),
-                    SendError::Timeout(_) | SendError::Transient(_) => (
-                        if matches!(error, SendError::Timeout(_)) {
-                            StatusCode::GATEWAY_TIMEOUT
-                        } else {
-                            StatusCode::BAD_GATEWAY
-                        },
-                        format!(
-                            "The signup is saved, but its confirmation email could not be sent now ({error}); it has been queued and will be retried."
-                        ),
+                    (_, true) => format!(
+                        "The signup is saved, but its confirmation email could not be sent now ({error}); it has been queued and will be retried."
                     ),
-                    SendError::Permanent(_) => (
-                        StatusCode::BAD_GATEWAY,
-                        format!(
-                            "The signup is saved, but the mail server rejected its confirmation email ({error}); it will not be retried."
-                        ),
+                    (_, false) => format!(
+                        "The signup is saved, but its confirmation email could not be sent ({error}); it will not be retried."
                     ),
                 };
                 Error::Smtp {

@@ -88,6 +88,9 @@ pub enum MailError {
 
 /// The confirmation email for one signup, before it becomes a MIME message.
 pub struct ConfirmationEmail<'a> {
+    /// Unique to this email (its outbox id): every attempt to send it carries the same
+    /// Message-ID, so a receiver can tell a resend after a lost `250` from a new email.
+    pub id: i64,
     pub to_address: &'a str,
     pub to_name: Option<&'a str>,
     pub link: &'a str,
@@ -133,10 +136,12 @@ impl Mailer {
         let html = HTML_TEMPLATE
             .replace("{{greeting}}", &greeting_html)
             .replace("{{link}}", &escape_html(email.link));
+        let message_id = format!("<confirmd.{}@{}>", email.id, self.from.email.domain());
         Ok(Message::builder()
             .from(self.from.clone())
             .to(to)
             .subject(SUBJECT)
+            .message_id(Some(message_id))
             .multipart(MultiPart::alternative_plain_html(text, html))?)
     }
 
@@ -209,12 +214,17 @@ mod tests {
         let link = "http://127.0.0.1:3000/confirm?token=abc";
         let message = mailer()
             .confirmation(&ConfirmationEmail {
+                id: 7,
                 to_address: "ann@example.com",
                 to_name: Some("<script>alert(1)</script> & co"),
                 link,
             })
             .unwrap();
         let raw = message.formatted();
+        assert!(
+            String::from_utf8_lossy(&raw).contains("Message-ID: <confirmd.7@confirmd.localhost>"),
+            "a stable Message-ID"
+        );
         let parsed = mailparse::parse_mail(&raw).unwrap();
         assert_eq!(parsed.ctype.mimetype, "multipart/alternative");
         let text = parsed.subparts[0].get_body().unwrap();

@@ -206,3 +206,27 @@ async fn two_clicks_racing_on_one_link_confirm_once_and_both_succeed() {
     let details = app.signup_details(&id).await;
     assert_eq!(details["status"], "confirmed");
 }
+
+#[tokio::test]
+async fn a_link_sent_after_a_long_outage_is_valid_for_a_full_ttl_from_the_send() {
+    let mut app = crate::helpers::spawn_app_without_smtp(|_| {}).await;
+    let id = app.signup_ok("ann@example.com", "background").await;
+    // SMTP stays down past the token's lifetime.
+    let db = app.db().await;
+    sqlx::query("UPDATE confirmation_tokens SET expires_at = 0")
+        .execute(&db)
+        .await
+        .unwrap();
+    db.close().await;
+
+    app.start_smtp().await;
+    app.wait_for_delivery_state(&id, "sent").await;
+
+    let link = app.confirmation_link("ann@example.com").await;
+    let response = app.client.get(&link).send().await.unwrap();
+    assert_eq!(
+        response.status(),
+        StatusCode::OK,
+        "the link works when it arrives"
+    );
+}
