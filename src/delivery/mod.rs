@@ -56,14 +56,19 @@ pub(crate) struct Job {
 /// Settings the delivery core needs, copied out of [`Settings`] once.
 #[derive(Debug, Clone)]
 pub(crate) struct Policy {
+    /// `app.base_url`: where the link in the email points.
     base_url: String,
+    /// How long a link stays valid, counted from the send.
     token_ttl: Duration,
+    /// How long a claimed email belongs to its sender before the sweeper may take it back.
     lease: Duration,
     backoff: Backoff,
+    /// Attempts before an email that keeps failing is `failed`.
     max_attempts: u32,
     sweep_interval: Duration,
-    sweep_batch: usize,
+    /// Least time between two emails to one pending address.
     resend_interval: Duration,
+    /// Waiting emails beyond which background signups are refused.
     max_backlog: u64,
 }
 
@@ -170,7 +175,6 @@ impl Delivery {
             backoff: Backoff::new(worker.retry_base(), worker.retry_max()),
             max_attempts: worker.max_attempts,
             sweep_interval: worker.sweep_interval(),
-            sweep_batch: worker.queue_capacity,
             resend_interval: settings.signup.resend_interval(),
             max_backlog: worker.max_backlog,
         };

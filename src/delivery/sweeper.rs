@@ -43,11 +43,7 @@ async fn sweep(delivery: &Delivery) -> Result<(), StoreError> {
         .await?;
     // Offer no more than the channel can hold right now: what does not fit waits for the next
     // sweep, and a busy pool is not flooded with duplicates of ids it already holds.
-    let room = delivery
-        .inner
-        .jobs
-        .capacity()
-        .min(delivery.inner.policy.sweep_batch);
+    let room = delivery.inner.jobs.capacity();
     if room == 0 {
         delivery
             .inner

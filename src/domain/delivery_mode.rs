@@ -1,3 +1,5 @@
+//! Sync or background: the choice a signup request makes, and the project's subject.
+
 use std::{fmt, str::FromStr};
 
 use serde::Deserialize;

@@ -1,3 +1,5 @@
+//! The subscriber's email address, parsed once at the edge.
+
 use std::{fmt, str::FromStr};
 
 use lettre::Address;
@@ -38,10 +40,6 @@ impl SubscriberEmail {
 
     pub fn as_str(&self) -> &str {
         self.0.as_ref()
-    }
-
-    pub fn address(&self) -> &Address {
-        &self.0
     }
 }
 

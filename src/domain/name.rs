@@ -1,3 +1,5 @@
+//! The subscriber's optional display name, safe for a mail header and an HTML page.
+
 /// An optional display name: at most 100 characters as sent, no control characters, so it can
 /// go into a `To:` header and an HTML page without a CR/LF header injection or a broken layout.
 /// Kept trimmed; an empty name is no name.

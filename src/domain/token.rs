@@ -1,3 +1,5 @@
+//! The confirmation token: what the link in the email carries, and what the database keeps of it.
+
 use std::fmt;
 
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
