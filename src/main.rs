@@ -7,14 +7,18 @@ use confirmd::{
     cli::{Cli, Command, OutboxCommand},
     outbox,
     store::Store,
-    telemetry,
+    telemetry::{self, LogOutput},
 };
 
 #[tokio::main]
 async fn main() -> anyhow::Result<ExitCode> {
     let cli = Cli::parse();
     let settings = Settings::load(&cli.config)?;
-    telemetry::init(settings.telemetry.format);
+    let logs = match cli.command {
+        Some(Command::Outbox(_)) => LogOutput::Stderr,
+        _ => LogOutput::Stdout,
+    };
+    telemetry::init(settings.telemetry.format, logs);
 
     match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => {
@@ -35,6 +39,12 @@ async fn main() -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Outbox(args) => {
+            // Never report on an empty database made at a mistyped path.
+            let url = &settings.database.url;
+            anyhow::ensure!(
+                Store::exists(url)?,
+                "no database at {url}: point database.url (CONFIRMD_DATABASE__URL) at the service's"
+            );
             let store = open_store(&settings).await?;
             let command = args.command.unwrap_or(OutboxCommand::Status);
             let outcome = outbox::run(&store, command, args.json).await;

@@ -10,7 +10,7 @@
 //! Queries are checked against the schema at compile time by `sqlx::query!`; the offline data in
 //! `.sqlx/` lets a fresh clone build with no database around (see the README to refresh it).
 
-use std::{path::Path, str::FromStr, time::Duration};
+use std::{str::FromStr, time::Duration};
 
 use sqlx::{
     SqlitePool,
@@ -140,7 +140,6 @@ impl Store {
             .foreign_keys(true);
         if let Some(folder) = options.get_filename().parent()
             && !folder.as_os_str().is_empty()
-            && !is_memory(options.get_filename())
         {
             std::fs::create_dir_all(folder).map_err(|source| StoreError::Folder {
                 path: folder.display().to_string(),
@@ -156,6 +155,14 @@ impl Store {
             .connect_with(options)
             .await?;
         Ok(Store { writer, reader })
+    }
+
+    /// Is there a database file at `url`? For the operator's commands, which must not create an
+    /// empty database at a mistyped path and then report its empty queue as an all-clear.
+    pub fn exists(url: &str) -> Result<bool, StoreError> {
+        Ok(SqliteConnectOptions::from_str(url)?
+            .get_filename()
+            .is_file())
     }
 
     /// Applies the migrations embedded in the binary from `migrations/`.
@@ -482,6 +489,9 @@ impl Store {
     }
 }
 
+// The operator's view of the outbox, for `confirmd outbox` (src/outbox.rs): what the queue holds,
+// which emails failed and why, and putting failed emails back in the queue.
+
 /// The queue as an operator sees it (`confirmd outbox`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct OutboxCounts {
@@ -516,6 +526,7 @@ pub enum Requeue {
 }
 
 impl Store {
+    /// How many emails are in each state; a state with none counts zero.
     pub async fn outbox_counts(&self) -> Result<OutboxCounts, StoreError> {
         let rows = sqlx::query!(
             r#"SELECT state AS "state!", COUNT(*) AS "count!: i64" FROM email_outbox GROUP BY state"#
@@ -529,7 +540,9 @@ impl Store {
                 "sending" => &mut counts.sending,
                 "sent" => &mut counts.sent,
                 "failed" => &mut counts.failed,
-                _ => &mut counts.superseded,
+                "superseded" => &mut counts.superseded,
+                // The schema's CHECK constraint allows no other state.
+                _ => continue,
             };
             *slot = row.count;
         }
@@ -608,8 +621,4 @@ impl Store {
         .await?;
         Ok(done.rows_affected())
     }
-}
-
-fn is_memory(path: &Path) -> bool {
-    path.as_os_str() == ":memory:"
 }

@@ -50,6 +50,45 @@ fn migrate_creates_the_database_and_its_folder() {
 }
 
 #[test]
+fn outbox_refuses_a_database_that_does_not_exist_instead_of_reporting_an_empty_queue() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("mistyped.db");
+    let url = format!("sqlite://{}?mode=rwc", db.display());
+
+    let output = confirmd(&["outbox"], &[("CONFIRMD_DATABASE__URL", &url)]);
+
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("no database at"), "{stderr}");
+    assert!(!db.exists(), "the command must not create the database");
+}
+
+#[test]
+fn outbox_json_stays_one_object_whatever_the_log_level() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}?mode=rwc", dir.path().join("c.db").display());
+    let env = [
+        ("CONFIRMD_DATABASE__URL", url.as_str()),
+        ("RUST_LOG", "debug"),
+    ];
+    assert!(confirmd(&["migrate"], &env).status.success());
+
+    let output = confirmd(&["outbox", "--json"], &env);
+
+    assert!(output.status.success());
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout)
+        .unwrap_or_else(|e| panic!("{e}:\n{}", String::from_utf8_lossy(&output.stdout)));
+    for state in ["queued", "sending", "sent", "failed", "superseded"] {
+        assert_eq!(report["counts"][state], 0, "{report}");
+    }
+    assert!(report["oldest_queued_age_s"].is_null(), "{report}");
+    assert!(
+        !output.stderr.is_empty(),
+        "the debug logs go to stderr instead"
+    );
+}
+
+#[test]
 fn a_bad_environment_value_stops_start_up_and_names_its_key() {
     for (var, value, key) in [
         ("CONFIRMD_SMTP__PORT", "not-a-port", "smtp.port"),

@@ -69,6 +69,13 @@ async fn a_failed_email_is_listed_and_an_operator_can_send_it_again() {
     let stderr = String::from_utf8_lossy(&refused.stderr);
     assert!(stderr.contains("999999: unknown"), "{stderr}");
     assert!(stderr.contains("not failed (state sent)"), "{stderr}");
+    assert!(stdout(&refused).contains("requeued 0"));
+    let unchanged: Value = serde_json::from_slice(&outbox(&app, &["--json"]).stdout).unwrap();
+    assert_eq!(unchanged["counts"], report["counts"]);
+    assert_eq!(
+        app.signup_details(&failed_id).await["delivery"]["state"],
+        "failed"
+    );
 
     // The cause is fixed: the operator sends it again, and the running service delivers it.
     app.smtp().set_behaviour(Behaviour::Accept);
