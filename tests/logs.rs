@@ -45,12 +45,13 @@ async fn tokens_never_reach_the_log_even_at_trace_level() {
         .unwrap();
     let client = reqwest::Client::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let mut tick = tokio::time::interval(Duration::from_millis(20));
     while client.get(format!("{base}/healthz")).send().await.is_err() {
         assert!(
             tokio::time::Instant::now() < deadline,
             "the service did not start"
         );
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        tick.tick().await;
     }
 
     let mut tokens = Vec::new();

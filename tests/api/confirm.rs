@@ -89,13 +89,7 @@ async fn an_expired_link_is_gone() {
     let app = spawn_app().await;
     app.signup_ok("ann@example.com", "sync").await;
     let link = app.confirmation_link("ann@example.com").await;
-    // Let the clock run past the expiry without waiting 24 hours.
-    let db = app.db().await;
-    sqlx::query("UPDATE confirmation_tokens SET expires_at = 0")
-        .execute(&db)
-        .await
-        .unwrap();
-    db.close().await;
+    app.expire_tokens().await;
 
     let response = app.client.get(&link).send().await.unwrap();
 
@@ -212,12 +206,7 @@ async fn a_link_sent_after_a_long_outage_is_valid_for_a_full_ttl_from_the_send()
     let mut app = crate::helpers::spawn_app_without_smtp(|_| {}).await;
     let id = app.signup_ok("ann@example.com", "background").await;
     // SMTP stays down past the token's lifetime.
-    let db = app.db().await;
-    sqlx::query("UPDATE confirmation_tokens SET expires_at = 0")
-        .execute(&db)
-        .await
-        .unwrap();
-    db.close().await;
+    app.expire_tokens().await;
 
     app.start_smtp().await;
     app.wait_for_delivery_state(&id, "sent").await;

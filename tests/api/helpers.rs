@@ -234,6 +234,16 @@ impl TestApp {
         n
     }
 
+    /// Moves every token's expiry into the past, as 24 hours of waiting would.
+    pub async fn expire_tokens(&self) {
+        let db = self.db().await;
+        sqlx::query("UPDATE confirmation_tokens SET expires_at = 0")
+            .execute(&db)
+            .await
+            .unwrap();
+        db.close().await;
+    }
+
     /// Shuts the app down gracefully and waits until it has stopped.
     pub async fn stop(self) -> StoppedApp {
         self.shutdown.cancel();
