@@ -1,8 +1,10 @@
-//! The command line: `confirmd [serve]`, `confirmd migrate`, `confirmd outbox`.
+//! The command line: `confirmd [serve]`, `confirmd migrate`, `confirmd outbox`, `confirmd bench`.
 
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
+
+use crate::domain::DeliveryMode;
 
 /// confirmd: sign users up and send their confirmation email inline (sync) or from a durable
 /// background outbox, to measure the difference.
@@ -28,6 +30,9 @@ pub enum Command {
     /// Show the email outbox (counts by state, the oldest waiting email, failed emails and why),
     /// or put failed emails back in the queue. Works on the database; no running service needed.
     Outbox(OutboxArgs),
+    /// Measure a running service: send signups in each mode, then print response latency
+    /// percentiles, throughput, statuses and the time from signup to email sent.
+    Bench(BenchArgs),
 }
 
 #[derive(Debug, Args)]
@@ -56,4 +61,57 @@ pub enum OutboxCommand {
         #[arg(long, conflicts_with = "ids")]
         failed: bool,
     },
+}
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Where the service to measure listens (plain HTTP, as `confirmd serve` does).
+    #[arg(long, default_value = "http://127.0.0.1:3000", value_parser = http_url)]
+    pub url: String,
+
+    /// Signups to send in each mode, each to a fresh address.
+    #[arg(long, default_value_t = 1000, value_parser = at_least_one)]
+    pub requests: u64,
+
+    /// Requests in flight at once: this many clients, each sending its next signup as soon as
+    /// the previous one is answered.
+    #[arg(long, default_value_t = 16, value_parser = at_least_one)]
+    pub concurrency: u64,
+
+    /// The modes to measure, in this order; `async` is another name for `background`.
+    #[arg(long, value_delimiter = ',', default_value = "sync,background")]
+    pub modes: Vec<DeliveryMode>,
+
+    /// Print one JSON object instead of tables (and no progress bar).
+    #[arg(long)]
+    pub json: bool,
+
+    /// Also draw each mode's response latency by percentile to this SVG file.
+    #[arg(long, value_name = "FILE.svg")]
+    pub plot: Option<PathBuf>,
+
+    /// How long to wait, after each mode's signups, for the service to report their emails sent.
+    /// Emails still unsent then are counted as not delivered.
+    #[arg(long, value_name = "SECONDS", default_value_t = 60)]
+    pub delivery_timeout_s: u64,
+}
+
+/// A count of one or more.
+fn at_least_one(value: &str) -> Result<u64, String> {
+    match value.parse::<u64>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(error) => Err(error.to_string()),
+    }
+}
+
+/// An `http://` base URL, without a trailing slash so that paths can be appended.
+fn http_url(value: &str) -> Result<String, String> {
+    let rest = value
+        .strip_prefix("http://")
+        .ok_or("expected an http:// URL, such as http://127.0.0.1:3000")?;
+    if rest.is_empty() || rest.starts_with('/') {
+        return Err("the URL has no host".into());
+    }
+    Ok(value.trim_end_matches('/').to_owned())
 }

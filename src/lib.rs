@@ -14,6 +14,7 @@
 //! and the worker pool and uses [`store`] (every SQL statement of the project) and [`mail`] (the
 //! message and the SMTP transport). [`startup`] wires them together for `main` and for the tests.
 
+pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod delivery;

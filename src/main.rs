@@ -15,7 +15,7 @@ async fn main() -> anyhow::Result<ExitCode> {
     let cli = Cli::parse();
     let settings = Settings::load(&cli.config)?;
     let logs = match cli.command {
-        Some(Command::Outbox(_)) => LogOutput::Stderr,
+        Some(Command::Outbox(_) | Command::Bench(_)) => LogOutput::Stderr,
         _ => LogOutput::Stdout,
     };
     telemetry::init(settings.telemetry.format, logs);
@@ -50,6 +50,10 @@ async fn main() -> anyhow::Result<ExitCode> {
             let outcome = outbox::run(&store, command, args.json).await;
             store.close().await;
             outcome
+        }
+        Command::Bench(args) => {
+            confirmd::bench::run(args).await?;
+            Ok(ExitCode::SUCCESS)
         }
     }
 }
