@@ -2,14 +2,10 @@
 
 use reqwest::StatusCode;
 
-use crate::{
-    helpers::{TestApp, spawn_app},
-    smtp::Behaviour,
-};
+use crate::{helpers::spawn_app, smtp::Behaviour};
 
 /// The value of the sample whose line starts with `series` (name and labels as exposed).
-async fn sample(app: &TestApp, series: &str) -> f64 {
-    let text = app.get("/metrics").await.text().await.unwrap();
+fn sample(text: &str, series: &str) -> f64 {
     text.lines()
         .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
         .unwrap_or_else(|| panic!("no sample {series} in:\n{text}"))
@@ -43,41 +39,42 @@ async fn metrics_count_requests_by_mode_emails_by_outcome_and_the_outbox_by_stat
             .unwrap()
             .starts_with("text/plain")
     );
+    let text = response.text().await.unwrap();
 
     let requests = |mode: &str, status: u16| {
         format!(
             r#"confirmd_http_request_duration_seconds_count{{method="POST",mode="{mode}",route="/signups",status="{status}"}}"#
         )
     };
-    assert_eq!(sample(&app, &requests("sync", 201)).await, 2.0);
-    assert_eq!(sample(&app, &requests("background", 202)).await, 4.0);
+    assert_eq!(sample(&text, &requests("sync", 201)), 2.0);
+    assert_eq!(sample(&text, &requests("background", 202)), 4.0);
     assert_eq!(
-        sample(&app, r#"confirmd_emails_total{outcome="sent"}"#).await,
+        sample(&text, r#"confirmd_emails_total{outcome="sent"}"#),
         5.0
     );
     assert_eq!(
-        sample(&app, r#"confirmd_emails_total{outcome="failed"}"#).await,
+        sample(&text, r#"confirmd_emails_total{outcome="failed"}"#),
         1.0
     );
     assert_eq!(
-        sample(&app, r#"confirmd_emails_total{outcome="retried"}"#).await,
+        sample(&text, r#"confirmd_emails_total{outcome="retried"}"#),
         0.0
     );
     assert_eq!(
-        sample(&app, "confirmd_smtp_send_duration_seconds_count").await,
+        sample(&text, "confirmd_smtp_send_duration_seconds_count"),
         6.0
     );
-    assert_eq!(sample(&app, "confirmd_queue_wait_seconds_count").await, 4.0);
+    assert_eq!(sample(&text, "confirmd_queue_wait_seconds_count"), 4.0);
     assert_eq!(
-        sample(&app, r#"confirmd_outbox_emails{state="sent"}"#).await,
+        sample(&text, r#"confirmd_outbox_emails{state="sent"}"#),
         5.0
     );
     assert_eq!(
-        sample(&app, r#"confirmd_outbox_emails{state="failed"}"#).await,
+        sample(&text, r#"confirmd_outbox_emails{state="failed"}"#),
         1.0
     );
     assert_eq!(
-        sample(&app, r#"confirmd_outbox_emails{state="queued"}"#).await,
+        sample(&text, r#"confirmd_outbox_emails{state="queued"}"#),
         0.0
     );
 }
