@@ -7,13 +7,15 @@
 //! - `confirmd_emails_total{outcome}`: send attempts that ended `sent`, `retried` or `failed`;
 //! - `confirmd_smtp_send_duration_seconds`: one SMTP send, connection included;
 //! - `confirmd_queue_wait_seconds`: background mode, from the commit to a worker picking it up;
+//! - `confirmd_signup_group_size`: for each signup, how many were committed in its transaction
+//!   (see the group-commit writer in `store`);
 //! - `confirmd_outbox_emails{state}`: outbox rows by state, counted when scraped.
 
 use std::time::Duration;
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
-    exponential_buckets,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry,
+    TextEncoder, exponential_buckets,
 };
 
 use crate::store::OutboxCounts;
@@ -27,6 +29,7 @@ pub struct Metrics {
     emails: IntCounterVec,
     smtp_send: HistogramVec,
     queue_wait: HistogramVec,
+    signup_group: Histogram,
     outbox: IntGaugeVec,
 }
 
@@ -72,6 +75,14 @@ impl Metrics {
                 "Background mode: from the signup's commit to a worker picking the email up",
                 &[],
             ),
+            signup_group: Histogram::with_opts(
+                HistogramOpts::new(
+                    "confirmd_signup_group_size",
+                    "Signups committed in the same transaction as this one, itself included",
+                )
+                .buckets(exponential_buckets(1.0, 2.0, 7).expect("valid buckets")),
+            )
+            .expect("valid histogram"),
             outbox: IntGaugeVec::new(
                 Opts::new("confirmd_outbox_emails", "Outbox rows by state"),
                 &["state"],
@@ -83,6 +94,7 @@ impl Metrics {
             Box::new(metrics.emails.clone()),
             Box::new(metrics.smtp_send.clone()),
             Box::new(metrics.queue_wait.clone()),
+            Box::new(metrics.signup_group.clone()),
             Box::new(metrics.outbox.clone()),
         ] {
             metrics
@@ -132,6 +144,10 @@ impl Metrics {
         self.queue_wait
             .with_label_values(&[] as &[&str])
             .observe(waited.as_secs_f64());
+    }
+
+    pub fn observe_signup_group(&self, size: usize) {
+        self.signup_group.observe(size as f64);
     }
 
     /// The text exposition, with the outbox gauges set from `counts`.

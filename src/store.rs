@@ -10,12 +10,21 @@
 //! Queries are checked against the schema at compile time by `sqlx::query!`; the offline data in
 //! `.sqlx/` lets a fresh clone build with no database around (see the README to refresh it).
 
-use std::{str::FromStr, time::Duration};
+use std::{
+    collections::{HashMap, HashSet},
+    str::FromStr,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
 
 use sqlx::{
-    SqlitePool,
+    SqliteConnection, SqlitePool,
     sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous},
 };
+use tokio::sync::{mpsc, oneshot};
 
 use crate::domain::{DeliveryMode, SubscriberEmail, SubscriberName, TokenHash};
 
@@ -38,6 +47,9 @@ pub enum StoreError {
     TooSoon { retry_after_ms: i64 },
     #[error("database error")]
     Database(#[from] sqlx::Error),
+    /// The store was closed (the process is shutting down).
+    #[error("the database writer has stopped")]
+    WriterStopped,
     #[error("database migration failed")]
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("cannot create the database folder {path}")]
@@ -47,12 +59,35 @@ pub enum StoreError {
     },
 }
 
-/// The database: a one-connection pool for writes and a pool for reads, on the same file.
+/// The database: a one-connection pool for writes and a pool for reads, on the same file, and
+/// the group-commit writer that signups go through.
 #[derive(Clone, Debug)]
 pub struct Store {
     writer: SqlitePool,
     reader: SqlitePool,
+    signups: mpsc::Sender<PendingSignup>,
+    /// Signups handed to the writer and not answered yet: queued, or in the transaction it is
+    /// writing.
+    pending: Arc<AtomicUsize>,
 }
+
+/// A signup waiting for the group-commit writer, and where to send its outcome.
+struct PendingSignup {
+    new: NewSignup,
+    outcome: oneshot::Sender<Result<StoredSignup, StoreError>>,
+}
+
+impl std::fmt::Debug for PendingSignup {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PendingSignup")
+    }
+}
+
+/// Most signups written in one transaction. Bounds the wait of the last one in a batch.
+const MAX_GROUP: usize = 64;
+
+/// Signups waiting for the writer beyond which callers wait to hand theirs over.
+const SIGNUP_QUEUE: usize = 1024;
 
 /// A sender's hold on an outbox row: its id and the lease it was claimed with. Outcomes are
 /// written only while the row still carries this lease, so a sender whose lease ran out (and whose
@@ -63,15 +98,16 @@ pub struct Claim {
     pub lease_until: i64,
 }
 
-/// What a signup writes, already parsed. (No `Debug`: it holds the raw token.)
-pub struct NewSignup<'a> {
-    pub email: &'a SubscriberEmail,
-    pub name: Option<&'a SubscriberName>,
-    pub token: &'a str,
-    pub token_hash: &'a TokenHash,
+/// What a signup writes, already parsed. Owned, because it travels to the group-commit writer.
+/// (No `Debug`: it holds the raw token.)
+pub struct NewSignup {
+    pub email: SubscriberEmail,
+    pub name: Option<SubscriberName>,
+    pub token: String,
+    pub token_hash: TokenHash,
     pub token_expires_at: i64,
     pub mode: DeliveryMode,
-    pub request_id: Option<&'a str>,
+    pub request_id: Option<String>,
     /// For sync mode: the row is written already claimed by the request, leased until then, so
     /// no worker or sweeper sends it at the same time.
     pub claimed_until: Option<i64>,
@@ -86,6 +122,8 @@ pub struct StoredSignup {
     pub user_id: String,
     pub outbox_id: OutboxId,
     pub email: String,
+    /// How many signups were committed in the same transaction, this one included.
+    pub group_size: usize,
 }
 
 /// An outbox row claimed for sending: everything needed to build and send the email.
@@ -131,13 +169,7 @@ pub struct TokenOwner {
 impl Store {
     /// Opens (and creates, with its folder) the database. Does not migrate: see [`Store::migrate`].
     pub async fn connect(url: &str, max_readers: u32) -> Result<Store, StoreError> {
-        let options = SqliteConnectOptions::from_str(url)?
-            .journal_mode(SqliteJournalMode::Wal)
-            // In WAL mode NORMAL is durable against process crashes (the property the outbox
-            // needs); only an OS crash or power loss can lose the last transactions.
-            .synchronous(SqliteSynchronous::Normal)
-            .busy_timeout(Duration::from_secs(5))
-            .foreign_keys(true);
+        let options = Store::connect_options(url)?;
         if let Some(folder) = options.get_filename().parent()
             && !folder.as_os_str().is_empty()
         {
@@ -154,7 +186,27 @@ impl Store {
             .max_connections(max_readers)
             .connect_with(options)
             .await?;
-        Ok(Store { writer, reader })
+        let (signups, queue) = mpsc::channel(SIGNUP_QUEUE);
+        let pending = Arc::new(AtomicUsize::new(0));
+        tokio::spawn(group_commit(writer.clone(), queue, pending.clone()));
+        Ok(Store {
+            writer,
+            reader,
+            signups,
+            pending,
+        })
+    }
+
+    /// How every connection to the database is set up. Public so that the floor benchmark
+    /// (`benches/floor.rs`) measures a bare handler on exactly these settings.
+    pub fn connect_options(url: &str) -> Result<SqliteConnectOptions, StoreError> {
+        Ok(SqliteConnectOptions::from_str(url)?
+            .journal_mode(SqliteJournalMode::Wal)
+            // In WAL mode NORMAL is durable against process crashes (the property the outbox
+            // needs); only an OS crash or power loss can lose the last transactions.
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(Duration::from_secs(5))
+            .foreign_keys(true))
     }
 
     /// Is there a database file at `url`? For the operator's commands, which must not create an
@@ -176,6 +228,11 @@ impl Store {
         self.writer.close().await;
     }
 
+    /// Signups handed to the group-commit writer and not answered yet.
+    pub fn signups_pending(&self) -> usize {
+        self.pending.load(Ordering::Relaxed)
+    }
+
     /// Is the database answering? For `/readyz`.
     pub async fn ping(&self) -> Result<(), StoreError> {
         sqlx::query!("SELECT 1 AS one")
@@ -187,116 +244,22 @@ impl Store {
     /// Writes a signup, its token and its outbox row in one transaction, so an acknowledged
     /// signup always has its email on disk. Signing up again while pending replaces the token
     /// (the old link stops working) and supersedes emails not yet sent with the old link.
-    pub async fn create_signup(&self, new: &NewSignup<'_>) -> Result<StoredSignup, StoreError> {
-        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
-        let email = new.email.as_str();
-        let name = new.name.map(SubscriberName::as_str);
-        let existing = sqlx::query!(
-            r#"SELECT id AS "id!", email AS "email!", status AS "status!" FROM users WHERE email = ?1"#,
-            email
-        )
-        .fetch_optional(&mut *tx)
-        .await?;
-
-        let user_id = match existing {
-            Some(user) if user.status == "confirmed" => {
-                return Err(StoreError::AlreadyConfirmed(user.email));
-            }
-            Some(user) => {
-                let last_email_at = sqlx::query_scalar!(
-                    r#"SELECT MAX(created_at) AS "created_at: i64" FROM email_outbox WHERE user_id = ?1"#,
-                    user.id
-                )
-                .fetch_one(&mut *tx)
-                .await?;
-                if let Some(last) = last_email_at {
-                    let retry_after_ms = last.saturating_add(new.resend_interval_ms) - new.now;
-                    if retry_after_ms > 0 {
-                        return Err(StoreError::TooSoon { retry_after_ms });
-                    }
-                }
-                sqlx::query!(
-                    "UPDATE users SET name = COALESCE(?2, name) WHERE id = ?1",
-                    user.id,
-                    name
-                )
-                .execute(&mut *tx)
-                .await?;
-                // Rows being sent right now are superseded too: if that send fails, its retry
-                // must not bring back a link that no longer works (the mark_* updates below
-                // only touch rows still in 'sending'). Failed rows too: an operator's retry
-                // must not send the old link either.
-                sqlx::query!(
-                    "UPDATE email_outbox SET state = 'superseded', token = NULL, lease_until = NULL
-                     WHERE user_id = ?1 AND state IN ('queued', 'sending', 'failed')",
-                    user.id
-                )
-                .execute(&mut *tx)
-                .await?;
-                user.id
-            }
-            None => {
-                let id = uuid::Uuid::now_v7().to_string();
-                sqlx::query!(
-                    "INSERT INTO users (id, email, name, status, created_at) VALUES (?1, ?2, ?3, 'pending', ?4)",
-                    id,
-                    email,
-                    name,
-                    new.now
-                )
-                .execute(&mut *tx)
-                .await?;
-                id
-            }
-        };
-
-        let hash = &new.token_hash.0[..];
-        sqlx::query!(
-            "INSERT INTO confirmation_tokens (token_hash, user_id, created_at, expires_at)
-             VALUES (?1, ?2, ?3, ?4)
-             ON CONFLICT (user_id) DO UPDATE SET
-                 token_hash = excluded.token_hash,
-                 created_at = excluded.created_at,
-                 expires_at = excluded.expires_at",
-            hash,
-            user_id,
-            new.now,
-            new.token_expires_at
-        )
-        .execute(&mut *tx)
-        .await?;
-
-        let mode = new.mode.as_str();
-        let (state, attempts) = match new.claimed_until {
-            Some(_) => ("sending", 1),
-            None => ("queued", 0),
-        };
-        let outbox_id = sqlx::query_scalar!(
-            r#"INSERT INTO email_outbox
-                 (user_id, recipient, recipient_name, token, mode, state, attempts,
-                  next_attempt_at, lease_until, request_id, created_at)
-               VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?8)
-               RETURNING id AS "id!""#,
-            user_id,
-            email,
-            name,
-            new.token,
-            mode,
-            state,
-            attempts,
-            new.now,
-            new.claimed_until,
-            new.request_id
-        )
-        .fetch_one(&mut *tx)
-        .await?;
-
-        tx.commit().await?;
-        Ok(StoredSignup {
-            user_id,
-            outbox_id: OutboxId(outbox_id),
-            email: email.to_owned(),
-        })
+    ///
+    /// The write goes through the group-commit writer (see [`group_commit`]): it returns once
+    /// the transaction holding this signup has committed.
+    pub async fn create_signup(&self, new: NewSignup) -> Result<StoredSignup, StoreError> {
+        let (outcome, receive) = oneshot::channel();
+        self.pending.fetch_add(1, Ordering::Relaxed);
+        if self
+            .signups
+            .send(PendingSignup { new, outcome })
+            .await
+            .is_err()
+        {
+            self.pending.fetch_sub(1, Ordering::Relaxed);
+            return Err(StoreError::WriterStopped);
+        }
+        receive.await.map_err(|_| StoreError::WriterStopped)?
     }
 
     /// Claims a queued, due row for sending: the row moves to `sending`, leased until
@@ -621,4 +584,327 @@ impl Store {
         .await?;
         Ok(done.rows_affected())
     }
+}
+
+/// The group-commit writer: one task that writes every signup, as many per transaction as are
+/// waiting when it starts one.
+///
+/// SQLite commits are cheap in WAL mode, but statements are not free here: sqlx runs each
+/// connection on its own thread, so every statement is a round trip between threads. A signup
+/// written alone takes five (a lookup, three inserts, the commit). Signups that arrive while a
+/// transaction is being written wait for the next one, and that one writes all the new addresses
+/// among them with one statement per table (their rows passed as a JSON array), so under load a
+/// group of thirty costs about what one signup costs alone. Alone, a signup is written at once:
+/// the writer never waits for company.
+///
+/// Signing up again (an address that has a user, or one that appears twice in a group) takes the
+/// statement-by-statement path, after the group's new users, so it sees them. A refusal (already
+/// confirmed, too soon) writes nothing and leaves the rest of the group alone. A database error
+/// rolls the whole group back and each of its signups is then written in a transaction of its
+/// own, so only the one at fault gets the error.
+async fn group_commit(
+    writer: SqlitePool,
+    mut queue: mpsc::Receiver<PendingSignup>,
+    pending: Arc<AtomicUsize>,
+) {
+    let mut group = Vec::with_capacity(MAX_GROUP);
+    while queue.recv_many(&mut group, MAX_GROUP).await > 0 {
+        let outcomes = match write_group(&writer, &group).await {
+            Ok(outcomes) => outcomes,
+            Err(_) if group.len() > 1 => {
+                let mut outcomes = Vec::with_capacity(group.len());
+                for signup in &group {
+                    outcomes.push(write_alone(&writer, &signup.new).await);
+                }
+                outcomes
+            }
+            Err(error) => vec![Err(error.into())],
+        };
+        pending.fetch_sub(group.len(), Ordering::Relaxed);
+        for (signup, outcome) in group.drain(..).zip(outcomes) {
+            // The caller may have gone (its client hung up): the signup stands regardless.
+            let _ = signup.outcome.send(outcome);
+        }
+    }
+}
+
+/// Writes a group in one transaction. The outer error is a database error that rolled the
+/// whole group back; the inner ones are refusals of single signups.
+async fn write_group(
+    writer: &SqlitePool,
+    group: &[PendingSignup],
+) -> Result<Vec<Result<StoredSignup, StoreError>>, sqlx::Error> {
+    let mut tx = writer.begin_with("BEGIN IMMEDIATE").await?;
+
+    // Which addresses are new? `users.email` is NOCASE, which folds ASCII letters only.
+    let addresses: Vec<&str> = group.iter().map(|p| p.new.email.as_str()).collect();
+    let addresses = serde_json::to_string(&addresses).expect("strings serialize");
+    let taken: HashSet<String> = sqlx::query_scalar!(
+        r#"SELECT email AS "email!" FROM users
+           WHERE email IN (SELECT value FROM json_each(?1))"#,
+        addresses
+    )
+    .fetch_all(&mut *tx)
+    .await?
+    .into_iter()
+    .map(|email| email.to_ascii_lowercase())
+    .collect();
+    let mut seen = HashSet::new();
+    let (fresh, again): (Vec<usize>, Vec<usize>) = (0..group.len()).partition(|&i| {
+        let key = group[i].new.email.as_str().to_ascii_lowercase();
+        !taken.contains(&key) && seen.insert(key)
+    });
+
+    let mut outcomes: Vec<Option<Result<StoredSignup, StoreError>>> =
+        group.iter().map(|_| None).collect();
+    let signups: Vec<&NewSignup> = fresh.iter().map(|&i| &group[i].new).collect();
+    for (i, stored) in fresh
+        .into_iter()
+        .zip(insert_new_users(&mut tx, &signups).await?)
+    {
+        outcomes[i] = Some(Ok(stored));
+    }
+    for i in again {
+        outcomes[i] = match write_signup(&mut tx, &group[i].new).await {
+            Err(StoreError::Database(e)) => return Err(e),
+            outcome => Some(outcome),
+        };
+    }
+    tx.commit().await?;
+
+    Ok(outcomes
+        .into_iter()
+        .map(|outcome| {
+            let mut outcome = outcome.expect("every signup of the group was written or refused");
+            if let Ok(stored) = &mut outcome {
+                stored.group_size = group.len();
+            }
+            outcome
+        })
+        .collect())
+}
+
+/// One signup in a transaction of its own: the fall-back when its group failed.
+async fn write_alone(writer: &SqlitePool, new: &NewSignup) -> Result<StoredSignup, StoreError> {
+    let mut tx = writer.begin_with("BEGIN IMMEDIATE").await?;
+    let stored = write_signup(&mut tx, new).await?;
+    tx.commit().await?;
+    Ok(stored)
+}
+
+/// A row of [`insert_new_users`], as JSON for `json_each`.
+#[derive(serde::Serialize)]
+struct NewUserRow<'a> {
+    id: String,
+    email: &'a str,
+    name: Option<&'a str>,
+    token: &'a str,
+    /// Hex: JSON has no bytes, and SQLite's `unhex` turns it back into the BLOB.
+    token_hash: String,
+    token_expires_at: i64,
+    mode: &'static str,
+    state: &'static str,
+    attempts: i64,
+    claimed_until: Option<i64>,
+    request_id: Option<&'a str>,
+    now: i64,
+}
+
+/// Writes signups of addresses that have no user yet (and appear once): one statement per
+/// table for all of them.
+async fn insert_new_users(
+    conn: &mut SqliteConnection,
+    signups: &[&NewSignup],
+) -> Result<Vec<StoredSignup>, sqlx::Error> {
+    if signups.is_empty() {
+        return Ok(Vec::new());
+    }
+    let rows: Vec<NewUserRow> = signups
+        .iter()
+        .map(|new| {
+            let (state, attempts) = outbox_start(new);
+            NewUserRow {
+                id: uuid::Uuid::now_v7().to_string(),
+                email: new.email.as_str(),
+                name: new.name.as_ref().map(SubscriberName::as_str),
+                token: &new.token,
+                token_hash: hex(&new.token_hash.0),
+                token_expires_at: new.token_expires_at,
+                mode: new.mode.as_str(),
+                state,
+                attempts,
+                claimed_until: new.claimed_until,
+                request_id: new.request_id.as_deref(),
+                now: new.now,
+            }
+        })
+        .collect();
+    let json = serde_json::to_string(&rows).expect("rows serialize");
+    sqlx::query!(
+        r#"INSERT INTO users (id, email, name, status, created_at)
+           SELECT value ->> 'id', value ->> 'email', value ->> 'name', 'pending', value ->> 'now'
+           FROM json_each(?1)"#,
+        json
+    )
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query!(
+        r#"INSERT INTO confirmation_tokens (token_hash, user_id, created_at, expires_at)
+           SELECT unhex(value ->> 'token_hash'), value ->> 'id', value ->> 'now',
+                  value ->> 'token_expires_at'
+           FROM json_each(?1)"#,
+        json
+    )
+    .execute(&mut *conn)
+    .await?;
+    let outbox: HashMap<String, i64> = sqlx::query!(
+        r#"INSERT INTO email_outbox
+             (user_id, recipient, recipient_name, token, mode, state, attempts,
+              next_attempt_at, lease_until, request_id, created_at)
+           SELECT value ->> 'id', value ->> 'email', value ->> 'name', value ->> 'token',
+                  value ->> 'mode', value ->> 'state', value ->> 'attempts', value ->> 'now',
+                  value ->> 'claimed_until', value ->> 'request_id', value ->> 'now'
+           FROM json_each(?1)
+           RETURNING id AS "id!: i64", user_id AS "user_id!: String""#,
+        json
+    )
+    .fetch_all(&mut *conn)
+    .await?
+    .into_iter()
+    .map(|row| (row.user_id, row.id))
+    .collect();
+    Ok(rows
+        .into_iter()
+        .map(|row| StoredSignup {
+            outbox_id: OutboxId(outbox[&row.id]),
+            user_id: row.id,
+            email: row.email.to_owned(),
+            group_size: 1,
+        })
+        .collect())
+}
+
+/// The state an outbox row starts in: sync rows are written already claimed by their request.
+fn outbox_start(new: &NewSignup) -> (&'static str, i64) {
+    match new.claimed_until {
+        Some(_) => ("sending", 1),
+        None => ("queued", 0),
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// One signup's statements, inside the group's transaction: the user (or the existing pending
+/// one, its resend interval checked), its token and its outbox row.
+async fn write_signup(
+    conn: &mut SqliteConnection,
+    new: &NewSignup,
+) -> Result<StoredSignup, StoreError> {
+    let email = new.email.as_str();
+    let name = new.name.as_ref().map(SubscriberName::as_str);
+    let existing = sqlx::query!(
+        r#"SELECT id AS "id!", email AS "email!", status AS "status!" FROM users WHERE email = ?1"#,
+        email
+    )
+    .fetch_optional(&mut *conn)
+    .await?;
+
+    let user_id = match existing {
+        Some(user) if user.status == "confirmed" => {
+            return Err(StoreError::AlreadyConfirmed(user.email));
+        }
+        Some(user) => {
+            let last_email_at = sqlx::query_scalar!(
+                r#"SELECT MAX(created_at) AS "created_at: i64" FROM email_outbox WHERE user_id = ?1"#,
+                user.id
+            )
+            .fetch_one(&mut *conn)
+            .await?;
+            if let Some(last) = last_email_at {
+                let retry_after_ms = last.saturating_add(new.resend_interval_ms) - new.now;
+                if retry_after_ms > 0 {
+                    return Err(StoreError::TooSoon { retry_after_ms });
+                }
+            }
+            sqlx::query!(
+                "UPDATE users SET name = COALESCE(?2, name) WHERE id = ?1",
+                user.id,
+                name
+            )
+            .execute(&mut *conn)
+            .await?;
+            // Rows being sent right now are superseded too: if that send fails, its retry
+            // must not bring back a link that no longer works (the mark_* updates below
+            // only touch rows still in 'sending'). Failed rows too: an operator's retry
+            // must not send the old link either.
+            sqlx::query!(
+                "UPDATE email_outbox SET state = 'superseded', token = NULL, lease_until = NULL
+                 WHERE user_id = ?1 AND state IN ('queued', 'sending', 'failed')",
+                user.id
+            )
+            .execute(&mut *conn)
+            .await?;
+            user.id
+        }
+        None => {
+            let id = uuid::Uuid::now_v7().to_string();
+            sqlx::query!(
+                "INSERT INTO users (id, email, name, status, created_at) VALUES (?1, ?2, ?3, 'pending', ?4)",
+                id,
+                email,
+                name,
+                new.now
+            )
+            .execute(&mut *conn)
+            .await?;
+            id
+        }
+    };
+
+    let hash = &new.token_hash.0[..];
+    sqlx::query!(
+        "INSERT INTO confirmation_tokens (token_hash, user_id, created_at, expires_at)
+         VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT (user_id) DO UPDATE SET
+             token_hash = excluded.token_hash,
+             created_at = excluded.created_at,
+             expires_at = excluded.expires_at",
+        hash,
+        user_id,
+        new.now,
+        new.token_expires_at
+    )
+    .execute(&mut *conn)
+    .await?;
+
+    let mode = new.mode.as_str();
+    let (state, attempts) = outbox_start(new);
+    let outbox_id = sqlx::query_scalar!(
+        r#"INSERT INTO email_outbox
+             (user_id, recipient, recipient_name, token, mode, state, attempts,
+              next_attempt_at, lease_until, request_id, created_at)
+           VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?8)
+           RETURNING id AS "id!""#,
+        user_id,
+        email,
+        name,
+        &new.token,
+        mode,
+        state,
+        attempts,
+        new.now,
+        new.claimed_until,
+        new.request_id.as_deref()
+    )
+    .fetch_one(&mut *conn)
+    .await?;
+
+    Ok(StoredSignup {
+        user_id,
+        outbox_id: OutboxId(outbox_id),
+        email: email.to_owned(),
+        group_size: 1,
+    })
 }

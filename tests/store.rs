@@ -1,10 +1,14 @@
-//! The outbox's state machine, straight against the store: a sender whose lease ran out cannot
-//! overwrite the outcome of the sender that took its row over.
+//! The store on its own: the outbox's state machine (a sender whose lease ran out cannot
+//! overwrite the outcome of the sender that took its row over) and the group-commit writer.
+
+use std::time::Duration;
 
 use confirmd::{
     domain::{ConfirmationToken, DeliveryMode, SubscriberEmail},
-    store::{NewSignup, Store},
+    store::{NewSignup, Store, StoreError, StoredSignup},
 };
+use sqlx::{Connection, SqliteConnection};
+use tokio::time::Instant;
 
 async fn store() -> (tempfile::TempDir, Store) {
     let dir = tempfile::tempdir().unwrap();
@@ -23,11 +27,11 @@ async fn a_sender_whose_lease_expired_cannot_overwrite_the_next_senders_outcome(
     let email = SubscriberEmail::parse("ann@example.com").unwrap();
     let token = ConfirmationToken::generate();
     let stored = store
-        .create_signup(&NewSignup {
-            email: &email,
+        .create_signup(NewSignup {
+            email,
             name: None,
-            token: token.expose(),
-            token_hash: &token.hash(),
+            token: token.expose().to_owned(),
+            token_hash: token.hash(),
             token_expires_at: 10_000,
             mode: DeliveryMode::Background,
             request_id: None,
@@ -77,4 +81,162 @@ async fn a_sender_whose_lease_expired_cannot_overwrite_the_next_senders_outcome(
     store.mark_sent(a.claim, 2_600, 60_000).await.unwrap();
     let view = store.signup(&stored.user_id).await.unwrap().unwrap();
     assert_eq!(view.sent_at, Some(2_500));
+}
+
+/// A background signup for `email` at `now`, with a resend interval of a minute.
+fn signup(email: &str, now: i64) -> NewSignup {
+    let token = ConfirmationToken::generate();
+    NewSignup {
+        email: SubscriberEmail::parse(email).unwrap(),
+        name: None,
+        token: token.expose().to_owned(),
+        token_hash: token.hash(),
+        token_expires_at: now + 3_600_000,
+        mode: DeliveryMode::Background,
+        request_id: None,
+        claimed_until: None,
+        resend_interval_ms: 60_000,
+        now,
+    }
+}
+
+/// Holds SQLite's write lock from another connection, as a second process would, until dropped
+/// or released; the store's writer waits for it (busy timeout) meanwhile.
+async fn hold_write_lock(dir: &tempfile::TempDir) -> SqliteConnection {
+    let url = format!("sqlite://{}", dir.path().join("db.sqlite").display());
+    let mut conn = SqliteConnection::connect(&url).await.unwrap();
+    sqlx::query("BEGIN IMMEDIATE")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    conn
+}
+
+/// Starts `signups` and waits until every one of them is with the writer, blocked behind the
+/// lock: queued, or in the transaction it is trying to begin.
+async fn hand_to_blocked_writer(
+    store: &Store,
+    signups: Vec<NewSignup>,
+) -> Vec<tokio::task::JoinHandle<Result<StoredSignup, StoreError>>> {
+    let count = signups.len();
+    let tasks = signups
+        .into_iter()
+        .map(|new| {
+            let store = store.clone();
+            tokio::spawn(async move { store.create_signup(new).await })
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while store.signups_pending() < count {
+        assert!(
+            Instant::now() < deadline,
+            "the signups never reached the writer"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    tasks
+}
+
+#[tokio::test]
+async fn signups_that_arrive_while_the_writer_waits_are_committed_together() {
+    let (dir, store) = store().await;
+    let mut lock = hold_write_lock(&dir).await;
+    let tasks = hand_to_blocked_writer(
+        &store,
+        (0..10)
+            .map(|i| signup(&format!("user{i}@example.com"), 1_000))
+            .collect(),
+    )
+    .await;
+    sqlx::query("COMMIT").execute(&mut lock).await.unwrap();
+
+    let mut group_sizes = Vec::new();
+    for task in tasks {
+        group_sizes.push(task.await.unwrap().unwrap().group_size);
+    }
+    // The writer took the first arrivals into one transaction and then waited for the lock;
+    // everyone who came meanwhile shares the next: two commits at most, not ten.
+    let commits: f64 = group_sizes.iter().map(|&n| 1.0 / n as f64).sum();
+    assert!(commits.round() <= 2.0, "group sizes {group_sizes:?}");
+    assert_eq!(store.outbox_counts().await.unwrap().queued, 10);
+    assert_eq!(store.signups_pending(), 0);
+}
+
+#[tokio::test]
+async fn a_refused_signup_leaves_the_rest_of_its_group_written() {
+    let (dir, store) = store().await;
+    let ann = store
+        .create_signup(signup("ann@example.com", 1_000))
+        .await
+        .unwrap();
+    assert!(store.confirm(&ann.user_id, 1_500).await.unwrap());
+
+    let mut lock = hold_write_lock(&dir).await;
+    let tasks = hand_to_blocked_writer(
+        &store,
+        vec![
+            signup("ann@example.com", 2_000),
+            signup("bob@example.com", 2_000),
+            // The same address: `users.email` is case-insensitive.
+            signup("BOB@example.com", 2_001),
+            signup("cy@example.com", 2_000),
+        ],
+    )
+    .await;
+    sqlx::query("COMMIT").execute(&mut lock).await.unwrap();
+
+    let mut outcomes = Vec::new();
+    for task in tasks {
+        outcomes.push(task.await.unwrap());
+    }
+    assert!(matches!(outcomes[0], Err(StoreError::AlreadyConfirmed(_))));
+    let bob = outcomes[1].as_ref().expect("bob's first signup is written");
+    // Bob's second signup sees the first, in the same transaction: one email a minute.
+    assert!(matches!(outcomes[2], Err(StoreError::TooSoon { .. })));
+    let cy = outcomes[3].as_ref().expect("cy's signup is written");
+    for written in [bob, cy] {
+        let view = store.signup(&written.user_id).await.unwrap().unwrap();
+        assert_eq!(view.state, "queued");
+    }
+    // Ann's first email, bob's and cy's.
+    assert_eq!(store.outbox_counts().await.unwrap().queued, 3);
+}
+
+#[tokio::test]
+async fn a_database_error_in_a_group_fails_only_the_signup_at_fault() {
+    let (dir, store) = store().await;
+    // A fault only this address meets, as a full disk or a corrupt page might.
+    let mut lock = hold_write_lock(&dir).await;
+    sqlx::query(
+        "CREATE TRIGGER fault BEFORE INSERT ON users WHEN NEW.email = 'boom@example.com'
+         BEGIN SELECT RAISE(ABORT, 'injected fault'); END",
+    )
+    .execute(&mut lock)
+    .await
+    .unwrap();
+    let tasks = hand_to_blocked_writer(
+        &store,
+        vec![
+            signup("ann@example.com", 1_000),
+            signup("boom@example.com", 1_000),
+            signup("cy@example.com", 1_000),
+        ],
+    )
+    .await;
+    sqlx::query("COMMIT").execute(&mut lock).await.unwrap();
+
+    let mut outcomes = Vec::new();
+    for task in tasks {
+        outcomes.push(task.await.unwrap());
+    }
+    assert!(
+        matches!(&outcomes[1], Err(StoreError::Database(e)) if e.to_string().contains("injected fault")),
+        "{:?}",
+        outcomes[1].as_ref().err()
+    );
+    for written in [&outcomes[0], &outcomes[2]] {
+        let written = written.as_ref().expect("the others are written");
+        assert!(store.signup(&written.user_id).await.unwrap().is_some());
+    }
+    assert_eq!(store.outbox_counts().await.unwrap().queued, 2);
 }

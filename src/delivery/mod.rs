@@ -232,13 +232,13 @@ impl Delivery {
         let now = clock::now_ms();
         let claimed_until = (mode == DeliveryMode::Sync).then(|| clock::ms_from_now(policy.lease));
         let new = NewSignup {
-            email,
-            name,
-            token: token.expose(),
-            token_hash: &token.hash(),
+            email: email.clone(),
+            name: name.cloned(),
+            token: token.expose().to_owned(),
+            token_hash: token.hash(),
             token_expires_at: clock::ms_from_now(policy.token_ttl),
             mode,
-            request_id,
+            request_id: request_id.map(str::to_owned),
             claimed_until,
             resend_interval_ms: i64::try_from(policy.resend_interval.as_millis())
                 .unwrap_or(i64::MAX),
@@ -248,10 +248,11 @@ impl Delivery {
         let stored = self
             .inner
             .store
-            .create_signup(&new)
+            .create_signup(new)
             .instrument(info_span!("db.transaction"))
             .await?;
         let db_time = started.elapsed();
+        self.inner.metrics.observe_signup_group(stored.group_size);
         let mut receipt = SignupReceipt {
             user_id: stored.user_id,
             email: stored.email,

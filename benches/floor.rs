@@ -1,0 +1,381 @@
+//! The floor: how many signups per second can *any* handler on this stack write, and does
+//! confirmd's background mode reach it? (Issue 4, targets 2 and 5.)
+//!
+//! The floor is the least a signup endpoint can do on axum + sqlx + SQLite: parse the JSON body
+//! and run one `INSERT` into `users`, on the same connection settings as confirmd
+//! ([`Store::connect_options`]: WAL, `synchronous = NORMAL`, one writer connection) and the same
+//! schema. confirmd's background signup does more: it reads the address, writes the user, the
+//! token and the outbox row in one transaction, hands the row to the workers, and those workers
+//! send the emails to a real SMTP catcher while the load runs.
+//!
+//! Both servers run as their own release processes, side by side, and `wrk` drives each in turn
+//! with the same number of connections, alternating over several rounds so that a noisy moment
+//! cannot favour one of them. Every request carries a new address. At the end the peak resident
+//! memory (`VmHWM`) of both processes is read from `/proc`.
+//!
+//! ```text
+//! cargo bench --bench floor -- [--connections 32] [--seconds 10] [--rounds 3] [--smtp 127.0.0.1:1025]
+//! ```
+//!
+//! Needs `wrk` (`apt-get install wrk`) and an SMTP catcher at `--smtp` (maildev, MailHog).
+
+use std::{
+    io::{BufRead, BufReader, Read},
+    net::{SocketAddr, TcpListener, TcpStream},
+    path::Path,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, bail};
+use axum::{Json, Router, extract::State, http::StatusCode, routing::post};
+use confirmd::store::Store;
+use serde::Deserialize;
+use sqlx::{SqlitePool, sqlite::SqlitePoolOptions};
+
+/// Issues the requests: a new address for every one, from a per-run tag, the wrk thread and a
+/// counter; and prints the figures in one line the driver parses.
+const WRK_SCRIPT: &str = r#"
+next_thread = 0
+function setup(thread)
+  thread:set("thread_id", next_thread)
+  next_thread = next_thread + 1
+end
+function init(args)
+  tag = args[1]
+  counter = 0
+  wrk.method = "POST"
+  wrk.headers["Content-Type"] = "application/json"
+end
+function request()
+  counter = counter + 1
+  local body = string.format('{"email":"%s.%d.%d@example.com","name":"Floor Bench"}', tag, thread_id, counter)
+  return wrk.format(nil, nil, nil, body)
+end
+function done(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format("RESULT %d %d %d %d %d %d %d %d\n", summary.requests, summary.duration,
+    e.status, e.connect + e.read + e.write + e.timeout,
+    latency:percentile(50), latency:percentile(90), latency:percentile(99), latency.max))
+end
+"#;
+
+fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("serve-floor") {
+        let database = args.get(1).context("serve-floor DATABASE_URL")?;
+        return serve_floor(database);
+    }
+    let options = Options::parse(&args)?;
+    compare(&options)
+}
+
+struct Options {
+    connections: u32,
+    seconds: u32,
+    rounds: u32,
+    smtp: SocketAddr,
+}
+
+impl Options {
+    fn parse(args: &[String]) -> anyhow::Result<Options> {
+        let mut options = Options {
+            connections: 32,
+            seconds: 10,
+            rounds: 3,
+            smtp: "127.0.0.1:1025".parse()?,
+        };
+        let mut args = args.iter();
+        while let Some(arg) = args.next() {
+            let mut value = || args.next().with_context(|| format!("{arg} needs a value"));
+            match arg.as_str() {
+                // `cargo bench` passes this to every benchmark.
+                "--bench" => {}
+                "--connections" => options.connections = value()?.parse()?,
+                "--seconds" => options.seconds = value()?.parse()?,
+                "--rounds" => options.rounds = value()?.parse()?,
+                "--smtp" => options.smtp = value()?.parse()?,
+                other => bail!(
+                    "unknown argument {other:?}; expected --connections, --seconds, --rounds, --smtp"
+                ),
+            }
+        }
+        Ok(options)
+    }
+}
+
+// ------------------------------------------------------------------------------------------------
+// The floor server.
+
+#[derive(Deserialize)]
+struct SignupRequest {
+    email: String,
+    name: Option<String>,
+}
+
+/// Serves `POST /signups` as one `INSERT`, and prints its port on the first line of stdout.
+#[tokio::main]
+async fn serve_floor(database: &str) -> anyhow::Result<()> {
+    // The schema comes from confirmd's own migrations; the pool from its own settings.
+    let store = Store::connect(database, 1).await?;
+    store.migrate().await?;
+    store.close().await;
+    let pool = SqlitePoolOptions::new()
+        .max_connections(1)
+        .connect_with(Store::connect_options(database)?)
+        .await?;
+    let app = Router::new()
+        .route("/signups", post(insert_user))
+        .with_state(pool);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    println!("{}", listener.local_addr()?.port());
+    axum::serve(listener, app).await?;
+    Ok(())
+}
+
+async fn insert_user(
+    State(pool): State<SqlitePool>,
+    Json(body): Json<SignupRequest>,
+) -> (StatusCode, Json<serde_json::Value>) {
+    let id = uuid::Uuid::now_v7().to_string();
+    let now = time::OffsetDateTime::now_utc().unix_timestamp() * 1000;
+    let inserted = sqlx::query(
+        "INSERT INTO users (id, email, name, status, created_at) VALUES (?1, ?2, ?3, 'pending', ?4)",
+    )
+    .bind(&id)
+    .bind(&body.email)
+    .bind(&body.name)
+    .bind(now)
+    .execute(&pool)
+    .await;
+    match inserted {
+        Ok(_) => (StatusCode::CREATED, Json(serde_json::json!({ "id": id }))),
+        Err(e) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(serde_json::json!({ "error": e.to_string() })),
+        ),
+    }
+}
+
+// ------------------------------------------------------------------------------------------------
+// The driver.
+
+/// One server under test: its process and where to send signups.
+struct Target {
+    name: &'static str,
+    child: Child,
+    url: String,
+    runs: Vec<WrkRun>,
+}
+
+impl Drop for Target {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct WrkRun {
+    requests: u64,
+    seconds: f64,
+    non_2xx: u64,
+    socket_errors: u64,
+    p50_ms: f64,
+    p90_ms: f64,
+    p99_ms: f64,
+    max_ms: f64,
+}
+
+impl WrkRun {
+    fn per_second(&self) -> f64 {
+        self.requests as f64 / self.seconds
+    }
+}
+
+fn compare(options: &Options) -> anyhow::Result<()> {
+    Command::new("wrk")
+        .arg("--version")
+        .output()
+        .context("wrk is not installed (apt-get install wrk)")?;
+    TcpStream::connect_timeout(&options.smtp, Duration::from_secs(2)).with_context(|| {
+        format!(
+            "no SMTP catcher at {}: start one (e.g. maildev) or pass --smtp HOST:PORT",
+            options.smtp
+        )
+    })?;
+    let dir = tempfile::tempdir()?;
+    let script = dir.path().join("signup.lua");
+    std::fs::write(&script, WRK_SCRIPT)?;
+
+    let floor = start_floor(dir.path())?;
+    let confirmd = start_confirmd(dir.path(), options.smtp)?;
+    let mut targets = [floor, confirmd];
+
+    println!(
+        "wrk -t2 -c{} -d{}s, {} rounds, alternating; warm-up 2 s each",
+        options.connections, options.seconds, options.rounds
+    );
+    for target in &mut targets {
+        run_wrk(&script, &target.url, options.connections, 2, "warmup")?;
+    }
+    for round in 0..options.rounds {
+        for target in &mut targets {
+            let tag = format!("r{round}");
+            let run = run_wrk(
+                &script,
+                &target.url,
+                options.connections,
+                options.seconds,
+                &tag,
+            )?;
+            println!(
+                "  round {round} {:<22} {:>8.0} req/s  p50 {:>6.2} ms  p99 {:>6.2} ms  non-2xx {}  socket errors {}",
+                target.name,
+                run.per_second(),
+                run.p50_ms,
+                run.p99_ms,
+                run.non_2xx,
+                run.socket_errors
+            );
+            target.runs.push(run);
+        }
+    }
+
+    println!();
+    println!(
+        "{:<22} {:>10} {:>9} {:>9} {:>9} {:>9} {:>8} {:>10}",
+        "", "req/s", "p50 ms", "p90 ms", "p99 ms", "max ms", "non-2xx", "peak RSS"
+    );
+    let mut medians = Vec::new();
+    for target in &targets {
+        let median = median_run(&target.runs);
+        let rss = peak_rss_kib(target.child.id())?;
+        println!(
+            "{:<22} {:>10.0} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>8} {:>6.1} MiB",
+            target.name,
+            median.per_second(),
+            median.p50_ms,
+            median.p90_ms,
+            median.p99_ms,
+            median.max_ms,
+            target.runs.iter().map(|r| r.non_2xx).sum::<u64>(),
+            rss as f64 / 1024.0
+        );
+        medians.push(median.per_second());
+    }
+    println!(
+        "\nconfirmd background / floor: {:.2}x (median round of each)",
+        medians[1] / medians[0]
+    );
+    Ok(())
+}
+
+/// The round with the median throughput (its latency figures come with it).
+fn median_run(runs: &[WrkRun]) -> WrkRun {
+    let mut sorted = runs.to_vec();
+    sorted.sort_by(|a, b| a.per_second().total_cmp(&b.per_second()));
+    sorted[sorted.len() / 2]
+}
+
+fn start_floor(dir: &Path) -> anyhow::Result<Target> {
+    let database = format!("sqlite://{}?mode=rwc", dir.join("floor.db").display());
+    let mut child = Command::new(std::env::current_exe()?)
+        .args(["serve-floor", &database])
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("cannot start the floor server")?;
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().context("the floor's stdout")?).read_line(&mut line)?;
+    let port: u16 = line
+        .trim()
+        .parse()
+        .with_context(|| format!("the floor server printed {line:?}, not its port"))?;
+    Ok(Target {
+        name: "floor (1 INSERT)",
+        child,
+        url: format!("http://127.0.0.1:{port}/signups"),
+        runs: Vec::new(),
+    })
+}
+
+fn start_confirmd(dir: &Path, smtp: SocketAddr) -> anyhow::Result<Target> {
+    let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let database = format!("sqlite://{}?mode=rwc", dir.join("confirmd.db").display());
+    let child = Command::new(env!("CARGO_BIN_EXE_confirmd"))
+        .arg("serve")
+        .current_dir(dir)
+        .env("RUST_LOG", "warn")
+        .env("CONFIRMD_SERVER__LISTEN", format!("127.0.0.1:{port}"))
+        .env("CONFIRMD_DATABASE__URL", &database)
+        .env("CONFIRMD_SMTP__HOST", smtp.ip().to_string())
+        .env("CONFIRMD_SMTP__PORT", smtp.port().to_string())
+        .env("CONFIRMD_DELIVERY__DEFAULT_MODE", "background")
+        .stdout(Stdio::null())
+        .spawn()
+        .context("cannot start confirmd")?;
+    // The listener is bound only after the database is migrated: a connection means ready.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if Instant::now() > deadline {
+            bail!("confirmd did not listen on port {port} within 30 s");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(Target {
+        name: "confirmd background",
+        child,
+        url: format!("http://127.0.0.1:{port}/signups?mode=background"),
+        runs: Vec::new(),
+    })
+}
+
+fn run_wrk(
+    script: &Path,
+    url: &str,
+    connections: u32,
+    seconds: u32,
+    tag: &str,
+) -> anyhow::Result<WrkRun> {
+    let output = Command::new("wrk")
+        .arg("-t2")
+        .arg(format!("-c{connections}"))
+        .arg(format!("-d{seconds}s"))
+        .arg("-s")
+        .arg(script)
+        .arg(url)
+        .arg("--")
+        .arg(tag)
+        .output()?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let line = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("RESULT "))
+        .with_context(|| format!("wrk printed no result: {stdout}"))?;
+    let n: Vec<u64> = line
+        .split_whitespace()
+        .map(str::parse)
+        .collect::<Result<_, _>>()?;
+    let ms = |us: u64| us as f64 / 1000.0;
+    Ok(WrkRun {
+        requests: n[0],
+        seconds: n[1] as f64 / 1e6,
+        non_2xx: n[2],
+        socket_errors: n[3],
+        p50_ms: ms(n[4]),
+        p90_ms: ms(n[5]),
+        p99_ms: ms(n[6]),
+        max_ms: ms(n[7]),
+    })
+}
+
+/// Peak resident set size of a running process, in KiB.
+fn peak_rss_kib(pid: u32) -> anyhow::Result<u64> {
+    let mut status = String::new();
+    std::fs::File::open(format!("/proc/{pid}/status"))?.read_to_string(&mut status)?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .context("no VmHWM in /proc/PID/status")
+}
