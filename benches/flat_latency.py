@@ -1,0 +1,121 @@
+#!/usr/bin/env python3
+"""Does a signup cost the same with a million users in the database? (Issue 4, target 4.)
+
+    cargo build --release
+    python3 benches/flat_latency.py --smtp-port 1025 [--users 1000000] [--requests 2000]
+
+Runs `confirmd bench` (both modes) against a release confirmd on an empty database and on one
+seeded with --users past signups, alternating over --rounds rounds (benches/seed_users.py: a user, a token
+and a sent email each), with the same SMTP catcher, and prints both results side by side with
+their ratio. Each database is created and migrated by confirmd itself, seeded while it is
+stopped, and measured after a restart. Afterwards, run benches/query_plans.py on a seeded
+database to see why the cost is flat: every statement is an index lookup. Standard library only.
+"""
+
+import argparse
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.join(HERE, "..")
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Service:
+    """A release confirmd on a database file, started and stopped from here."""
+
+    def __init__(self, binary, database, smtp_port):
+        self.port = free_port()
+        env = dict(os.environ,
+                   RUST_LOG="warn",
+                   CONFIRMD_SERVER__LISTEN=f"127.0.0.1:{self.port}",
+                   CONFIRMD_DATABASE__URL=f"sqlite://{database}?mode=rwc",
+                   CONFIRMD_SMTP__HOST="127.0.0.1",
+                   CONFIRMD_SMTP__PORT=str(smtp_port))
+        self.process = subprocess.Popen([binary, "serve"], env=env, stdout=subprocess.DEVNULL)
+        self.url = f"http://127.0.0.1:{self.port}"
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                urllib.request.urlopen(self.url + "/healthz", timeout=1).read()
+                return
+            except OSError:
+                if self.process.poll() is not None or time.monotonic() > deadline:
+                    raise SystemExit(f"confirmd on {database} did not start")
+                time.sleep(0.05)
+
+    def stop(self):
+        self.process.send_signal(signal.SIGTERM)
+        self.process.wait(timeout=30)
+
+
+def measure(binary, database, args):
+    service = Service(binary, database, args.smtp_port)
+    try:
+        out = subprocess.run(
+            [binary, "bench", "--url", service.url, "--requests", str(args.requests),
+             "--concurrency", str(args.concurrency), "--json"],
+            check=True, capture_output=True, text=True).stdout
+        return {m["mode"]: m for m in json.loads(out)["modes"]}
+    finally:
+        service.stop()
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--smtp-port", type=int, default=1025)
+    parser.add_argument("--users", type=int, default=1_000_000)
+    parser.add_argument("--requests", type=int, default=2000)
+    parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--binary", default=os.path.join(ROOT, "target", "release", "confirmd"))
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--keep", help="keep the seeded database at this path")
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        empty = os.path.join(tmp, "empty.db")
+        seeded = args.keep or os.path.join(tmp, "seeded.db")
+        Service(args.binary, seeded, args.smtp_port).stop()  # creates and migrates it
+        subprocess.run([sys.executable, os.path.join(HERE, "seed_users.py"),
+                        "--users", str(args.users), seeded], check=True)
+        # Alternating rounds, so that a busy moment of the machine cannot favour one database.
+        results = {"empty": [], f"{args.users:,} users": []}
+        for _ in range(args.rounds):
+            results["empty"].append(measure(args.binary, empty, args))
+            results[f"{args.users:,} users"].append(measure(args.binary, seeded, args))
+
+    def median(label, mode, pick):
+        values = sorted(pick(run[mode]) for run in results[label])
+        return values[len(values) // 2]
+
+    print(f"\n{args.requests} signups per mode, concurrency {args.concurrency}, "
+          f"median of {args.rounds} alternating rounds, latency in ms")
+    labels = list(results)
+    print(f"{'mode':<11} {'':<5} " + " ".join(f"{label:>16}" for label in labels) + f" {'ratio':>7}")
+    for mode in ("sync", "background"):
+        for p in ("p50", "p90", "p99"):
+            values = [median(label, mode, lambda m: m["latency_ms"][p]) for label in labels]
+            print(f"{mode:<11} {p:<5} " + " ".join(f"{v:>16.2f}" for v in values)
+                  + f" {values[1] / values[0]:>7.2f}")
+        throughput = [median(label, mode, lambda m: m["throughput"]) for label in labels]
+        print(f"{mode:<11} {'req/s':<5} " + " ".join(f"{v:>16.0f}" for v in throughput)
+              + f" {throughput[1] / throughput[0]:>7.2f}")
+        delivered = [sum(run[mode]["delivered"] for run in results[label]) for label in labels]
+        acked = [sum(run[mode]["acknowledged"] for run in results[label]) for label in labels]
+        print(f"{mode:<11} {'sent':<5} " + " ".join(f"{d:>10}/{a:<5}" for d, a in zip(delivered, acked)))
+
+
+if __name__ == "__main__":
+    main()
