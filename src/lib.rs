@@ -15,6 +15,7 @@
 //! message and the SMTP transport). [`startup`] wires them together for `main` and for the tests.
 
 pub mod bench;
+pub mod catcher;
 pub mod cli;
 pub mod config;
 pub mod delivery;
