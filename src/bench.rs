@@ -60,6 +60,22 @@ const PLOTTED_NINES: f64 = 3.0;
 /// Runs the benchmark described by `args` against the service at `args.url` and prints the
 /// report (and draws the chart, if asked).
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    let results = measure(&args).await?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&results)?);
+    } else {
+        print!("{}", results.text());
+    }
+    if let Some(path) = &args.plot {
+        results.plot(path)?;
+    }
+    Ok(())
+}
+
+/// Measures the service at `args.url` as [`run`] does, and returns the figures instead of
+/// printing them: `confirmd demo` runs it against the service it started. Of the output options
+/// only `json` counts here, to keep progress bars off the terminal.
+pub async fn measure(args: &BenchArgs) -> anyhow::Result<Results> {
     let client = reqwest::Client::builder()
         .timeout(REQUEST_TIMEOUT)
         .build()
@@ -84,27 +100,43 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         latencies.push((mode, signups.latency_us));
     }
 
-    let report = Report {
-        url: args.url,
-        requests: args.requests,
-        concurrency: args.concurrency,
-        modes,
-    };
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
-    } else {
-        print!("{}", report.text());
+    Ok(Results {
+        report: Report {
+            url: args.url.clone(),
+            requests: args.requests,
+            concurrency: args.concurrency,
+            modes,
+        },
+        latencies,
+    })
+}
+
+/// What one run measured: the report, which serializes as `--json` prints it, and each mode's
+/// latency histogram, which the chart is drawn from.
+#[derive(Serialize)]
+pub struct Results {
+    #[serde(flatten)]
+    report: Report,
+    #[serde(skip)]
+    latencies: Vec<(DeliveryMode, Histogram<u64>)>,
+}
+
+impl Results {
+    /// The report as tables, one per mode.
+    pub fn text(&self) -> String {
+        self.report.text()
     }
-    if let Some(path) = &args.plot {
-        plot(path, &latencies).map_err(|error| {
+
+    /// Draws each mode's response latency by percentile to an SVG file at `path`.
+    pub fn plot(&self, path: &Path) -> anyhow::Result<()> {
+        plot(path, &self.latencies).map_err(|error| {
             anyhow!(
                 "cannot draw the chart to {}: {}",
                 path.display(),
                 root_cause(error.as_ref())
             )
-        })?;
+        })
     }
-    Ok(())
 }
 
 /// Asks `GET /healthz` once, so that a wrong URL is one clear line instead of N errors.
