@@ -137,6 +137,11 @@ impl Results {
             )
         })
     }
+
+    /// Each mode's figures, in the order they were measured.
+    pub(crate) fn modes(&self) -> &[ModeReport] {
+        &self.report.modes
+    }
 }
 
 /// Asks `GET /healthz` once, so that a wrong URL is one clear line instead of N errors.
@@ -156,7 +161,7 @@ async fn check_reachable(client: &reqwest::Client, url: &str) -> anyhow::Result<
 
 /// The innermost error: "Connection refused (os error 111)" rather than reqwest's "error
 /// sending request for url (...)", so that the message fits on one line and says what happened.
-fn root_cause(error: &(dyn std::error::Error + 'static)) -> String {
+pub(crate) fn root_cause(error: &(dyn std::error::Error + 'static)) -> String {
     let mut cause = error;
     while let Some(source) = cause.source() {
         cause = source;
@@ -467,33 +472,33 @@ struct Report {
 
 /// One mode's figures. Latencies are in milliseconds.
 #[derive(Serialize)]
-struct ModeReport {
-    mode: &'static str,
-    requests: u64,
-    wall_s: f64,
+pub(crate) struct ModeReport {
+    pub(crate) mode: &'static str,
+    pub(crate) requests: u64,
+    pub(crate) wall_s: f64,
     /// Requests per second of wall time.
-    throughput: f64,
+    pub(crate) throughput: f64,
     /// Response latency; null if no request was answered.
-    latency_ms: Option<Percentiles>,
+    pub(crate) latency_ms: Option<Percentiles>,
     /// Answers by HTTP status, successes included.
-    statuses: BTreeMap<u16, u64>,
-    connection_errors: u64,
+    pub(crate) statuses: BTreeMap<u16, u64>,
+    pub(crate) connection_errors: u64,
     /// Signups answered 201/202: the emails the service owes.
-    acknowledged: u64,
+    pub(crate) acknowledged: u64,
     /// Of those, emails the service reported sent within `--delivery-timeout-s`.
-    delivered: u64,
+    pub(crate) delivered: u64,
     /// The others: still waiting at the deadline, or failed for good.
-    not_delivered: u64,
+    pub(crate) not_delivered: u64,
     /// Signup → SMTP accepted, by the service's clock; null if no email was delivered.
-    delivery_ms: Option<Percentiles>,
+    pub(crate) delivery_ms: Option<Percentiles>,
 }
 
 #[derive(Serialize)]
-struct Percentiles {
-    p50: f64,
-    p90: f64,
-    p99: f64,
-    max: f64,
+pub(crate) struct Percentiles {
+    pub(crate) p50: f64,
+    pub(crate) p90: f64,
+    pub(crate) p99: f64,
+    pub(crate) max: f64,
 }
 
 impl Percentiles {
