@@ -14,8 +14,8 @@
 //! and the worker pool and uses [`store`] (every SQL statement of the project) and [`mail`] (the
 //! message and the SMTP transport). [`startup`] wires them together for `main` and for the tests.
 //!
-//! [`bench`] measures a running service; [`demo`] runs the whole comparison in one process,
-//! against the [`catcher`], an SMTP server that can answer as slowly as a real provider.
+//! [`bench`](mod@bench) measures a running service; [`demo`] runs the whole comparison in one
+//! process, against the [`catcher`], an SMTP server that can answer as slowly as a real provider.
 
 pub mod bench;
 pub mod catcher;
