@@ -60,6 +60,22 @@ const PLOTTED_NINES: f64 = 3.0;
 /// Runs the benchmark described by `args` against the service at `args.url` and prints the
 /// report (and draws the chart, if asked).
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    let results = measure(&args).await?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&results)?);
+    } else {
+        print!("{}", results.text());
+    }
+    if let Some(path) = &args.plot {
+        results.plot(path)?;
+    }
+    Ok(())
+}
+
+/// Measures the service at `args.url` as [`run`] does, and returns the figures instead of
+/// printing them: `confirmd demo` runs it against the service it started. Of the output options
+/// only `json` counts here, to keep progress bars off the terminal.
+pub async fn measure(args: &BenchArgs) -> anyhow::Result<Results> {
     let client = reqwest::Client::builder()
         .timeout(REQUEST_TIMEOUT)
         .build()
@@ -84,27 +100,48 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         latencies.push((mode, signups.latency_us));
     }
 
-    let report = Report {
-        url: args.url,
-        requests: args.requests,
-        concurrency: args.concurrency,
-        modes,
-    };
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
-    } else {
-        print!("{}", report.text());
+    Ok(Results {
+        report: Report {
+            url: args.url.clone(),
+            requests: args.requests,
+            concurrency: args.concurrency,
+            modes,
+        },
+        latencies,
+    })
+}
+
+/// What one run measured: the report, which serializes as `--json` prints it, and each mode's
+/// latency histogram, which the chart is drawn from.
+#[derive(Serialize)]
+pub struct Results {
+    #[serde(flatten)]
+    report: Report,
+    #[serde(skip)]
+    latencies: Vec<(DeliveryMode, Histogram<u64>)>,
+}
+
+impl Results {
+    /// The report as tables, one per mode.
+    pub fn text(&self) -> String {
+        self.report.text()
     }
-    if let Some(path) = &args.plot {
-        plot(path, &latencies).map_err(|error| {
+
+    /// Draws each mode's response latency by percentile to an SVG file at `path`.
+    pub fn plot(&self, path: &Path) -> anyhow::Result<()> {
+        plot(path, &self.latencies).map_err(|error| {
             anyhow!(
                 "cannot draw the chart to {}: {}",
                 path.display(),
                 root_cause(error.as_ref())
             )
-        })?;
+        })
     }
-    Ok(())
+
+    /// Each mode's figures, in the order they were measured.
+    pub(crate) fn modes(&self) -> &[ModeReport] {
+        &self.report.modes
+    }
 }
 
 /// Asks `GET /healthz` once, so that a wrong URL is one clear line instead of N errors.
@@ -124,7 +161,7 @@ async fn check_reachable(client: &reqwest::Client, url: &str) -> anyhow::Result<
 
 /// The innermost error: "Connection refused (os error 111)" rather than reqwest's "error
 /// sending request for url (...)", so that the message fits on one line and says what happened.
-fn root_cause(error: &(dyn std::error::Error + 'static)) -> String {
+pub(crate) fn root_cause(error: &(dyn std::error::Error + 'static)) -> String {
     let mut cause = error;
     while let Some(source) = cause.source() {
         cause = source;
@@ -435,33 +472,33 @@ struct Report {
 
 /// One mode's figures. Latencies are in milliseconds.
 #[derive(Serialize)]
-struct ModeReport {
-    mode: &'static str,
-    requests: u64,
-    wall_s: f64,
+pub(crate) struct ModeReport {
+    pub(crate) mode: &'static str,
+    pub(crate) requests: u64,
+    pub(crate) wall_s: f64,
     /// Requests per second of wall time.
-    throughput: f64,
+    pub(crate) throughput: f64,
     /// Response latency; null if no request was answered.
-    latency_ms: Option<Percentiles>,
+    pub(crate) latency_ms: Option<Percentiles>,
     /// Answers by HTTP status, successes included.
-    statuses: BTreeMap<u16, u64>,
-    connection_errors: u64,
+    pub(crate) statuses: BTreeMap<u16, u64>,
+    pub(crate) connection_errors: u64,
     /// Signups answered 201/202: the emails the service owes.
-    acknowledged: u64,
+    pub(crate) acknowledged: u64,
     /// Of those, emails the service reported sent within `--delivery-timeout-s`.
-    delivered: u64,
+    pub(crate) delivered: u64,
     /// The others: still waiting at the deadline, or failed for good.
-    not_delivered: u64,
+    pub(crate) not_delivered: u64,
     /// Signup → SMTP accepted, by the service's clock; null if no email was delivered.
-    delivery_ms: Option<Percentiles>,
+    pub(crate) delivery_ms: Option<Percentiles>,
 }
 
 #[derive(Serialize)]
-struct Percentiles {
-    p50: f64,
-    p90: f64,
-    p99: f64,
-    max: f64,
+pub(crate) struct Percentiles {
+    pub(crate) p50: f64,
+    pub(crate) p90: f64,
+    pub(crate) p99: f64,
+    pub(crate) max: f64,
 }
 
 impl Percentiles {

@@ -1,6 +1,7 @@
-//! The command line: `confirmd [serve]`, `confirmd migrate`, `confirmd outbox`, `confirmd bench`.
+//! The command line: `confirmd [serve]`, `confirmd migrate`, `confirmd outbox`, `confirmd bench`,
+//! `confirmd demo`.
 
-use std::path::PathBuf;
+use std::{path::PathBuf, time::Duration};
 
 use clap::{Args, Parser, Subcommand};
 
@@ -33,6 +34,10 @@ pub enum Command {
     /// Measure a running service: send signups in each mode, then print response latency
     /// percentiles, throughput, statuses and the time from signup to email sent.
     Bench(BenchArgs),
+    /// The whole comparison in one command, with nothing else to install: start a mail catcher
+    /// and the service in this process (temporary database), bench both modes, follow one
+    /// confirmation link, print what it means, and clean up.
+    Demo(DemoArgs),
 }
 
 #[derive(Debug, Args)]
@@ -96,6 +101,31 @@ pub struct BenchArgs {
     pub delivery_timeout_s: u64,
 }
 
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Signups to send in each mode, each to a fresh address.
+    #[arg(long, default_value_t = 100, value_parser = at_least_one)]
+    pub requests: u64,
+
+    /// Requests in flight at once. The service also gets this many delivery workers, so that
+    /// both modes send up to this many emails at a time.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=256))]
+    pub concurrency: u64,
+
+    /// How long the mail catcher takes to accept each email, as a remote provider would (they
+    /// take 100 ms or more; local catchers a millisecond). Such as 150ms, 1.5s or 0; at most 60s.
+    #[arg(long, value_name = "DURATION", default_value = "0", value_parser = smtp_latency)]
+    pub smtp_latency: Duration,
+
+    /// Print one JSON object instead of tables (and no progress bar).
+    #[arg(long)]
+    pub json: bool,
+
+    /// Also draw each mode's response latency by percentile to this SVG file.
+    #[arg(long, value_name = "FILE.svg")]
+    pub plot: Option<PathBuf>,
+}
+
 /// A count of one or more.
 fn at_least_one(value: &str) -> Result<u64, String> {
     match value.parse::<u64>() {
@@ -103,6 +133,38 @@ fn at_least_one(value: &str) -> Result<u64, String> {
         Ok(n) => Ok(n),
         Err(error) => Err(error.to_string()),
     }
+}
+
+/// A duration written as a number and a unit, `ms` or `s` (`150ms`, `1.5s`), or `0`; at most a
+/// minute, since every sync request waits this long.
+fn smtp_latency(value: &str) -> Result<Duration, String> {
+    const EXPECTED: &str = "expected a duration such as 150ms, 1.5s or 0";
+    let value = value.trim();
+    if value == "0" {
+        return Ok(Duration::ZERO);
+    }
+    let (number, nanos_per_unit) = if let Some(number) = value.strip_suffix("ms") {
+        (number, 1e6)
+    } else if let Some(number) = value.strip_suffix('s') {
+        (number, 1e9)
+    } else if value.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
+        return Err(format!("{EXPECTED}: add a unit, ms or s"));
+    } else {
+        return Err(EXPECTED.into());
+    };
+    // Digits and at most one point: no sign, exponent, "inf" or "NaN" that f64 would accept.
+    let digits = !number.is_empty()
+        && number.bytes().all(|b| b.is_ascii_digit() || b == b'.')
+        && number.bytes().filter(|&b| b == b'.').count() <= 1
+        && number != ".";
+    let nanos = match number.parse::<f64>() {
+        Ok(n) if digits => (n * nanos_per_unit).round(),
+        _ => return Err(EXPECTED.into()),
+    };
+    if nanos > 60e9 {
+        return Err("must be at most 60s: every sync request waits this long".into());
+    }
+    Ok(Duration::from_nanos(nanos as u64))
 }
 
 /// An `http://` base URL, without a trailing slash so that paths can be appended.
@@ -114,4 +176,28 @@ fn http_url(value: &str) -> Result<String, String> {
         return Err("the URL has no host".into());
     }
     Ok(value.trim_end_matches('/').to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn smtp_latency_reads_milliseconds_seconds_and_zero() {
+        for (text, expected) in [
+            ("0", Duration::ZERO),
+            ("0ms", Duration::ZERO),
+            ("150ms", Duration::from_millis(150)),
+            ("1s", Duration::from_secs(1)),
+            ("1.5s", Duration::from_millis(1500)),
+            ("60s", Duration::from_secs(60)),
+        ] {
+            assert_eq!(smtp_latency(text), Ok(expected), "{text}");
+        }
+        for text in [
+            "soon", "150", "-1s", "1e3ms", "ms", ".s", "infs", "1.2.3s", "61s", "1m",
+        ] {
+            assert!(smtp_latency(text).is_err(), "{text} should be refused");
+        }
+    }
 }

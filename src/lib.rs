@@ -13,11 +13,16 @@
 //! Data flows one way: [`http`] parses requests and calls [`delivery`], which owns the two modes
 //! and the worker pool and uses [`store`] (every SQL statement of the project) and [`mail`] (the
 //! message and the SMTP transport). [`startup`] wires them together for `main` and for the tests.
+//!
+//! [`bench`](mod@bench) measures a running service; [`demo`] runs the whole comparison in one
+//! process, against the [`catcher`], an SMTP server that can answer as slowly as a real provider.
 
 pub mod bench;
+pub mod catcher;
 pub mod cli;
 pub mod config;
 pub mod delivery;
+pub mod demo;
 pub mod domain;
 pub mod http;
 pub mod mail;

@@ -14,11 +14,13 @@ use confirmd::{
 async fn main() -> anyhow::Result<ExitCode> {
     let cli = Cli::parse();
     let settings = Settings::load(&cli.config)?;
-    let logs = match cli.command {
-        Some(Command::Outbox(_) | Command::Bench(_)) => LogOutput::Stderr,
-        _ => LogOutput::Stdout,
+    let (logs, default_filter) = match cli.command {
+        // The service runs inside the demo: only its warnings, not a line per request.
+        Some(Command::Demo(_)) => (LogOutput::Stderr, "warn"),
+        Some(Command::Outbox(_) | Command::Bench(_)) => (LogOutput::Stderr, "info"),
+        _ => (LogOutput::Stdout, "info"),
     };
-    telemetry::init(settings.telemetry.format, logs);
+    telemetry::init(settings.telemetry.format, logs, default_filter);
 
     match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => {
@@ -53,6 +55,10 @@ async fn main() -> anyhow::Result<ExitCode> {
         }
         Command::Bench(args) => {
             confirmd::bench::run(args).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Demo(args) => {
+            confirmd::demo::run(args, settings).await?;
             Ok(ExitCode::SUCCESS)
         }
     }

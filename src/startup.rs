@@ -36,6 +36,23 @@ impl Application {
     ///
     /// [`run_until_stopped`]: Application::run_until_stopped
     pub async fn build(settings: Settings) -> anyhow::Result<Application> {
+        Self::assemble(settings, None).await
+    }
+
+    /// [`build`](Application::build), serving on a listener the caller has bound instead of
+    /// `server.listen`. `confirmd demo` binds port 0 first, so that it knows the port before the
+    /// service starts and can put it in `app.base_url`, where the links in the emails point.
+    pub async fn build_on(
+        settings: Settings,
+        listener: TcpListener,
+    ) -> anyhow::Result<Application> {
+        Self::assemble(settings, Some(listener)).await
+    }
+
+    async fn assemble(
+        settings: Settings,
+        listener: Option<TcpListener>,
+    ) -> anyhow::Result<Application> {
         let store = Store::connect(&settings.database.url, settings.database.max_connections)
             .await
             .with_context(|| format!("cannot open the database at {}", settings.database.url))?;
@@ -45,14 +62,17 @@ impl Application {
             .context("cannot migrate the database")?;
         let mailer =
             Mailer::new(&settings.smtp, settings.mail_from()).context("invalid SMTP settings")?;
-        let listener = TcpListener::bind(&settings.server.listen)
-            .await
-            .with_context(|| {
-                format!(
-                    "cannot listen on {} (server.listen)",
-                    settings.server.listen
-                )
-            })?;
+        let listener = match listener {
+            Some(listener) => listener,
+            None => TcpListener::bind(&settings.server.listen)
+                .await
+                .with_context(|| {
+                    format!(
+                        "cannot listen on {} (server.listen)",
+                        settings.server.listen
+                    )
+                })?,
+        };
 
         let shutdown = CancellationToken::new();
         let tasks = TaskTracker::new();

@@ -1,5 +1,6 @@
 //! Logs and spans through `tracing`: human-readable by default, one JSON object per line with
-//! `telemetry.format = "json"`. `RUST_LOG` filters as usual (default: `info`).
+//! `telemetry.format = "json"`. `RUST_LOG` filters as usual; without it, the caller's default
+//! applies (`info`, or `warn` for `confirmd demo`, whose report would drown in request logs).
 
 use std::{io::IsTerminal, time::Duration};
 
@@ -22,10 +23,11 @@ pub enum LogOutput {
     Stderr,
 }
 
-/// Installs the global subscriber. Call once, from `main`; tests may call it too (a second call
-/// is ignored).
-pub fn init(format: LogFormat, output: LogOutput) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+/// Installs the global subscriber, filtered by `RUST_LOG` or else by `default_filter` (such as
+/// `"info"`). Call once, from `main`; tests may call it too (a second call is ignored).
+pub fn init(format: LogFormat, output: LogOutput, default_filter: &str) {
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
     let registry = tracing_subscriber::registry().with(filter);
     let (writer, terminal) = match output {
         LogOutput::Stdout => (

@@ -19,7 +19,15 @@ fn help_documents_every_command() {
     let output = confirmd(&["--help"], &[]);
     assert!(output.status.success());
     let help = String::from_utf8(output.stdout).unwrap();
-    for needle in ["serve", "migrate", "outbox", "--config", "CONFIRMD_"] {
+    for needle in [
+        "serve",
+        "migrate",
+        "outbox",
+        "bench",
+        "demo",
+        "--config",
+        "CONFIRMD_",
+    ] {
         assert!(
             help.contains(needle),
             "--help should mention {needle}:\n{help}"
