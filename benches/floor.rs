@@ -14,10 +14,12 @@
 //! memory (`VmHWM`) of both processes is read from `/proc`.
 //!
 //! ```text
-//! cargo bench --bench floor -- [--connections 32] [--seconds 10] [--rounds 3] [--smtp 127.0.0.1:1025]
+//! cargo bench --bench floor -- [--connections 32] [--seconds 10] [--rounds 3] [--smtp HOST:PORT]
 //! ```
 //!
-//! Needs `wrk` (`apt-get install wrk`) and an SMTP catcher at `--smtp` (maildev, MailHog).
+//! Needs `wrk` (`apt-get install wrk`). confirmd's emails go to the mail catcher at `--smtp`
+//! (maildev, MailHog), or by default to confirmd's own in-process catcher ([`Catcher`]), run
+//! here in the driver, which costs the machine least.
 
 use std::{
     io::{BufRead, BufReader, Read},
@@ -29,7 +31,7 @@ use std::{
 
 use anyhow::{Context, bail};
 use axum::{Json, Router, extract::State, http::StatusCode, routing::post};
-use confirmd::store::Store;
+use confirmd::{catcher::Catcher, store::Store};
 use serde::Deserialize;
 use sqlx::{SqlitePool, sqlite::SqlitePoolOptions};
 
@@ -74,7 +76,8 @@ struct Options {
     connections: u32,
     seconds: u32,
     rounds: u32,
-    smtp: SocketAddr,
+    /// A running mail catcher; without one, the driver starts its own.
+    smtp: Option<SocketAddr>,
 }
 
 impl Options {
@@ -83,7 +86,7 @@ impl Options {
             connections: 32,
             seconds: 10,
             rounds: 3,
-            smtp: "127.0.0.1:1025".parse()?,
+            smtp: None,
         };
         let mut args = args.iter();
         while let Some(arg) = args.next() {
@@ -94,7 +97,7 @@ impl Options {
                 "--connections" => options.connections = value()?.parse()?,
                 "--seconds" => options.seconds = value()?.parse()?,
                 "--rounds" => options.rounds = value()?.parse()?,
-                "--smtp" => options.smtp = value()?.parse()?,
+                "--smtp" => options.smtp = Some(value()?.parse()?),
                 other => bail!(
                     "unknown argument {other:?}; expected --connections, --seconds, --rounds, --smtp"
                 ),
@@ -198,18 +201,25 @@ fn compare(options: &Options) -> anyhow::Result<()> {
         .arg("--version")
         .output()
         .context("wrk is not installed (apt-get install wrk)")?;
-    TcpStream::connect_timeout(&options.smtp, Duration::from_secs(2)).with_context(|| {
-        format!(
-            "no SMTP catcher at {}: start one (e.g. maildev) or pass --smtp HOST:PORT",
-            options.smtp
-        )
-    })?;
+    // The catcher, if it is ours, runs on a runtime of its own while wrk runs.
+    let runtime = tokio::runtime::Runtime::new()?;
+    let (smtp, catcher) = match options.smtp {
+        Some(smtp) => {
+            TcpStream::connect_timeout(&smtp, Duration::from_secs(2))
+                .with_context(|| format!("no SMTP catcher at {smtp}"))?;
+            (smtp, None)
+        }
+        None => {
+            let catcher = runtime.block_on(Catcher::start(Duration::ZERO))?;
+            (catcher.addr(), Some(catcher))
+        }
+    };
     let dir = tempfile::tempdir()?;
     let script = dir.path().join("signup.lua");
     std::fs::write(&script, WRK_SCRIPT)?;
 
     let floor = start_floor(dir.path())?;
-    let confirmd = start_confirmd(dir.path(), options.smtp)?;
+    let confirmd = start_confirmd(dir.path(), smtp)?;
     let mut targets = [floor, confirmd];
 
     println!(
@@ -268,6 +278,13 @@ fn compare(options: &Options) -> anyhow::Result<()> {
         "\nconfirmd background / floor: {:.2}x (median round of each)",
         medians[1] / medians[0]
     );
+    if let Some(catcher) = catcher {
+        println!(
+            "emails received by the catcher while this ran: {}",
+            catcher.received()
+        );
+        runtime.block_on(catcher.stop());
+    }
     Ok(())
 }
 
