@@ -66,6 +66,17 @@ impl PickupClock {
         self.picked_count.load(Ordering::Relaxed)
     }
 
+    /// Waits until workers have started on `jobs` jobs. Cheaper to ask than the database, so a
+    /// run asks this first and the database only for the last jobs' outcomes: polling a table
+    /// that is being written takes CPU from the queue under test.
+    pub async fn wait_picked(&self, jobs: usize, deadline: Duration) -> anyhow::Result<()> {
+        let what = format!("{jobs} jobs picked up");
+        crate::wait_until(deadline, &what, || async {
+            Ok(self.picked_count() >= jobs)
+        })
+        .await
+    }
+
     /// The latencies of every job that was both enqueued and picked up.
     pub fn latencies(&self) -> Latencies {
         let mut histogram = Histogram::<u64>::new(3).expect("3 significant digits are valid");

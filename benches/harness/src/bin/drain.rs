@@ -14,7 +14,8 @@
 //!    (`worker.concurrency` = `smtp.pool_size` = `concurrency`), and the clock runs from that
 //!    start until the outbox table says every email is `sent`.
 //!
-//! It prints emails per second for each and confirmd's ratio to each baseline.
+//! The three run `--rounds` times, odd rounds in reverse order. It prints the median emails per
+//! second of each and confirmd's ratio to each baseline (median to median).
 
 use std::{
     future::Future,
@@ -31,7 +32,9 @@ use confirmd::mail::Mailer;
 use confirmd_benches::{
     SmtpAddr, confirmation,
     outbox::{Outbox, OutboxSettings},
-    per_second, settings,
+    per_second,
+    pickup::PickupClock,
+    settings,
 };
 use lettre::{AsyncSmtpTransport, AsyncTransport, Tokio1Executor, transport::smtp::PoolConfig};
 use serde::Serialize;
@@ -52,12 +55,40 @@ struct Args {
     /// confirmd's `worker.queue_capacity` (its default is 1024).
     #[arg(long, default_value_t = 1024)]
     queue_capacity: usize,
-    /// Longest a sender may take before the run fails.
+    /// Rounds of the three senders; odd rounds run them in reverse order, so that a catcher that
+    /// slows as it fills up (or a neighbour's build) weighs on each alike. Rates are medians.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    /// Longest one sender may take before the run fails.
     #[arg(long, default_value_t = 600)]
     deadline_s: u64,
     /// Print one JSON object instead of the table.
     #[arg(long)]
     json: bool,
+}
+
+/// The three senders, in the order of the table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Sender {
+    LettrePool,
+    ConfirmdMailer,
+    ConfirmdOutbox,
+}
+
+const SENDERS: [Sender; 3] = [
+    Sender::LettrePool,
+    Sender::ConfirmdMailer,
+    Sender::ConfirmdOutbox,
+];
+
+impl Sender {
+    fn name(self) -> &'static str {
+        match self {
+            Sender::LettrePool => "lettre AsyncSmtpTransport, pooled",
+            Sender::ConfirmdMailer => "confirmd Mailer (NODELAY pool), no database",
+            Sender::ConfirmdOutbox => "confirmd outbox workers, from a backlog",
+        }
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -66,27 +97,35 @@ struct Report {
     emails: usize,
     concurrency: usize,
     queue_capacity: usize,
-    lettre_pool: Rate,
-    confirmd_mailer: Rate,
-    confirmd_outbox: Rate,
-    /// confirmd outbox ÷ lettre pool.
+    rounds: usize,
+    lettre_pool: Rates,
+    confirmd_mailer: Rates,
+    confirmd_outbox: Rates,
+    /// Median confirmd outbox ÷ median lettre pool.
     ratio_to_lettre_pool: f64,
-    /// confirmd outbox ÷ confirmd Mailer.
+    /// Median confirmd outbox ÷ median confirmd Mailer.
     ratio_to_confirmd_mailer: f64,
 }
 
-#[derive(Debug, Serialize)]
-struct Rate {
-    seconds: f64,
-    emails_per_s: f64,
+/// One sender's rounds.
+#[derive(Debug, Default, Serialize)]
+struct Rates {
+    median_emails_per_s: f64,
+    /// Emails per second of each round, in round order.
+    rounds: Vec<f64>,
 }
 
-impl Rate {
-    fn new(emails: usize, took: Duration) -> Rate {
-        Rate {
-            seconds: took.as_secs_f64(),
-            emails_per_s: per_second(emails, took),
-        }
+impl Rates {
+    fn add(&mut self, emails: usize, took: Duration) {
+        self.rounds.push(per_second(emails, took));
+        let mut sorted = self.rounds.clone();
+        sorted.sort_by(f64::total_cmp);
+        let mid = sorted.len() / 2;
+        self.median_emails_per_s = if sorted.len() % 2 == 1 {
+            sorted[mid]
+        } else {
+            (sorted[mid - 1] + sorted[mid]) / 2.0
+        };
     }
 }
 
@@ -94,74 +133,41 @@ impl Rate {
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     anyhow::ensure!(
-        args.emails > 0 && args.concurrency > 0,
-        "--emails and --concurrency must be at least 1"
+        args.emails > 0 && args.concurrency > 0 && args.rounds > 0,
+        "--emails, --concurrency and --rounds must be at least 1"
     );
-    let deadline = Duration::from_secs(args.deadline_s);
-    let progress = |what: &str| {
-        if !args.json {
-            eprintln!("drain: {what}");
+    let mut rates = [Rates::default(), Rates::default(), Rates::default()];
+    for round in 0..args.rounds {
+        let mut order = SENDERS;
+        if round % 2 == 1 {
+            order.reverse();
         }
-    };
-    let settings = settings(&args.smtp, args.concurrency)?;
-    // Builds every message, for every sender; the transport it would send through goes unused.
-    let builder = Mailer::new(&settings.smtp, settings.mail_from())?;
-
-    progress("lettre's pooled AsyncSmtpTransport");
-    let lettre = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&args.smtp.host)
-        .port(args.smtp.port)
-        .pool_config(PoolConfig::new().max_size(args.concurrency as u32))
-        .build();
-    let took = send_concurrently(args.emails, args.concurrency, deadline, {
-        let builder = builder.clone();
-        move |i| {
-            let (builder, lettre) = (builder.clone(), lettre.clone());
-            async move {
-                lettre.send(confirmation(&builder, i)?).await?;
-                Ok(())
+        for sender in order {
+            if !args.json {
+                eprintln!(
+                    "drain: round {} of {}: {}",
+                    round + 1,
+                    args.rounds,
+                    sender.name()
+                );
             }
+            let took = measure(sender, &args)
+                .await
+                .with_context(|| sender.name())?;
+            let slot = SENDERS.iter().position(|&s| s == sender).expect("a sender");
+            rates[slot].add(args.emails, took);
         }
-    })
-    .await
-    .context("lettre's pooled transport")?;
-    let lettre_pool = Rate::new(args.emails, took);
-
-    progress("confirmd's Mailer, no database");
-    let mailer = Mailer::new(&settings.smtp, settings.mail_from())?;
-    let took = send_concurrently(args.emails, args.concurrency, deadline, move |i| {
-        let mailer = mailer.clone();
-        async move {
-            mailer.send(confirmation(&mailer, i)?).await?;
-            Ok(())
-        }
-    })
-    .await
-    .context("confirmd's Mailer")?;
-    let confirmd_mailer = Rate::new(args.emails, took);
-
-    progress("confirmd's outbox: seeding the backlog");
-    let mut outbox = Outbox::create(&OutboxSettings {
-        smtp: args.smtp.clone(),
-        workers: args.concurrency,
-        queue_capacity: args.queue_capacity,
-    })
-    .await?;
-    outbox.seed(args.emails).await?;
-    progress("confirmd's outbox: workers draining");
-    let mailer = outbox.smtp_mailer()?;
-    let started = Instant::now();
-    outbox.start(mailer);
-    outbox.wait_sent(args.emails, deadline).await?;
-    let confirmd_outbox = Rate::new(args.emails, started.elapsed());
-    outbox.stop().await;
-
+    }
+    let [lettre_pool, confirmd_mailer, confirmd_outbox] = rates;
     let report = Report {
         smtp: args.smtp.to_string(),
         emails: args.emails,
         concurrency: args.concurrency,
         queue_capacity: args.queue_capacity,
-        ratio_to_lettre_pool: confirmd_outbox.emails_per_s / lettre_pool.emails_per_s,
-        ratio_to_confirmd_mailer: confirmd_outbox.emails_per_s / confirmd_mailer.emails_per_s,
+        rounds: args.rounds,
+        ratio_to_lettre_pool: confirmd_outbox.median_emails_per_s / lettre_pool.median_emails_per_s,
+        ratio_to_confirmd_mailer: confirmd_outbox.median_emails_per_s
+            / confirmd_mailer.median_emails_per_s,
         lettre_pool,
         confirmd_mailer,
         confirmd_outbox,
@@ -172,6 +178,61 @@ async fn main() -> anyhow::Result<()> {
         print_table(&report);
     }
     Ok(())
+}
+
+/// How long `sender` takes to deliver `args.emails` emails.
+async fn measure(sender: Sender, args: &Args) -> anyhow::Result<Duration> {
+    let deadline = Duration::from_secs(args.deadline_s);
+    let settings = settings(&args.smtp, args.concurrency)?;
+    match sender {
+        Sender::LettrePool => {
+            // confirmd's Mailer only builds the messages here; lettre sends them.
+            let builder = Mailer::new(&settings.smtp, settings.mail_from())?;
+            let lettre = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&args.smtp.host)
+                .port(args.smtp.port)
+                .pool_config(PoolConfig::new().max_size(args.concurrency as u32))
+                .build();
+            send_concurrently(args.emails, args.concurrency, deadline, move |i| {
+                let (builder, lettre) = (builder.clone(), lettre.clone());
+                async move {
+                    lettre.send(confirmation(&builder, i)?).await?;
+                    Ok(())
+                }
+            })
+            .await
+        }
+        Sender::ConfirmdMailer => {
+            let mailer = Mailer::new(&settings.smtp, settings.mail_from())?;
+            send_concurrently(args.emails, args.concurrency, deadline, move |i| {
+                let mailer = mailer.clone();
+                async move {
+                    mailer.send(confirmation(&mailer, i)?).await?;
+                    Ok(())
+                }
+            })
+            .await
+        }
+        Sender::ConfirmdOutbox => {
+            let mut outbox = Outbox::create(&OutboxSettings {
+                smtp: args.smtp.clone(),
+                workers: args.concurrency,
+                queue_capacity: args.queue_capacity,
+            })
+            .await?;
+            outbox.seed(args.emails).await?;
+            // SMTP as in production; the pick-up count only tells when to start asking the
+            // database whether the last emails are `sent`.
+            let clock = PickupClock::new(args.emails);
+            let mailer = outbox.observed_mailer(clock.clone(), true)?;
+            let started = Instant::now();
+            outbox.start(mailer);
+            clock.wait_picked(args.emails, deadline).await?;
+            outbox.wait_sent(args.emails, deadline).await?;
+            let took = started.elapsed();
+            outbox.stop().await;
+            Ok(took)
+        }
+    }
 }
 
 /// Sends emails `0..emails` from `concurrency` tasks, each taking the next number from a shared
@@ -218,33 +279,37 @@ fn print_table(report: &Report) {
         "drain: {} emails per sender, concurrency {}, SMTP catcher {}, confirmd worker.queue_capacity {}",
         report.emails, report.concurrency, report.smtp, report.queue_capacity
     );
+    println!(
+        "{} round(s); emails/s is the median, the rounds' figures follow",
+        report.rounds
+    );
     println!();
     println!(
-        "  {:<46} {:>10} {:>9} {:>16}",
-        "sender", "emails/s", "seconds", "confirmd ratio"
+        "  {:<44} {:>9} {:>15}  rounds",
+        "sender", "emails/s", "confirmd ratio"
     );
     let rows = [
         (
-            "lettre AsyncSmtpTransport, pooled",
+            Sender::LettrePool,
             &report.lettre_pool,
             Some(report.ratio_to_lettre_pool),
         ),
         (
-            "confirmd Mailer (NODELAY pool), no database",
+            Sender::ConfirmdMailer,
             &report.confirmd_mailer,
             Some(report.ratio_to_confirmd_mailer),
         ),
-        (
-            "confirmd outbox workers, from a backlog",
-            &report.confirmd_outbox,
-            None,
-        ),
+        (Sender::ConfirmdOutbox, &report.confirmd_outbox, None),
     ];
-    for (name, rate, ratio) in rows {
+    for (sender, rates, ratio) in rows {
         let ratio = ratio.map_or_else(|| "-".to_owned(), |r| format!("{:.0}%", r * 100.0));
+        let rounds: Vec<String> = rates.rounds.iter().map(|r| format!("{r:.0}")).collect();
         println!(
-            "  {:<46} {:>10.0} {:>9.2} {:>16}",
-            name, rate.emails_per_s, rate.seconds, ratio
+            "  {:<44} {:>9.0} {:>15}  {}",
+            sender.name(),
+            rates.median_emails_per_s,
+            ratio,
+            rounds.join(" ")
         );
     }
     println!();

@@ -53,6 +53,9 @@ struct Args {
     /// Jobs enqueued before the workers start, for the drain rate.
     #[arg(long, default_value_t = 5000)]
     backlog: usize,
+    /// confirmd's `worker.queue_capacity` (its default is 1024).
+    #[arg(long, default_value_t = 1024)]
+    queue_capacity: usize,
     /// apalis set-ups to measure.
     #[arg(long, value_delimiter = ',', default_value = "defaults,hooked")]
     apalis: Vec<Polling>,
@@ -108,7 +111,7 @@ impl Subject {
                 Outbox::create(&OutboxSettings {
                     smtp: args.smtp.clone(),
                     workers: args.workers,
-                    queue_capacity: confirmd::Settings::defaults().worker.queue_capacity,
+                    queue_capacity: args.queue_capacity,
                 })
                 .await?,
             ),
@@ -185,6 +188,7 @@ struct Report {
     trickle: usize,
     every_ms: f64,
     backlog: usize,
+    queue_capacity: usize,
     rows: Vec<Row>,
 }
 
@@ -224,6 +228,7 @@ async fn main() -> anyhow::Result<()> {
         trickle: args.trickle,
         every_ms: args.every_ms,
         backlog: args.backlog,
+        queue_capacity: args.queue_capacity,
         rows,
     };
     if args.json {
@@ -249,11 +254,7 @@ async fn trickle(system: System, job: JobKind, args: &Args) -> anyhow::Result<La
         subject.enqueue(i).await?;
         clock.enqueued(i);
     }
-    let what = format!("{} jobs picked up", args.trickle);
-    confirmd_benches::wait_until(deadline, &what, || async {
-        Ok(clock.picked_count() >= args.trickle)
-    })
-    .await?;
+    clock.wait_picked(args.trickle, deadline).await?;
     subject.wait_done(args.trickle, deadline).await?;
     subject.stop().await?;
     Ok(clock.latencies())
@@ -261,14 +262,14 @@ async fn trickle(system: System, job: JobKind, args: &Args) -> anyhow::Result<La
 
 /// Time for workers started on a backlog of `args.backlog` jobs to finish them all.
 async fn drain(system: System, job: JobKind, args: &Args) -> anyhow::Result<Duration> {
+    let deadline = Duration::from_secs(args.deadline_s);
     let clock = PickupClock::new(args.backlog);
     let mut subject = Subject::create(system, args).await?;
     subject.seed(args.backlog).await?;
     let started = Instant::now();
-    subject.start(job, clock, args)?;
-    subject
-        .wait_done(args.backlog, Duration::from_secs(args.deadline_s))
-        .await?;
+    subject.start(job, clock.clone(), args)?;
+    clock.wait_picked(args.backlog, deadline).await?;
+    subject.wait_done(args.backlog, deadline).await?;
     let took = started.elapsed();
     subject.stop().await?;
     Ok(took)
@@ -280,8 +281,8 @@ fn print_table(report: &Report) {
         report.workers
     );
     println!(
-        "trickle: {} jobs, one every {} ms, to idle workers; backlog: {} jobs; SMTP catcher {}",
-        report.trickle, report.every_ms, report.backlog, report.smtp
+        "trickle: {} jobs, one every {} ms, to idle workers; backlog: {} jobs; SMTP catcher {}; confirmd worker.queue_capacity {}",
+        report.trickle, report.every_ms, report.backlog, report.smtp, report.queue_capacity
     );
     println!();
     println!(
