@@ -26,6 +26,10 @@ use std::{
     fmt,
     future::Future,
     str::FromStr,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
     time::{Duration, Instant},
 };
 
@@ -36,6 +40,7 @@ use confirmd::{
     mail::{ConfirmationEmail, Mailer},
 };
 use lettre::Message;
+use tokio::task::JoinSet;
 
 /// Where the SMTP catcher listens: `host:port`.
 #[derive(Debug, Clone)]
@@ -128,6 +133,71 @@ where
         }
         tokio::time::sleep(POLL).await;
     }
+}
+
+/// Sends emails `0..emails` from `concurrency` tasks, each taking the next number from a shared
+/// counter; returns the time from the first task's start to the last email's acceptance.
+pub async fn send_concurrently<F, Fut>(
+    emails: usize,
+    concurrency: usize,
+    deadline: Duration,
+    send: F,
+) -> anyhow::Result<Duration>
+where
+    F: Fn(usize) -> Fut + Clone + Send + 'static,
+    Fut: Future<Output = anyhow::Result<()>> + Send,
+{
+    let next = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let mut tasks = JoinSet::new();
+    for _ in 0..concurrency {
+        let (next, send) = (next.clone(), send.clone());
+        tasks.spawn(async move {
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= emails {
+                    return Ok::<_, anyhow::Error>(());
+                }
+                send(i).await.with_context(|| format!("email {i}"))?;
+            }
+        });
+    }
+    let all = async {
+        while let Some(done) = tasks.join_next().await {
+            done??;
+        }
+        Ok::<_, anyhow::Error>(())
+    };
+    tokio::time::timeout(deadline, all)
+        .await
+        .with_context(|| format!("not done within {deadline:?}"))??;
+    Ok(started.elapsed())
+}
+
+/// Sends `emails` confirmation emails through confirmd's Mailer, `concurrency` at a time, and
+/// forgets how long it took. A catcher just started (maildev is a Node process) answers its first
+/// emails slowly; without this, whichever sender meets it first would pay for that.
+pub async fn warm_up(
+    smtp: &SmtpAddr,
+    emails: usize,
+    concurrency: usize,
+    deadline: Duration,
+) -> anyhow::Result<()> {
+    if emails == 0 {
+        return Ok(());
+    }
+    let settings = settings(smtp, concurrency)?;
+    let mailer = Mailer::new(&settings.smtp, settings.mail_from())?;
+    send_concurrently(emails, concurrency, deadline, move |i| {
+        let mailer = mailer.clone();
+        async move {
+            mailer.send(confirmation(&mailer, i)?).await?;
+            Ok(())
+        }
+    })
+    .await
+    .context("warming the catcher up")?;
+    Ok(())
 }
 
 /// `count` over `took`, per second.
