@@ -5,8 +5,12 @@ FROM rust:1.95-slim-bookworm AS builder
 WORKDIR /src
 ENV SQLX_OFFLINE=true CARGO_TERM_COLOR=never
 # Dependencies first, in their own layer: source edits then rebuild only confirmd itself.
+# The benchmarks' package is a workspace member: cargo needs its manifest (and a target) to load
+# the workspace, though it builds only confirmd (the default member).
 COPY Cargo.toml Cargo.lock ./
-RUN mkdir src && echo 'fn main() {}' > src/main.rs && touch src/lib.rs \
+COPY benches/harness/Cargo.toml ./benches/harness/
+RUN mkdir -p src benches/harness/src && echo 'fn main() {}' > src/main.rs \
+    && touch src/lib.rs benches/harness/src/lib.rs \
     && cargo build --release --locked \
     && rm -rf src
 COPY src ./src

@@ -1,32 +1,33 @@
 //! The confirmation email and the SMTP transport that sends it.
 //!
-//! [`Mailer`] builds messages with lettre and sends them over lettre's SMTP client, through a
-//! pool of open connections ([`pool`]) so that consecutive emails skip the TCP and SMTP
-//! handshakes. Its errors are sorted into what the delivery code must decide on: worth retrying
-//! ([`SendError::Transient`], [`SendError::Timeout`]) or not ([`SendError::Permanent`], a 5xx
-//! from the server).
+//! [`Mailer`] builds messages with lettre and hands them to a [`Transport`]. In production that
+//! is [`SmtpTransport`]: lettre's SMTP client over a pool of open connections ([`pool`]), so
+//! that consecutive emails skip the TCP and SMTP handshakes. Errors are sorted into what the
+//! delivery code must decide on: worth retrying ([`SendError::Transient`], [`SendError::Timeout`])
+//! or not ([`SendError::Permanent`], a 5xx from the server).
 
 mod pool;
+mod transport;
 
 use std::{sync::Arc, time::Duration};
 
 use lettre::{
     Message,
     message::{Mailbox, MultiPart},
-    transport::smtp::authentication::Credentials,
 };
 
-use self::pool::{PoolError, PoolSettings, SmtpPool};
+pub use self::transport::{SmtpTransport, Transport};
 use crate::config::SmtpSettings;
 
 const TEXT_TEMPLATE: &str = include_str!("confirmation.txt");
 const HTML_TEMPLATE: &str = include_str!("confirmation.html");
 const SUBJECT: &str = "Confirm your email address";
 
-/// Sends email through one pool of SMTP connections. Cheap to clone: clones share the pool.
+/// Builds the confirmation email and sends it through one transport. Cheap to clone: clones
+/// share the transport (and so its pool of SMTP connections).
 #[derive(Clone)]
 pub struct Mailer {
-    pool: Arc<SmtpPool>,
+    transport: Arc<dyn Transport>,
     from: Mailbox,
     /// Bounds a whole send, connection included, so a server that stops answering (or trickles
     /// bytes) cannot hold a worker or a sync request forever.
@@ -97,22 +98,27 @@ pub struct ConfirmationEmail<'a> {
 }
 
 impl Mailer {
+    /// The production mailer: SMTP as `settings` say.
     pub fn new(settings: &SmtpSettings, from: Mailbox) -> Result<Mailer, MailError> {
-        let credentials = (!settings.username.is_empty())
-            .then(|| Credentials::new(settings.username.clone(), settings.password.clone()));
-        let pool = SmtpPool::new(PoolSettings {
-            host: settings.host.clone(),
-            port: settings.port,
-            tls: settings.tls,
-            credentials,
-            connect_timeout: settings.timeout(),
-            max_idle: settings.pool_size as usize,
-        })?;
-        Ok(Mailer {
-            pool: Arc::new(pool),
+        let transport = SmtpTransport::new(settings)?;
+        Ok(Mailer::with_transport(
+            Arc::new(transport),
             from,
-            timeout: settings.timeout(),
-        })
+            settings.timeout(),
+        ))
+    }
+
+    /// A mailer that sends through `transport`, each send bounded by `timeout`.
+    pub fn with_transport(
+        transport: Arc<dyn Transport>,
+        from: Mailbox,
+        timeout: Duration,
+    ) -> Mailer {
+        Mailer {
+            transport,
+            from,
+            timeout,
+        }
     }
 
     /// Builds the multipart (text + HTML) confirmation message.
@@ -148,22 +154,17 @@ impl Mailer {
     /// Sends one message, within the configured timeout.
     pub async fn send(&self, message: Message) -> Result<(), SendError> {
         let bytes = message.formatted();
-        match tokio::time::timeout(self.timeout, self.pool.send(message.envelope(), &bytes)).await {
-            Err(_) | Ok(Err(PoolError::ConnectTimeout(_))) => Err(SendError::Timeout(self.timeout)),
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(PoolError::Connect(e))) => {
-                Err(SendError::Transient(format!("cannot connect: {e}")))
-            }
-            Ok(Err(PoolError::Smtp(e))) if e.is_timeout() => Err(SendError::Timeout(self.timeout)),
-            Ok(Err(PoolError::Smtp(e))) if e.is_permanent() => Err(SendError::permanent(&e)),
-            Ok(Err(PoolError::Smtp(e))) => Err(SendError::Transient(describe(&e))),
+        let sending = self.transport.send(message.envelope(), &bytes);
+        match tokio::time::timeout(self.timeout, sending).await {
+            Err(_) => Err(SendError::Timeout(self.timeout)),
+            Ok(result) => result,
         }
     }
 
-    /// Does the SMTP server answer? Opens a connection and says EHLO; for `/readyz`.
+    /// Does the mail server answer? Over SMTP: opens a connection and says EHLO; for `/readyz`.
     pub async fn ping(&self) -> bool {
         matches!(
-            tokio::time::timeout(self.timeout, self.pool.ping()).await,
+            tokio::time::timeout(self.timeout, self.transport.ping()).await,
             Ok(true)
         )
     }
@@ -236,5 +237,81 @@ mod tests {
             html.contains("Hi &lt;script&gt;alert(1)&lt;/script&gt; &amp; co,"),
             "{html}"
         );
+    }
+
+    /// A transport that keeps what it is given, or never answers.
+    #[derive(Default)]
+    struct Recording {
+        stalls: bool,
+        sent: std::sync::Mutex<Vec<(Vec<String>, Vec<u8>)>>,
+    }
+
+    impl Transport for Recording {
+        fn send<'a>(
+            &'a self,
+            envelope: &'a lettre::address::Envelope,
+            message: &'a [u8],
+        ) -> futures_util::future::BoxFuture<'a, Result<(), SendError>> {
+            let to = envelope.to().iter().map(ToString::to_string).collect();
+            self.sent.lock().unwrap().push((to, message.to_vec()));
+            if self.stalls {
+                Box::pin(std::future::pending())
+            } else {
+                Box::pin(async { Ok(()) })
+            }
+        }
+
+        fn ping(&self) -> futures_util::future::BoxFuture<'_, bool> {
+            Box::pin(async { true })
+        }
+    }
+
+    fn email(id: i64) -> ConfirmationEmail<'static> {
+        ConfirmationEmail {
+            id,
+            to_address: "ann@example.com",
+            to_name: None,
+            link: "http://127.0.0.1:3000/confirm?token=abc",
+        }
+    }
+
+    #[tokio::test]
+    async fn a_supplied_transport_gets_the_formatted_message_and_its_envelope() {
+        let transport = Arc::new(Recording::default());
+        let settings = Settings::defaults();
+        let mailer = Mailer::with_transport(
+            transport.clone(),
+            settings.mail_from(),
+            Duration::from_secs(1),
+        );
+        let message = mailer.confirmation(&email(42)).unwrap();
+        mailer.send(message).await.unwrap();
+        assert!(mailer.ping().await);
+
+        let sent = transport.sent.lock().unwrap();
+        let [(to, bytes)] = sent.as_slice() else {
+            panic!("one send expected, got {}", sent.len());
+        };
+        assert_eq!(to, &["ann@example.com"]);
+        assert!(
+            String::from_utf8_lossy(bytes).contains("Message-ID: <confirmd.42@confirmd.localhost>")
+        );
+    }
+
+    #[tokio::test]
+    async fn a_transport_that_never_answers_times_out_as_a_retryable_error() {
+        let transport = Arc::new(Recording {
+            stalls: true,
+            ..Recording::default()
+        });
+        let timeout = Duration::from_millis(50);
+        let mailer = Mailer::with_transport(transport, Settings::defaults().mail_from(), timeout);
+        let message = mailer.confirmation(&email(1)).unwrap();
+        let error = mailer.send(message).await.unwrap_err();
+        assert!(
+            matches!(error, SendError::Timeout(t) if t == timeout),
+            "{error}"
+        );
+        assert!(error.is_retryable());
     }
 }
