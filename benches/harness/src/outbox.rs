@@ -83,7 +83,7 @@ impl Outbox {
         ))
     }
 
-    /// Writes `jobs` background signups (user, token and queued email, in one transaction each)
+    /// Writes `jobs` background signups (user, token and queued email; one at a time, so one transaction each)
     /// with confirmd's own `Store::create_signup`, as `POST /signups` does while no worker runs.
     pub async fn seed(&self, jobs: usize) -> anyhow::Result<()> {
         for i in 0..jobs {
@@ -91,11 +91,11 @@ impl Outbox {
             let token = ConfirmationToken::generate();
             let now = now_ms();
             self.store
-                .create_signup(&NewSignup {
-                    email: &email,
+                .create_signup(NewSignup {
+                    email,
                     name: None,
-                    token: token.expose(),
-                    token_hash: &token.hash(),
+                    token: token.expose().to_owned(),
+                    token_hash: token.hash(),
                     token_expires_at: now + 24 * 3_600_000,
                     mode: DeliveryMode::Background,
                     request_id: None,
