@@ -10,16 +10,21 @@
 //!
 //! Both servers run as their own release processes, side by side, and `wrk` drives each in turn
 //! with the same number of connections, alternating over several rounds so that a noisy moment
-//! cannot favour one of them. Every request carries a new address. At the end the peak resident
+//! cannot favour one of them; before each round, confirmd's workers finish sending the emails of
+//! the last one, so that neither server runs while the other is measured. Every request carries
+//! a new address. At the end the peak resident
 //! memory (`VmHWM`) of both processes is read from `/proc`.
 //!
 //! ```text
-//! cargo bench --bench floor -- [--connections 32] [--seconds 10] [--rounds 3] [--smtp HOST:PORT]
+//! cargo bench --bench floor -- [--connections 32] [--seconds 10] [--rounds 3] [--smtp HOST:PORT] [--idle-workers]
 //! ```
 //!
 //! Needs `wrk` (`apt-get install wrk`). confirmd's emails go to the mail catcher at `--smtp`
 //! (maildev, MailHog), or by default to confirmd's own in-process catcher ([`Catcher`]), run
-//! here in the driver, which costs the machine least.
+//! here in the driver, which costs the machine least. With `--idle-workers` that catcher holds
+//! every email for an hour: the workers take their first emails and wait, the rest stay queued,
+//! and the rounds measure what a signup costs (the transaction and the hand-off) without the
+//! sending that, on two cores, otherwise shares the CPU with it.
 
 use std::{
     io::{BufRead, BufReader, Read},
@@ -78,6 +83,9 @@ struct Options {
     rounds: u32,
     /// A running mail catcher; without one, the driver starts its own.
     smtp: Option<SocketAddr>,
+    /// Make the driver's catcher hold every email for an hour, so that confirmd's workers sit
+    /// idle and the rounds measure the signup path and the hand-off alone.
+    idle_workers: bool,
 }
 
 impl Options {
@@ -87,6 +95,7 @@ impl Options {
             seconds: 10,
             rounds: 3,
             smtp: None,
+            idle_workers: false,
         };
         let mut args = args.iter();
         while let Some(arg) = args.next() {
@@ -98,8 +107,9 @@ impl Options {
                 "--seconds" => options.seconds = value()?.parse()?,
                 "--rounds" => options.rounds = value()?.parse()?,
                 "--smtp" => options.smtp = Some(value()?.parse()?),
+                "--idle-workers" => options.idle_workers = true,
                 other => bail!(
-                    "unknown argument {other:?}; expected --connections, --seconds, --rounds, --smtp"
+                    "unknown argument {other:?}; expected --connections, --seconds, --rounds, --smtp, --idle-workers"
                 ),
             }
         }
@@ -191,8 +201,9 @@ struct WrkRun {
 }
 
 impl WrkRun {
+    /// Successful (2xx) requests per second: a refusal is not a signup.
     fn per_second(&self) -> f64 {
-        self.requests as f64 / self.seconds
+        self.requests.saturating_sub(self.non_2xx) as f64 / self.seconds
     }
 }
 
@@ -210,7 +221,12 @@ fn compare(options: &Options) -> anyhow::Result<()> {
             (smtp, None)
         }
         None => {
-            let catcher = runtime.block_on(Catcher::start(Duration::ZERO))?;
+            let latency = if options.idle_workers {
+                Duration::from_secs(3600)
+            } else {
+                Duration::ZERO
+            };
+            let catcher = runtime.block_on(Catcher::start(latency))?;
             (catcher.addr(), Some(catcher))
         }
     };
@@ -219,18 +235,29 @@ fn compare(options: &Options) -> anyhow::Result<()> {
     std::fs::write(&script, WRK_SCRIPT)?;
 
     let floor = start_floor(dir.path())?;
-    let confirmd = start_confirmd(dir.path(), smtp)?;
+    if options.idle_workers && options.smtp.is_some() {
+        bail!("--idle-workers needs the driver's own catcher: leave out --smtp");
+    }
+    let confirmd = start_confirmd(dir.path(), smtp, options.idle_workers)?;
     let mut targets = [floor, confirmd];
 
     println!(
         "wrk -t2 -c{} -d{}s, {} rounds, alternating; warm-up 2 s each",
         options.connections, options.seconds, options.rounds
     );
+    let metrics = targets[1]
+        .url
+        .replace("/signups?mode=background", "/metrics");
     for target in &mut targets {
         run_wrk(&script, &target.url, options.connections, 2, "warmup")?;
     }
     for round in 0..options.rounds {
         for target in &mut targets {
+            // confirmd's workers go on sending the emails of its last round: let them finish,
+            // so that neither server is measured while the other still works.
+            if !options.idle_workers {
+                wait_for_empty_outbox(&metrics)?;
+            }
             let tag = format!("r{round}");
             let run = run_wrk(
                 &script,
@@ -240,7 +267,7 @@ fn compare(options: &Options) -> anyhow::Result<()> {
                 &tag,
             )?;
             println!(
-                "  round {round} {:<22} {:>8.0} req/s  p50 {:>6.2} ms  p99 {:>6.2} ms  non-2xx {}  socket errors {}",
+                "  round {round} {:<22} {:>8.0} 2xx/s  p50 {:>6.2} ms  p99 {:>6.2} ms  non-2xx {}  socket errors {}",
                 target.name,
                 run.per_second(),
                 run.p50_ms,
@@ -255,7 +282,7 @@ fn compare(options: &Options) -> anyhow::Result<()> {
     println!();
     println!(
         "{:<22} {:>10} {:>9} {:>9} {:>9} {:>9} {:>8} {:>10}",
-        "", "req/s", "p50 ms", "p90 ms", "p99 ms", "max ms", "non-2xx", "peak RSS"
+        "", "2xx/s", "p50 ms", "p90 ms", "p99 ms", "max ms", "non-2xx", "peak RSS"
     );
     let mut medians = Vec::new();
     for target in &targets {
@@ -283,7 +310,10 @@ fn compare(options: &Options) -> anyhow::Result<()> {
             "emails received by the catcher while this ran: {}",
             catcher.received()
         );
-        runtime.block_on(catcher.stop());
+        // A catcher holding emails for an hour would wait that long to stop gracefully.
+        if !options.idle_workers {
+            runtime.block_on(catcher.stop());
+        }
     }
     Ok(())
 }
@@ -316,7 +346,7 @@ fn start_floor(dir: &Path) -> anyhow::Result<Target> {
     })
 }
 
-fn start_confirmd(dir: &Path, smtp: SocketAddr) -> anyhow::Result<Target> {
+fn start_confirmd(dir: &Path, smtp: SocketAddr, idle_workers: bool) -> anyhow::Result<Target> {
     let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
     let database = format!("sqlite://{}?mode=rwc", dir.join("confirmd.db").display());
     let child = Command::new(env!("CARGO_BIN_EXE_confirmd"))
@@ -328,6 +358,21 @@ fn start_confirmd(dir: &Path, smtp: SocketAddr) -> anyhow::Result<Target> {
         .env("CONFIRMD_SMTP__HOST", smtp.ip().to_string())
         .env("CONFIRMD_SMTP__PORT", smtp.port().to_string())
         .env("CONFIRMD_DELIVERY__DEFAULT_MODE", "background")
+        // Signups outpace any catcher's intake here, so the queue grows through the run; the
+        // default cap would turn the last rounds into 503s (back-pressure, measured elsewhere)
+        // instead of measuring the signup path.
+        .env("CONFIRMD_WORKER__MAX_BACKLOG", "10000000")
+        // With --idle-workers the catcher holds each email for an hour: no send may time out.
+        .envs(
+            idle_workers
+                .then_some([
+                    ("CONFIRMD_SMTP__TIMEOUT_MS", "7200000"),
+                    ("CONFIRMD_WORKER__LEASE_MS", "7300000"),
+                    ("CONFIRMD_WORKER__SHUTDOWN_TIMEOUT_MS", "7250000"),
+                ])
+                .into_iter()
+                .flatten(),
+        )
         .stdout(Stdio::null())
         .spawn()
         .context("cannot start confirmd")?;
@@ -384,6 +429,39 @@ fn run_wrk(
         p99_ms: ms(n[6]),
         max_ms: ms(n[7]),
     })
+}
+
+/// Polls confirmd's `/metrics` until no email is queued or being sent.
+fn wait_for_empty_outbox(metrics_url: &str) -> anyhow::Result<()> {
+    let address = metrics_url
+        .strip_prefix("http://")
+        .and_then(|rest| rest.split('/').next())
+        .context("a plain-HTTP metrics URL")?;
+    let deadline = Instant::now() + Duration::from_secs(600);
+    loop {
+        let mut stream = TcpStream::connect(address)?;
+        std::io::Write::write_all(
+            &mut stream,
+            format!("GET /metrics HTTP/1.0\r\nHost: {address}\r\n\r\n").as_bytes(),
+        )?;
+        let mut body = String::new();
+        stream.read_to_string(&mut body)?;
+        let waiting: f64 = body
+            .lines()
+            .filter(|l| {
+                l.starts_with("confirmd_outbox_emails{state=\"queued\"}")
+                    || l.starts_with("confirmd_outbox_emails{state=\"sending\"}")
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum();
+        if waiting == 0.0 {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("confirmd still had {waiting} emails to send after 10 minutes");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 /// Peak resident set size of a running process, in KiB.
