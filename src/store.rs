@@ -849,17 +849,9 @@ async fn write_signup(
             user.id
         }
         None => {
-            let id = uuid::Uuid::now_v7().to_string();
-            sqlx::query!(
-                "INSERT INTO users (id, email, name, status, created_at) VALUES (?1, ?2, ?3, 'pending', ?4)",
-                id,
-                email,
-                name,
-                new.now
-            )
-            .execute(&mut *conn)
-            .await?;
-            id
+            // A new address: written as a group's new users are, as a group of one.
+            let mut stored = insert_new_users(conn, &[new]).await?;
+            return Ok(stored.pop().expect("one signup in, one written"));
         }
     };
 
