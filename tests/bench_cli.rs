@@ -2,13 +2,12 @@
 //! server that receives every email: what it counts (not how fast: timings vary by machine),
 //! the chart it draws, and how it refuses to run.
 
+#[path = "support/binary.rs"]
+mod binary;
 #[path = "support/smtp.rs"]
 mod smtp;
 
-use std::{
-    process::{Command, Output},
-    time::Duration,
-};
+use std::{process::Output, time::Duration};
 
 use confirmd::{Application, Settings};
 use serde_json::{Value, json};
@@ -50,18 +49,7 @@ async fn spawn_app() -> RunningApp {
 /// Runs `confirmd bench ARGS` to the end. Its own deadlines bound it: every request times out,
 /// and so does the wait for the emails.
 fn confirmd_bench(args: &[&str]) -> Output {
-    let config = tempfile::tempdir().unwrap();
-    Command::new(env!("CARGO_BIN_EXE_confirmd"))
-        .arg("bench")
-        .args(args)
-        // An empty config folder: the bench needs none.
-        .args(["--config", config.path().to_str().unwrap()])
-        .env_remove("RUST_LOG")
-        // An error is one line, unless the caller asked for a backtrace.
-        .env_remove("RUST_BACKTRACE")
-        .env_remove("RUST_LIB_BACKTRACE")
-        .output()
-        .unwrap()
+    binary::run_confirmd(&[&["bench"], args].concat(), &[])
 }
 
 /// [`confirmd_bench`] on a blocking thread, so that the app in this process keeps serving.

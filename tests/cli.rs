@@ -1,18 +1,9 @@
 //! The binary itself: its help, `migrate`, and configuration errors that name their key.
 
-use std::process::{Command, Output};
+#[path = "support/binary.rs"]
+mod binary;
 
-fn confirmd(args: &[&str], env: &[(&str, &str)]) -> Output {
-    let dir = tempfile::tempdir().unwrap();
-    Command::new(env!("CARGO_BIN_EXE_confirmd"))
-        .args(args)
-        // An empty config folder: only the compiled-in defaults and the variables below apply.
-        .args(["--config", dir.path().to_str().unwrap()])
-        .env_remove("RUST_LOG")
-        .envs(env.iter().copied())
-        .output()
-        .unwrap()
-}
+use binary::run_confirmd as confirmd;
 
 #[test]
 fn help_documents_every_command() {

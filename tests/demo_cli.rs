@@ -2,25 +2,18 @@
 //! counts and confirms (not how fast: timings vary by machine), the chart and the text report,
 //! and how it refuses a bad argument.
 
-use std::process::{Command, Output};
+#[path = "support/binary.rs"]
+mod binary;
+
+use std::process::Output;
 
 use serde_json::{Value, json};
 
 /// Runs `confirmd demo ARGS` to the end. Its own deadlines bound it: every request times out,
 /// and so does the wait for the emails.
+/// The compiled-in defaults apply, as on a fresh machine.
 fn confirmd_demo(args: &[&str]) -> Output {
-    let config = tempfile::tempdir().unwrap();
-    Command::new(env!("CARGO_BIN_EXE_confirmd"))
-        .arg("demo")
-        .args(args)
-        // An empty config folder: the compiled-in defaults, as on a fresh machine.
-        .args(["--config", config.path().to_str().unwrap()])
-        .env_remove("RUST_LOG")
-        .env_remove("RUST_BACKTRACE")
-        .env_remove("RUST_LIB_BACKTRACE")
-        .env_remove("CONFIRMD_ENV")
-        .output()
-        .unwrap()
+    binary::run_confirmd(&[&["demo"], args].concat(), &[])
 }
 
 fn succeeded(output: &Output) -> String {

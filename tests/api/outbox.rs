@@ -1,25 +1,22 @@
 //! `confirmd outbox`: an email that failed for good is visible, and an operator can send it again
 //! without restarting the service.
 
-use std::process::{Command, Output};
+use std::process::Output;
 
 use serde_json::Value;
 
 use crate::{
+    binary::run_confirmd,
     helpers::{TestApp, spawn_app},
     smtp::Behaviour,
 };
 
 /// Runs the real binary's `outbox` command against the test app's database.
 fn outbox(app: &TestApp, args: &[&str]) -> Output {
-    let empty_config = tempfile::tempdir().unwrap();
-    Command::new(env!("CARGO_BIN_EXE_confirmd"))
-        .args(["--config", empty_config.path().to_str().unwrap(), "outbox"])
-        .args(args)
-        .env("CONFIRMD_DATABASE__URL", &app.settings.database.url)
-        .env_remove("RUST_LOG")
-        .output()
-        .unwrap()
+    run_confirmd(
+        &[&["outbox"], args].concat(),
+        &[("CONFIRMD_DATABASE__URL", &app.settings.database.url)],
+    )
 }
 
 fn stdout(output: &Output) -> String {
