@@ -466,6 +466,20 @@ mod tests {
             .build()
     }
 
+    /// One lettre connection, kept open across messages (as confirmd's pool keeps its own).
+    async fn connect(catcher: &Catcher) -> AsyncSmtpConnection {
+        let addr = catcher.addr();
+        AsyncSmtpConnection::connect_tokio1(
+            (addr.ip(), addr.port()),
+            None,
+            &ClientId::default(),
+            None,
+            None,
+        )
+        .await
+        .unwrap()
+    }
+
     fn envelope(to: &str) -> Envelope {
         Envelope::new(
             Some("sender@example.com".parse().unwrap()),
@@ -512,16 +526,7 @@ mod tests {
     async fn lines_that_start_with_a_dot_come_back_unstuffed() {
         let catcher = Catcher::start(Duration::ZERO).await.unwrap();
         let data = b"Subject: dots\r\n\r\n.leading dot\r\n..two dots\r\n.\r\nbetween\r\n.";
-        let addr = catcher.addr();
-        let mut connection = AsyncSmtpConnection::connect_tokio1(
-            (addr.ip(), addr.port()),
-            None,
-            &ClientId::default(),
-            None,
-            None,
-        )
-        .await
-        .unwrap();
+        let mut connection = connect(&catcher).await;
 
         connection
             .send(&envelope("dots@example.com"), data)
@@ -541,16 +546,7 @@ mod tests {
     #[tokio::test]
     async fn one_connection_carries_several_messages_and_resets_between_them() {
         let catcher = Catcher::start(Duration::ZERO).await.unwrap();
-        let addr = catcher.addr();
-        let mut connection = AsyncSmtpConnection::connect_tokio1(
-            (addr.ip(), addr.port()),
-            None,
-            &ClientId::default(),
-            None,
-            None,
-        )
-        .await
-        .unwrap();
+        let mut connection = connect(&catcher).await;
 
         for i in 0..3 {
             let to = format!("user{i}@example.com");
