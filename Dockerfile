@@ -1,24 +1,23 @@
+# syntax=docker/dockerfile:1
 # Multi-stage build of confirmd. The builder compiles with the committed sqlx offline data
 # (.sqlx/), so no database is needed at build time; the runtime image holds only the binary.
+#
+# The builder copies the whole build context (.dockerignore keeps target/, .git and node_modules
+# out) instead of listing the crate's files one by one: a hand-written list broke the build as
+# soon as Cargo.toml named a file the list forgot. What a dependency layer would save, BuildKit's
+# cache mounts save instead: cargo's registry and the target folder persist between builds, so a
+# source edit recompiles confirmd and nothing else. `.ci/dockerfile-replay` runs this stage's
+# COPY and RUN lines in CI, without a Docker engine, from exactly what the context holds.
 
 FROM rust:1.95-slim-bookworm AS builder
 WORKDIR /src
 ENV SQLX_OFFLINE=true CARGO_TERM_COLOR=never
-# Dependencies first, in their own layer: source edits then rebuild only confirmd itself.
-# The benchmarks' package is a workspace member: cargo needs its manifest (and a target) to load
-# the workspace, though it builds only confirmd (the default member).
-COPY Cargo.toml Cargo.lock ./
-COPY benches/harness/Cargo.toml ./benches/harness/
-RUN mkdir -p src benches/harness/src && echo 'fn main() {}' > src/main.rs \
-    && touch src/lib.rs benches/harness/src/lib.rs \
-    && cargo build --release --locked \
-    && rm -rf src
-COPY src ./src
-COPY migrations ./migrations
-COPY config ./config
-COPY .sqlx ./.sqlx
-# The dummy build left fresher artifacts for the crate itself: make cargo rebuild it.
-RUN touch src/main.rs src/lib.rs && cargo build --release --locked
+COPY . .
+# The target folder is a cache mount, gone when the step ends: the binary is copied out of it.
+RUN --mount=type=cache,target=/usr/local/cargo/registry \
+    --mount=type=cache,target=/src/target \
+    cargo build --release --locked --bin confirmd \
+    && mkdir -p out && cp target/release/confirmd out/confirmd
 
 FROM debian:bookworm-slim
 RUN apt-get update \
@@ -26,7 +25,7 @@ RUN apt-get update \
     && rm -rf /var/lib/apt/lists/* \
     && useradd --system --home /app --shell /usr/sbin/nologin confirmd \
     && mkdir -p /app /data && chown confirmd /app /data
-COPY --from=builder /src/target/release/confirmd /usr/local/bin/confirmd
+COPY --from=builder /src/out/confirmd /usr/local/bin/confirmd
 COPY config /app/config
 WORKDIR /app
 USER confirmd
