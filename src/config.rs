@@ -132,6 +132,7 @@ impl SignupSettings {
 pub struct WorkerSettings {
     pub concurrency: usize,
     pub queue_capacity: usize,
+    /// 0: retry until the link would have expired; see [`WorkerSettings::max_attempts`].
     pub max_attempts: u32,
     pub retry_base_ms: u64,
     pub retry_max_ms: u64,
@@ -227,7 +228,7 @@ impl Settings {
                 "must be set together with smtp.username",
             ));
         }
-        let positive: [(&'static str, u64); 10] = [
+        let positive: [(&'static str, u64); 9] = [
             ("smtp.timeout_ms", self.smtp.timeout_ms),
             ("smtp.pool_size", self.smtp.pool_size.into()),
             (
@@ -236,7 +237,6 @@ impl Settings {
             ),
             ("worker.concurrency", self.worker.concurrency as u64),
             ("worker.queue_capacity", self.worker.queue_capacity as u64),
-            ("worker.max_attempts", self.worker.max_attempts.into()),
             ("worker.retry_base_ms", self.worker.retry_base_ms),
             ("worker.sweep_interval_ms", self.worker.sweep_interval_ms),
             ("token.ttl_hours", self.token.ttl_hours),
@@ -249,6 +249,13 @@ impl Settings {
             return Err(invalid(
                 "worker.retry_max_ms",
                 "must be at least worker.retry_base_ms",
+            ));
+        }
+        if Duration::from_millis(self.worker.retry_max_ms) >= self.token.ttl() {
+            return Err(invalid(
+                "worker.retry_max_ms",
+                "must be shorter than token.ttl_hours, or an email could fail for good at its first \
+                 failure, its first retry falling after its link's expiry",
             ));
         }
         if self.worker.lease_ms <= self.smtp.timeout_ms {
@@ -275,6 +282,11 @@ impl Settings {
 }
 
 impl WorkerSettings {
+    /// The attempt limit, if the operator set one; without one an email is retried until its
+    /// link would have expired.
+    pub fn max_attempts(&self) -> Option<u32> {
+        (self.max_attempts > 0).then_some(self.max_attempts)
+    }
     pub fn retry_base(&self) -> Duration {
         Duration::from_millis(self.retry_base_ms)
     }
@@ -338,6 +350,11 @@ mod tests {
                 .to_string()
                 .contains("worker.shutdown_timeout_ms")
         );
+
+        let mut settings = Settings::defaults();
+        settings.worker.retry_max_ms = settings.token.ttl_hours * 3_600_000;
+        let err = settings.validated().unwrap_err().to_string();
+        assert!(err.contains("worker.retry_max_ms"), "{err}");
 
         let mut settings = Settings::defaults();
         settings.worker.lease_ms = settings.smtp.timeout_ms;

@@ -8,7 +8,9 @@
 //!   worker delivers it later, while the caller gets a 502/504.
 //! - **background**: the request puts the row's id on a bounded channel and answers at once. A
 //!   pool of workers ([`worker`]) takes ids off the channel, claims each row (so no two senders
-//!   ever hold it), sends, and marks it sent, or schedules a retry with exponential backoff.
+//!   ever hold it), sends, and marks it sent, or schedules a retry with exponential backoff
+//!   ([`retry`]): for as long as the link in the email would be valid, so an SMTP outage of
+//!   hours delays emails but fails none.
 //!
 //! The channel is only a wake-up call: the outbox table is the queue. If the channel is full,
 //! or the process dies with ids in it, nothing is lost: the [`sweeper`] finds due rows in the
@@ -35,6 +37,7 @@ use tracing::{Instrument, debug, info_span, warn};
 
 use backlog::Backlog;
 pub use retry::Backoff;
+use retry::{AfterFailure, RetryPolicy};
 
 use crate::{
     clock,
@@ -62,13 +65,12 @@ pub(crate) struct Policy {
     token_ttl: Duration,
     /// How long a claimed email belongs to its sender before the sweeper may take it back.
     lease: Duration,
-    backoff: Backoff,
-    /// Attempts before an email that keeps failing is `failed`.
-    max_attempts: u32,
+    /// When a failed email is tried again, and when it is given up.
+    retry: RetryPolicy,
     sweep_interval: Duration,
     /// Least time between two emails to one pending address.
     resend_interval: Duration,
-    /// Waiting emails beyond which background signups are refused.
+    /// Emails still to send beyond which signups are refused.
     max_backlog: u64,
 }
 
@@ -117,11 +119,11 @@ pub enum SignupError {
     /// The address was sent an email less than `signup.resend_interval_s` ago.
     #[error("an email was sent to this address moments ago")]
     TooSoon { retry_after: Duration },
-    /// Background mode: `worker.max_backlog` emails are already waiting (SMTP is down or slow).
+    /// `worker.max_backlog` emails are already waiting to be sent (SMTP is down or slow).
     #[error("too many emails are waiting to be sent")]
     Backlogged { retry_after: Duration },
     /// Sync mode: the signup is stored, but SMTP failed now; `will_retry` says whether its email
-    /// went back to the queue (or failed for good: a permanent rejection, or out of attempts).
+    /// went back to the queue (or failed for good: the address was refused).
     #[error("the signup is saved but its email could not be sent now: {error}")]
     SendFailed {
         receipt: SignupReceipt,
@@ -172,8 +174,11 @@ impl Delivery {
             base_url: settings.app.base_url.clone(),
             token_ttl: settings.token.ttl(),
             lease: worker.lease(),
-            backoff: Backoff::new(worker.retry_base(), worker.retry_max()),
-            max_attempts: worker.max_attempts,
+            retry: RetryPolicy {
+                backoff: Backoff::new(worker.retry_base(), worker.retry_max()),
+                link_lifetime: settings.token.ttl(),
+                max_attempts: worker.max_attempts(),
+            },
             sweep_interval: worker.sweep_interval(),
             resend_interval: settings.signup.resend_interval(),
             max_backlog: worker.max_backlog,
@@ -223,7 +228,8 @@ impl Delivery {
         request_id: Option<&str>,
     ) -> Result<SignupReceipt, SignupError> {
         let policy = &self.inner.policy;
-        if mode == DeliveryMode::Background && self.inner.backlog.estimate() >= policy.max_backlog {
+        // Both modes: a sync signup whose send fails leaves an email waiting too.
+        if self.inner.backlog.estimate() >= policy.max_backlog {
             return Err(SignupError::Backlogged {
                 retry_after: policy.sweep_interval,
             });
@@ -262,9 +268,10 @@ impl Delivery {
             smtp_time: None,
         };
 
+        // Until the next recount, even a sync email sent at once counts: the cap errs high.
+        self.inner.backlog.accepted();
         match mode {
             DeliveryMode::Background => {
-                self.inner.backlog.accepted();
                 self.enqueue(stored.outbox_id);
                 Ok(receipt)
             }
@@ -284,7 +291,7 @@ impl Delivery {
                         to_name: name.as_deref(),
                         link: &link,
                     };
-                    this.attempt(claim, &email, 1).await
+                    this.attempt(claim, &email, 1, now).await
                 };
                 let attempt = self
                     .inner
@@ -356,14 +363,15 @@ impl Delivery {
         claim: Claim,
         email: &ConfirmationEmail<'_>,
         attempts: i64,
+        created_at: i64,
     ) -> Result<Attempt, StoreError> {
         let started = Instant::now();
         let result = match self.inner.mailer.confirmation(email) {
             Ok(message) => self.inner.mailer.send(message).await,
-            Err(e) => Err(SendError::Permanent(e.to_string())),
+            Err(e) => Err(SendError::Unsendable(e.to_string())),
         };
         let took = started.elapsed();
-        let attempt = self.record(claim, attempts, result).await?;
+        let attempt = self.record(claim, attempts, created_at, result).await?;
         let outcome = match &attempt {
             Attempt::Sent => EmailOutcome::Sent,
             Attempt::Retrying { .. } => EmailOutcome::Retried,
@@ -373,11 +381,13 @@ impl Delivery {
         Ok(attempt)
     }
 
-    /// Writes what a send came to: sent, due again after a backoff, or failed for good.
+    /// Writes what a send came to: sent, due again after a backoff, or failed for good. The
+    /// `attempts`-th attempt at an email signed up at `created_at` (Unix ms).
     async fn record(
         &self,
         claim: Claim,
         attempts: i64,
+        created_at: i64,
         result: Result<(), SendError>,
     ) -> Result<Attempt, StoreError> {
         let store = &self.inner.store;
@@ -392,21 +402,47 @@ impl Delivery {
             }
             Err(error) => error,
         };
-        let out_of_attempts = attempts >= i64::from(policy.max_attempts);
-        if !error.is_retryable() || out_of_attempts {
-            let reason = if error.is_retryable() {
-                let plural = if attempts == 1 { "" } else { "s" };
-                format!("gave up after {attempts} attempt{plural}: {error}")
-            } else {
-                error.to_string()
-            };
-            store.mark_failed(claim, &reason).await?;
+        if !error.is_retryable() {
+            store.mark_failed(claim, &error.to_string()).await?;
             return Ok(Attempt::Failed { error });
         }
-        let after = policy.backoff.delay(attempts);
+        let now = clock::now_ms();
+        let age = Duration::from_millis(u64::try_from(now - created_at).unwrap_or(0));
+        let plural = if attempts == 1 { "" } else { "s" };
+        let after = match policy.retry.after_failure(attempts, age) {
+            AfterFailure::RetryIn(after) => after,
+            AfterFailure::LinkExpires => {
+                let reason = format!(
+                    "gave up after {attempts} attempt{plural} over {}: its link expires before the next: {error}",
+                    humantime(age)
+                );
+                store.mark_failed(claim, &reason).await?;
+                return Ok(Attempt::Failed { error });
+            }
+            AfterFailure::OutOfAttempts => {
+                let reason = format!("gave up after {attempts} attempt{plural}: {error}");
+                store.mark_failed(claim, &reason).await?;
+                return Ok(Attempt::Failed { error });
+            }
+        };
         store
-            .mark_retry(claim, clock::ms_from_now(after), &error.to_string())
+            .mark_retry(
+                claim,
+                now + i64::try_from(after.as_millis()).unwrap_or(i64::MAX),
+                &error.to_string(),
+            )
             .await?;
         Ok(Attempt::Retrying { after, error })
+    }
+}
+
+/// A duration for a person: "23h 52m", "4m 10s", "850ms".
+fn humantime(d: Duration) -> String {
+    let secs = d.as_secs();
+    match secs {
+        0 => format!("{}ms", d.as_millis()),
+        1..60 => format!("{secs}s"),
+        60..3600 => format!("{}m {}s", secs / 60, secs % 60),
+        _ => format!("{}h {}m", secs / 3600, secs % 3600 / 60),
     }
 }

@@ -96,7 +96,7 @@ async fn deliver(delivery: &Delivery, job: Job) {
         };
         let sending = Instant::now();
         let attempt = delivery
-            .attempt(claimed.claim, &email, claimed.attempts)
+            .attempt(claimed.claim, &email, claimed.attempts, claimed.created_at)
             .await;
         span.record("send_ms", millis(sending.elapsed()));
         // Commit → SMTP accepted, the figure background mode is judged by.

@@ -231,7 +231,8 @@ impl From<SignupError> for Error {
                 let status = match error {
                     SendError::RecipientRefused(_) => StatusCode::UNPROCESSABLE_ENTITY,
                     SendError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
-                    SendError::Transient(_) | SendError::Permanent(_) => StatusCode::BAD_GATEWAY,
+                    SendError::Transient(_) | SendError::Rejected(_) => StatusCode::BAD_GATEWAY,
+                    SendError::Unsendable(_) => StatusCode::INTERNAL_SERVER_ERROR,
                 };
                 let detail = match (&error, will_retry) {
                     (SendError::RecipientRefused(_), _) => format!(

@@ -3,8 +3,9 @@
 //! [`Mailer`] builds messages with lettre and hands them to a [`Transport`]. In production that
 //! is [`SmtpTransport`]: lettre's SMTP client over a pool of open connections ([`pool`]), so
 //! that consecutive emails skip the TCP and SMTP handshakes. Errors are sorted into what the
-//! delivery code must decide on: worth retrying ([`SendError::Transient`], [`SendError::Timeout`])
-//! or not ([`SendError::Permanent`], a 5xx from the server).
+//! delivery code must decide on: a fault of the server or of our account, worth retrying
+//! ([`SendError::Transient`], [`SendError::Timeout`], [`SendError::Rejected`]), or a fault of
+//! this one email, which no retry can fix ([`SendError::RecipientRefused`]: 550 5.1.1 and kin).
 
 mod pool;
 mod transport;
@@ -38,42 +39,66 @@ pub struct Mailer {
 pub enum SendError {
     #[error("the SMTP server did not answer within {0:?}")]
     Timeout(Duration),
+    /// No SMTP session (connection refused or reset), or a 4xx: the server says "try later".
     #[error("SMTP failure: {0}")]
     Transient(String),
     /// The server refused the recipient for good: the address, not the service, is the problem.
     #[error("the SMTP server refused the address: {0}")]
     RecipientRefused(String),
+    /// A 5xx that is not about the address: relay denied (554 5.7.1), authentication required or
+    /// refused (530, 535), a policy or a quota of our account. Permanent in the server's words,
+    /// but no other address would get through either, and it heals when the operator fixes the
+    /// account or the provider lifts the block: retried like an outage.
     #[error("the SMTP server rejected the email: {0}")]
-    Permanent(String),
+    Rejected(String),
+    /// The message could not be built (an address lettre cannot parse): no server will take it.
+    #[error("the email cannot be built: {0}")]
+    Unsendable(String),
 }
 
 impl SendError {
+    /// Everything but a fault of this one email: a refused address, or a message that cannot be
+    /// built. Faults of the server or of our account are retried until the link would expire.
     pub fn is_retryable(&self) -> bool {
-        matches!(self, SendError::Transient(_) | SendError::Timeout(_))
+        !matches!(
+            self,
+            SendError::RecipientRefused(_) | SendError::Unsendable(_)
+        )
     }
 
-    /// Sorts a permanent (5xx) rejection: about the recipient's address (enhanced status 5.1.x,
-    /// or without one, 501/550/551/553 as servers answer a bad RCPT TO), or about anything else
-    /// (policy, authentication, content), which is the operator's to fix.
+    /// Sorts a permanent (5xx) rejection: about the recipient's address, or about anything else.
     fn permanent(error: &lettre::transport::smtp::Error) -> SendError {
         let text = describe(error);
-        let enhanced = text.split_whitespace().find(|word| {
-            let parts: Vec<&str> = word.split('.').collect();
-            parts.len() == 3
-                && parts[0] == "5"
-                && parts[1..]
-                    .iter()
-                    .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
-        });
-        let recipient = match enhanced {
-            Some(code) => code.starts_with("5.1."),
-            None => matches!(error.status().map(u16::from), Some(501 | 550 | 551 | 553)),
-        };
-        if recipient {
+        if is_about_the_address(error.status().map(u16::from), &text) {
             SendError::RecipientRefused(text)
         } else {
-            SendError::Permanent(text)
+            SendError::Rejected(text)
         }
+    }
+}
+
+/// Does a 5xx reply reject the recipient's address itself? By the enhanced status code when the
+/// reply has one (RFC 3463): the destination address (5.1.1 bad mailbox, 5.1.2 bad domain,
+/// 5.1.3 bad syntax, 5.1.4 ambiguous, 5.1.6 moved, 5.1.10 null MX) or its mailbox (5.2.1
+/// disabled, 5.2.2 full). Not 5.1.0, which Postfix also uses for a refused *sender*, nor 5.1.7 and
+/// 5.1.8, which are about our sender address: those are the operator's to fix, and retried.
+/// Without an enhanced code, RFC 5321's mailbox replies to RCPT TO: 550, 551, 553.
+fn is_about_the_address(status: Option<u16>, text: &str) -> bool {
+    let enhanced = text.split_whitespace().find_map(|word| {
+        let parts: Vec<&str> = word.split('.').collect();
+        let numeric = parts
+            .iter()
+            .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()));
+        match parts[..] {
+            ["5", subject, detail] if numeric => Some((subject, detail)),
+            _ => None,
+        }
+    });
+    match enhanced {
+        Some(("1", detail)) => matches!(detail, "1" | "2" | "3" | "4" | "6" | "10"),
+        Some(("2", detail)) => matches!(detail, "1" | "2"),
+        Some(_) => false,
+        None => matches!(status, Some(550 | 551 | 553)),
     }
 }
 
@@ -312,6 +337,92 @@ mod tests {
             matches!(error, SendError::Timeout(t) if t == timeout),
             "{error}"
         );
+        assert!(error.is_retryable());
+    }
+
+    /// A mail server that answers RCPT TO with `rcpt_reply` and everything else with success,
+    /// for one connection: enough for lettre to produce the error a real server would cause.
+    async fn server_answering_rcpt_with(rcpt_reply: &'static str) -> u16 {
+        use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            let (stream, _) = listener.accept().await.unwrap();
+            let (reader, mut writer) = stream.into_split();
+            let mut lines = BufReader::new(reader).lines();
+            writer.write_all(b"220 scripted ESMTP\r\n").await.unwrap();
+            while let Ok(Some(line)) = lines.next_line().await {
+                let reply = match line.get(..4).map(str::to_ascii_uppercase).as_deref() {
+                    Some("RCPT") => rcpt_reply,
+                    Some("QUIT") => "221 bye",
+                    _ => "250 ok",
+                };
+                if writer
+                    .write_all(format!("{reply}\r\n").as_bytes())
+                    .await
+                    .is_err()
+                {
+                    break;
+                }
+            }
+        });
+        port
+    }
+
+    /// Real lettre errors from real replies, sorted: only a rejection of the address itself is
+    /// final; a fault of the server or of our account is retried.
+    #[tokio::test]
+    async fn only_a_rejection_of_the_address_fails_for_good() {
+        let cases = [
+            ("550 5.1.1 <ann@example.com>: mailbox unavailable", false),
+            ("553 5.1.3 bad recipient address syntax", false),
+            ("550 5.1.2 bad destination system", false),
+            ("556 5.1.10 recipient domain has a null MX", false),
+            ("550 5.2.1 mailbox disabled", false),
+            ("552 5.2.2 mailbox full", false),
+            ("550 no such user here", false),
+            ("554 5.7.1 <ann@example.com>: Relay access denied", true),
+            ("530 5.7.0 authentication required", true),
+            ("535 5.7.8 authentication credentials invalid", true),
+            (
+                "550 5.1.0 <no-reply@confirmd.localhost>: Sender address rejected",
+                true,
+            ),
+            ("553 5.1.8 sender domain does not exist", true),
+            ("550 5.7.26 unauthenticated email is not accepted", true),
+            ("554 transaction failed", true),
+            ("451 4.3.0 temporary failure", true),
+            ("450 4.2.1 mailbox busy, try later", true),
+        ];
+        for (reply, retryable) in cases {
+            let mut settings = Settings::defaults();
+            settings.smtp.port = server_answering_rcpt_with(reply).await;
+            let mailer = Mailer::new(&settings.smtp, settings.mail_from()).unwrap();
+            let error = mailer
+                .send(mailer.confirmation(&email(1)).unwrap())
+                .await
+                .unwrap_err();
+            assert_eq!(error.is_retryable(), retryable, "{reply}: {error:?}");
+            if !retryable {
+                assert!(matches!(error, SendError::RecipientRefused(_)), "{error:?}");
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn no_server_at_all_is_retried() {
+        let port = {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            listener.local_addr().unwrap().port()
+        };
+        let mut settings = Settings::defaults();
+        settings.smtp.port = port;
+        let mailer = Mailer::new(&settings.smtp, settings.mail_from()).unwrap();
+        let error = mailer
+            .send(mailer.confirmation(&email(1)).unwrap())
+            .await
+            .unwrap_err();
+        assert!(matches!(error, SendError::Transient(_)), "{error:?}");
         assert!(error.is_retryable());
     }
 }
