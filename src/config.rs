@@ -69,8 +69,11 @@ pub struct SmtpSettings {
     pub password: String,
     /// The longest one send may take, connection included, before it counts as failed.
     pub timeout_ms: u64,
-    /// How many SMTP connections the transport keeps open and reuses.
+    /// How many SMTP connections may be open at once, in use or idle for reuse.
     pub pool_size: u32,
+    /// How long a sync signup waits for one of the `pool_size` connections to be free before it
+    /// is answered 503 (its email then goes to the workers).
+    pub acquire_timeout_ms: u64,
 }
 
 impl std::fmt::Debug for SmtpSettings {
@@ -83,6 +86,7 @@ impl std::fmt::Debug for SmtpSettings {
             .field("username", &self.username)
             .field("timeout_ms", &self.timeout_ms)
             .field("pool_size", &self.pool_size)
+            .field("acquire_timeout_ms", &self.acquire_timeout_ms)
             .finish_non_exhaustive()
     }
 }
@@ -90,6 +94,9 @@ impl std::fmt::Debug for SmtpSettings {
 impl SmtpSettings {
     pub fn timeout(&self) -> Duration {
         Duration::from_millis(self.timeout_ms)
+    }
+    pub fn acquire_timeout(&self) -> Duration {
+        Duration::from_millis(self.acquire_timeout_ms)
     }
 }
 
@@ -264,6 +271,14 @@ impl Settings {
                 "must be longer than smtp.timeout_ms, or a slow send could be taken over and sent twice",
             ));
         }
+        // A sync signup's row is claimed before it waits for a connection, then sent.
+        if self.worker.lease_ms <= self.smtp.timeout_ms + self.smtp.acquire_timeout_ms {
+            return Err(invalid(
+                "worker.lease_ms",
+                "must be longer than smtp.timeout_ms + smtp.acquire_timeout_ms, or a sync send \
+                 that waited for a connection could be taken over and sent twice",
+            ));
+        }
         if self.worker.shutdown_timeout_ms <= self.smtp.timeout_ms {
             return Err(invalid(
                 "worker.shutdown_timeout_ms",
@@ -355,6 +370,11 @@ mod tests {
         settings.worker.retry_max_ms = settings.token.ttl_hours * 3_600_000;
         let err = settings.validated().unwrap_err().to_string();
         assert!(err.contains("worker.retry_max_ms"), "{err}");
+
+        let mut settings = Settings::defaults();
+        settings.worker.lease_ms = settings.smtp.timeout_ms + settings.smtp.acquire_timeout_ms;
+        let err = settings.validated().unwrap_err().to_string();
+        assert!(err.contains("smtp.acquire_timeout_ms"), "{err}");
 
         let mut settings = Settings::defaults();
         settings.worker.lease_ms = settings.smtp.timeout_ms;

@@ -5,7 +5,9 @@
 //! - **sync**: the request itself sends the email and answers only when the SMTP server has
 //!   accepted it. Its outbox row was written already claimed (state `sending`, with a lease), so
 //!   no worker sends it at the same time; if SMTP fails, the row goes back to the queue and a
-//!   worker delivers it later, while the caller gets a 502/504.
+//!   worker delivers it later, while the caller gets a 502/504. The request waits a bounded time
+//!   (`smtp.acquire_timeout_ms`) for one of the `smtp.pool_size` SMTP connections: if none comes
+//!   free, the row goes back to the queue the same way and the caller gets a 503.
 //! - **background**: the request puts the row's id on a bounded channel and answers at once. A
 //!   pool of workers ([`worker`]) takes ids off the channel, claims each row (so no two senders
 //!   ever hold it), sends, and marks it sent, or schedules a retry with exponential backoff
@@ -43,7 +45,7 @@ use crate::{
     clock,
     config::Settings,
     domain::{ConfirmationToken, DeliveryMode, SubscriberEmail, SubscriberName},
-    mail::{ConfirmationEmail, Mailer, SendError},
+    mail::{ConfirmationEmail, ConnectionPermit, Mailer, SendError},
     metrics::{EmailOutcome, Metrics},
     store::{Claim, NewSignup, OutboxId, Store, StoreError},
 };
@@ -72,6 +74,10 @@ pub(crate) struct Policy {
     resend_interval: Duration,
     /// Emails still to send beyond which signups are refused.
     max_backlog: u64,
+    /// How long a sync signup waits for a free SMTP connection.
+    acquire_timeout: Duration,
+    /// `smtp.timeout_ms`: once it has passed, every send that held a connection has ended.
+    send_timeout: Duration,
 }
 
 /// The delivery core: shared by the HTTP handlers, the workers and the sweeper.
@@ -122,6 +128,13 @@ pub enum SignupError {
     /// `worker.max_backlog` emails are already waiting to be sent (SMTP is down or slow).
     #[error("too many emails are waiting to be sent")]
     Backlogged { retry_after: Duration },
+    /// Sync mode: the signup is stored, but every SMTP connection stayed busy for
+    /// `smtp.acquire_timeout_ms`; its email went back to the queue, for the workers.
+    #[error("every SMTP connection is busy; the email is queued")]
+    SmtpBusy {
+        receipt: SignupReceipt,
+        retry_after: Duration,
+    },
     /// Sync mode: the signup is stored, but SMTP failed now; `will_retry` says whether its email
     /// went back to the queue (or failed for good: the address was refused).
     #[error("the signup is saved but its email could not be sent now: {error}")]
@@ -182,6 +195,8 @@ impl Delivery {
             sweep_interval: worker.sweep_interval(),
             resend_interval: settings.signup.resend_interval(),
             max_backlog: worker.max_backlog,
+            acquire_timeout: settings.smtp.acquire_timeout(),
+            send_timeout: settings.smtp.timeout(),
         };
         let delivery = Delivery {
             inner: Arc::new(Inner {
@@ -285,13 +300,18 @@ impl Delivery {
                 let (to, name) = (receipt.email.clone(), name.map(|n| n.as_str().to_owned()));
                 let started = Instant::now();
                 let send = async move {
+                    let wait = this.inner.policy.acquire_timeout;
+                    let Some(permit) = this.inner.mailer.connection_within(wait).await else {
+                        this.hand_back(claim).await?;
+                        return Ok(None);
+                    };
                     let email = ConfirmationEmail {
                         id: claim.id.0,
                         to_address: &to,
                         to_name: name.as_deref(),
                         link: &link,
                     };
-                    this.attempt(claim, &email, 1, now).await
+                    this.attempt(&permit, claim, &email, 1, now).await.map(Some)
                 };
                 let attempt = self
                     .inner
@@ -300,6 +320,12 @@ impl Delivery {
                     .await
                     .map_err(|e| SignupError::Internal(e.to_string()))??;
                 receipt.smtp_time = Some(started.elapsed());
+                let Some(attempt) = attempt else {
+                    return Err(SignupError::SmtpBusy {
+                        receipt,
+                        retry_after: policy.send_timeout,
+                    });
+                };
                 match attempt {
                     Attempt::Sent => {
                         receipt.state = "sent";
@@ -340,6 +366,19 @@ impl Delivery {
         }
     }
 
+    /// A sync signup found no free SMTP connection: its row, written claimed, goes back to the
+    /// queue due now, and to the workers, who wait for a connection as long as it takes. The
+    /// attempt the row was written with stays counted; its `last_error` says it was not tried.
+    async fn hand_back(&self, claim: Claim) -> Result<(), StoreError> {
+        let reason = "not tried at signup: every SMTP connection was busy; queued for the workers";
+        self.inner
+            .store
+            .mark_retry(claim, clock::now_ms(), reason)
+            .await?;
+        self.enqueue(claim.id);
+        Ok(())
+    }
+
     /// Called by a worker after taking a job: if rows are waiting outside a channel that is now
     /// half empty, wake the sweeper to refill it.
     fn took_job(&self) {
@@ -357,9 +396,11 @@ impl Delivery {
         format!("{}/confirm?token={token}", self.inner.policy.base_url)
     }
 
-    /// Sends a claimed row once and records the outcome: sent, retry later, or failed for good.
+    /// Sends a claimed row once, on the connection `permit` stands for, and records the outcome:
+    /// sent, retry later, or failed for good.
     async fn attempt(
         &self,
+        permit: &ConnectionPermit,
         claim: Claim,
         email: &ConfirmationEmail<'_>,
         attempts: i64,
@@ -367,7 +408,7 @@ impl Delivery {
     ) -> Result<Attempt, StoreError> {
         let started = Instant::now();
         let result = match self.inner.mailer.confirmation(email) {
-            Ok(message) => self.inner.mailer.send(message).await,
+            Ok(message) => self.inner.mailer.send_on(permit, message).await,
             Err(e) => Err(SendError::Unsendable(e.to_string())),
         };
         let took = started.elapsed();

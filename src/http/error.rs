@@ -263,6 +263,17 @@ impl From<SignupError> for Error {
                 detail: "Too many emails are waiting to be sent; try again shortly.".into(),
                 retry_after,
             },
+            SignupError::SmtpBusy {
+                receipt,
+                retry_after,
+            } => Error::RetryLater {
+                status: StatusCode::SERVICE_UNAVAILABLE,
+                detail: format!(
+                    "The signup is saved (id {}), but every connection to the mail server is busy; its confirmation email is queued and will be sent shortly. See /signups/{}.",
+                    receipt.user_id, receipt.user_id
+                ),
+                retry_after,
+            },
             SignupError::Store(e) => Error::Unavailable(e),
             SignupError::Internal(e) => Error::Internal(e.into()),
         }

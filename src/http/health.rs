@@ -47,7 +47,15 @@ async fn healthz() -> Json<Health> {
 )]
 async fn readyz(State(ctx): State<ApiContext>) -> Result<Json<Ready>, Error> {
     let delivery = &ctx.delivery;
-    let (database, smtp) = tokio::join!(delivery.store().ping(), delivery.mailer().ping());
+    let mailer = delivery.mailer();
+    let smtp = async {
+        match mailer.try_connection() {
+            Some(permit) => mailer.ping(&permit).await,
+            // Every connection is in use: the server is taking emails.
+            None => true,
+        }
+    };
+    let (database, smtp) = tokio::join!(delivery.store().ping(), smtp);
     let mut failing = Vec::new();
     if database.is_err() {
         failing.push("the database does not answer");

@@ -2,7 +2,10 @@
 //!
 //! [`Mailer`] builds messages with lettre and hands them to a [`Transport`]. In production that
 //! is [`SmtpTransport`]: lettre's SMTP client over a pool of open connections ([`pool`]), so
-//! that consecutive emails skip the TCP and SMTP handshakes. Errors are sorted into what the
+//! that consecutive emails skip the TCP and SMTP handshakes. At most `smtp.pool_size`
+//! connections are in use at once: every send holds a [`ConnectionPermit`], and a sender without
+//! one waits (a worker as long as it takes, a sync request a bounded time), so a burst of
+//! signups never opens more connections than a provider may allow. Errors are sorted into what the
 //! delivery code must decide on: a fault of the server or of our account, worth retrying
 //! ([`SendError::Transient`], [`SendError::Timeout`], [`SendError::Rejected`]), or a fault of
 //! this one email, which no retry can fix ([`SendError::RecipientRefused`]: 550 5.1.1 and kin).
@@ -11,6 +14,8 @@ mod pool;
 mod transport;
 
 use std::{sync::Arc, time::Duration};
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use lettre::{
     Message,
@@ -33,7 +38,16 @@ pub struct Mailer {
     /// Bounds a whole send, connection included, so a server that stops answering (or trickles
     /// bytes) cannot hold a worker or a sync request forever.
     timeout: Duration,
+    /// One permit per SMTP connection that may be in use: `smtp.pool_size`. The pool can only
+    /// open a connection for a sender holding a permit, and keeps no more idle ones than there
+    /// are permits, so this bounds the connections open at any moment.
+    connections: Arc<Semaphore>,
 }
+
+/// The right to use one SMTP connection, from [`Mailer::connection`]; given back when dropped.
+/// A worker takes it before it claims an email, so that waiting for a connection never eats into
+/// the claim's lease.
+pub struct ConnectionPermit(#[allow(dead_code)] OwnedSemaphorePermit);
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum SendError {
@@ -126,14 +140,14 @@ impl Mailer {
     /// The production mailer: SMTP as `settings` say.
     pub fn new(settings: &SmtpSettings, from: Mailbox) -> Result<Mailer, MailError> {
         let transport = SmtpTransport::new(settings)?;
-        Ok(Mailer::with_transport(
-            Arc::new(transport),
-            from,
-            settings.timeout(),
-        ))
+        Ok(
+            Mailer::with_transport(Arc::new(transport), from, settings.timeout())
+                .with_connection_limit(settings.pool_size as usize),
+        )
     }
 
-    /// A mailer that sends through `transport`, each send bounded by `timeout`.
+    /// A mailer that sends through `transport`, each send bounded by `timeout`, with no limit on
+    /// concurrent sends (a supplied transport bounds its own resources).
     pub fn with_transport(
         transport: Arc<dyn Transport>,
         from: Mailbox,
@@ -143,7 +157,38 @@ impl Mailer {
             transport,
             from,
             timeout,
+            connections: Arc::new(Semaphore::new(Semaphore::MAX_PERMITS)),
         }
+    }
+
+    /// At most `limit` sends (and so SMTP connections) at once.
+    pub fn with_connection_limit(mut self, limit: usize) -> Mailer {
+        self.connections = Arc::new(Semaphore::new(limit));
+        self
+    }
+
+    /// Waits until a connection is free, however long that takes: for workers, which have
+    /// nothing better to do.
+    pub async fn connection(&self) -> ConnectionPermit {
+        let permit = Arc::clone(&self.connections)
+            .acquire_owned()
+            .await
+            .expect("the semaphore is never closed");
+        ConnectionPermit(permit)
+    }
+
+    /// Waits at most `wait` for a free connection: for a sync request, which has a client
+    /// waiting. `None` if every connection stayed busy.
+    pub async fn connection_within(&self, wait: Duration) -> Option<ConnectionPermit> {
+        tokio::time::timeout(wait, self.connection()).await.ok()
+    }
+
+    /// A free connection right now, if there is one.
+    pub fn try_connection(&self) -> Option<ConnectionPermit> {
+        Arc::clone(&self.connections)
+            .try_acquire_owned()
+            .ok()
+            .map(ConnectionPermit)
     }
 
     /// Builds the multipart (text + HTML) confirmation message.
@@ -176,8 +221,18 @@ impl Mailer {
             .multipart(MultiPart::alternative_plain_html(text, html))?)
     }
 
-    /// Sends one message, within the configured timeout.
+    /// Sends one message, within the configured timeout, once a connection is free.
     pub async fn send(&self, message: Message) -> Result<(), SendError> {
+        let permit = self.connection().await;
+        self.send_on(&permit, message).await
+    }
+
+    /// Sends one message on the connection `_permit` stands for, within the configured timeout.
+    pub async fn send_on(
+        &self,
+        _permit: &ConnectionPermit,
+        message: Message,
+    ) -> Result<(), SendError> {
         let bytes = message.formatted();
         let sending = self.transport.send(message.envelope(), &bytes);
         match tokio::time::timeout(self.timeout, sending).await {
@@ -186,8 +241,9 @@ impl Mailer {
         }
     }
 
-    /// Does the mail server answer? Over SMTP: opens a connection and says EHLO; for `/readyz`.
-    pub async fn ping(&self) -> bool {
+    /// Does the mail server answer? Over SMTP: opens a connection and says EHLO. The caller
+    /// holds `_permit`, so the check too stays within `smtp.pool_size`.
+    pub async fn ping(&self, _permit: &ConnectionPermit) -> bool {
         matches!(
             tokio::time::timeout(self.timeout, self.transport.ping()).await,
             Ok(true)
@@ -311,7 +367,7 @@ mod tests {
         );
         let message = mailer.confirmation(&email(42)).unwrap();
         mailer.send(message).await.unwrap();
-        assert!(mailer.ping().await);
+        assert!(mailer.ping(&mailer.connection().await).await);
 
         let sent = transport.sent.lock().unwrap();
         let [(to, bytes)] = sent.as_slice() else {

@@ -285,3 +285,67 @@ async fn a_send_that_hangs_times_out_and_does_not_stall_the_worker() {
     app.wait_for_delivery_state(&next, "sent").await;
     app.wait_for_delivery_state(&stuck, "sent").await;
 }
+
+/// A burst of sync signups against a slow server: never more than `smtp.pool_size` connections
+/// at once. A request that finds none free within `smtp.acquire_timeout_ms` gets 503 with
+/// Retry-After, and its email, already stored, is delivered by the workers.
+#[tokio::test(flavor = "multi_thread")]
+async fn sync_signups_never_open_more_smtp_connections_than_the_pool_allows() {
+    let app = spawn_app().await;
+    let defaults = confirmd::Settings::defaults();
+    assert_eq!(app.settings.smtp.pool_size, defaults.smtp.pool_size);
+    assert_eq!(
+        app.settings.smtp.acquire_timeout_ms,
+        defaults.smtp.acquire_timeout_ms
+    );
+    let pool_size = app.settings.smtp.pool_size as usize;
+    app.smtp()
+        .set_behaviour(Behaviour::Delay(Duration::from_millis(100)));
+
+    let signups = 200;
+    let answers = futures_util::future::join_all((0..signups).map(|i| {
+        let app = &app;
+        async move {
+            let response = app.signup(&format!("user{i}@example.com"), "sync").await;
+            let status = response.status();
+            let retry_after = response.headers().get("retry-after").cloned();
+            let body: Value = response.json().await.unwrap();
+            (status, retry_after, body)
+        }
+    }))
+    .await;
+
+    let mut created = 0;
+    let mut busy = 0;
+    for (status, retry_after, body) in &answers {
+        match *status {
+            StatusCode::CREATED => created += 1,
+            StatusCode::SERVICE_UNAVAILABLE => {
+                assert!(retry_after.is_some(), "503 without Retry-After: {body}");
+                assert!(body["detail"].as_str().unwrap().contains("busy"), "{body}");
+                busy += 1;
+            }
+            other => panic!("{other}: {body}"),
+        }
+    }
+    assert!(created >= pool_size, "{created} created");
+    let mail = app
+        .smtp()
+        .wait_for_mail(signups, Duration::from_secs(60))
+        .await;
+    let mut delivered: Vec<String> = mail.iter().flat_map(|m| m.to.clone()).collect();
+    delivered.sort();
+    delivered.dedup();
+    assert_eq!(
+        delivered.len(),
+        signups,
+        "every signup's email, once refused or not"
+    );
+    let most = app.smtp().most_connections_at_once();
+    println!(
+        "{signups} sync signups: {created} created, {busy} busy (503); at most {most} SMTP \
+         connections at once (pool_size {pool_size}); {} messages for {signups} addresses",
+        mail.len()
+    );
+    assert!(most <= pool_size, "{most} connections at once");
+}
