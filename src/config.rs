@@ -74,6 +74,9 @@ pub struct SmtpSettings {
     /// How long a sync signup waits for one of the `pool_size` connections to be free before it
     /// is answered 503 (its email then goes to the workers).
     pub acquire_timeout_ms: u64,
+    /// How often a background task checks that the SMTP server answers (`/healthz`, the
+    /// `confirmd_smtp_up` gauge). Never part of readiness.
+    pub check_interval_ms: u64,
 }
 
 impl std::fmt::Debug for SmtpSettings {
@@ -87,6 +90,7 @@ impl std::fmt::Debug for SmtpSettings {
             .field("timeout_ms", &self.timeout_ms)
             .field("pool_size", &self.pool_size)
             .field("acquire_timeout_ms", &self.acquire_timeout_ms)
+            .field("check_interval_ms", &self.check_interval_ms)
             .finish_non_exhaustive()
     }
 }
@@ -97,6 +101,9 @@ impl SmtpSettings {
     }
     pub fn acquire_timeout(&self) -> Duration {
         Duration::from_millis(self.acquire_timeout_ms)
+    }
+    pub fn check_interval(&self) -> Duration {
+        Duration::from_millis(self.check_interval_ms)
     }
 }
 
@@ -235,8 +242,9 @@ impl Settings {
                 "must be set together with smtp.username",
             ));
         }
-        let positive: [(&'static str, u64); 9] = [
+        let positive: [(&'static str, u64); 10] = [
             ("smtp.timeout_ms", self.smtp.timeout_ms),
+            ("smtp.check_interval_ms", self.smtp.check_interval_ms),
             ("smtp.pool_size", self.smtp.pool_size.into()),
             (
                 "database.max_connections",

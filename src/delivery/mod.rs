@@ -22,6 +22,7 @@
 
 mod backlog;
 mod retry;
+mod smtp_check;
 mod sweeper;
 mod worker;
 
@@ -40,6 +41,7 @@ use tracing::{Instrument, debug, info_span, warn};
 use backlog::Backlog;
 pub use retry::Backoff;
 use retry::{AfterFailure, RetryPolicy};
+pub use smtp_check::SmtpStatus;
 
 use crate::{
     clock,
@@ -78,6 +80,8 @@ pub(crate) struct Policy {
     acquire_timeout: Duration,
     /// `smtp.timeout_ms`: once it has passed, every send that held a connection has ended.
     send_timeout: Duration,
+    /// How often the background check asks the SMTP server whether it answers.
+    smtp_check_interval: Duration,
 }
 
 /// The delivery core: shared by the HTTP handlers, the workers and the sweeper.
@@ -102,6 +106,8 @@ struct Inner {
     /// channel drains at the workers' pace instead of one channel-full per sweep interval.
     overflowed: AtomicBool,
     refill: Notify,
+    /// What the background SMTP check last found.
+    smtp: smtp_check::LastStatus,
 }
 
 /// A committed signup and what became of its email so far.
@@ -197,6 +203,7 @@ impl Delivery {
             max_backlog: worker.max_backlog,
             acquire_timeout: settings.smtp.acquire_timeout(),
             send_timeout: settings.smtp.timeout(),
+            smtp_check_interval: settings.smtp.check_interval(),
         };
         let delivery = Delivery {
             inner: Arc::new(Inner {
@@ -209,6 +216,7 @@ impl Delivery {
                 backlog: Backlog::default(),
                 overflowed: AtomicBool::new(false),
                 refill: Notify::new(),
+                smtp: smtp_check::LastStatus::default(),
             }),
         };
         worker::spawn_pool(
@@ -218,6 +226,7 @@ impl Delivery {
             shutdown.clone(),
             &tasks,
         );
+        tasks.spawn(smtp_check::run(delivery.clone(), shutdown.clone()));
         tasks.spawn(sweeper::run(delivery.clone(), shutdown));
         delivery
     }
@@ -232,6 +241,11 @@ impl Delivery {
 
     pub fn metrics(&self) -> &Metrics {
         &self.inner.metrics
+    }
+
+    /// Whether the SMTP server answered the last background check.
+    pub fn smtp_status(&self) -> SmtpStatus {
+        self.inner.smtp.get()
     }
 
     /// Stores a signup and delivers its email in the requested mode.
