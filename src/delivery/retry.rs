@@ -173,6 +173,11 @@ mod tests {
             assert!(last >= lifetime - cap, "gave up at {last:?}, too early");
             // No gap longer than the cap: an email waits at most one cap once SMTP is back.
             assert!(attempts_at.windows(2).all(|w| w[1] - w[0] <= cap));
+            println!(
+                "{} attempts, the last {:?} after the signup",
+                attempts_at.len(),
+                last
+            );
             // Far more attempts than the old limit of 8, yet not a flood: ~105 to ~200.
             assert!(
                 (100..=210).contains(&attempts_at.len()),
