@@ -55,8 +55,9 @@ pub enum OutboxCommand {
     /// Counts by state, how long the oldest queued email has waited, and the failed emails with
     /// their last error (the default).
     Status,
-    /// Put failed emails back in the queue, due now and with a fresh set of `worker.max_attempts`
-    /// attempts. A running service sends them at its next sweep. Only failed emails of addresses
+    /// Put failed emails back in the queue, due now, their attempts counted from zero. A running
+    /// service sends them at its next sweep; one that fails again is retried while its link's
+    /// lifetime (`token.ttl_hours` from the signup) lasts, so an older one gets one attempt. Only failed emails of addresses
     /// still pending are touched; any other id is reported and left alone (exit status 2).
     Retry {
         /// Outbox ids, as `confirmd outbox` lists them.

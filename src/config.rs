@@ -69,8 +69,14 @@ pub struct SmtpSettings {
     pub password: String,
     /// The longest one send may take, connection included, before it counts as failed.
     pub timeout_ms: u64,
-    /// How many SMTP connections the transport keeps open and reuses.
+    /// How many SMTP connections may be open at once, in use or idle for reuse.
     pub pool_size: u32,
+    /// How long a sync signup waits for one of the `pool_size` connections to be free before it
+    /// is answered 503 (its email then goes to the workers).
+    pub acquire_timeout_ms: u64,
+    /// How often a background task checks that the SMTP server answers (`/healthz`, the
+    /// `confirmd_smtp_up` gauge). Never part of readiness.
+    pub check_interval_ms: u64,
 }
 
 impl std::fmt::Debug for SmtpSettings {
@@ -83,6 +89,8 @@ impl std::fmt::Debug for SmtpSettings {
             .field("username", &self.username)
             .field("timeout_ms", &self.timeout_ms)
             .field("pool_size", &self.pool_size)
+            .field("acquire_timeout_ms", &self.acquire_timeout_ms)
+            .field("check_interval_ms", &self.check_interval_ms)
             .finish_non_exhaustive()
     }
 }
@@ -90,6 +98,12 @@ impl std::fmt::Debug for SmtpSettings {
 impl SmtpSettings {
     pub fn timeout(&self) -> Duration {
         Duration::from_millis(self.timeout_ms)
+    }
+    pub fn acquire_timeout(&self) -> Duration {
+        Duration::from_millis(self.acquire_timeout_ms)
+    }
+    pub fn check_interval(&self) -> Duration {
+        Duration::from_millis(self.check_interval_ms)
     }
 }
 
@@ -132,6 +146,7 @@ impl SignupSettings {
 pub struct WorkerSettings {
     pub concurrency: usize,
     pub queue_capacity: usize,
+    /// 0: retry until the link would have expired; see [`WorkerSettings::max_attempts`].
     pub max_attempts: u32,
     pub retry_base_ms: u64,
     pub retry_max_ms: u64,
@@ -229,6 +244,7 @@ impl Settings {
         }
         let positive: [(&'static str, u64); 10] = [
             ("smtp.timeout_ms", self.smtp.timeout_ms),
+            ("smtp.check_interval_ms", self.smtp.check_interval_ms),
             ("smtp.pool_size", self.smtp.pool_size.into()),
             (
                 "database.max_connections",
@@ -236,7 +252,6 @@ impl Settings {
             ),
             ("worker.concurrency", self.worker.concurrency as u64),
             ("worker.queue_capacity", self.worker.queue_capacity as u64),
-            ("worker.max_attempts", self.worker.max_attempts.into()),
             ("worker.retry_base_ms", self.worker.retry_base_ms),
             ("worker.sweep_interval_ms", self.worker.sweep_interval_ms),
             ("token.ttl_hours", self.token.ttl_hours),
@@ -251,10 +266,25 @@ impl Settings {
                 "must be at least worker.retry_base_ms",
             ));
         }
+        if Duration::from_millis(self.worker.retry_max_ms) >= self.token.ttl() {
+            return Err(invalid(
+                "worker.retry_max_ms",
+                "must be shorter than token.ttl_hours, or an email could fail for good at its first \
+                 failure, its first retry falling after its link's expiry",
+            ));
+        }
         if self.worker.lease_ms <= self.smtp.timeout_ms {
             return Err(invalid(
                 "worker.lease_ms",
                 "must be longer than smtp.timeout_ms, or a slow send could be taken over and sent twice",
+            ));
+        }
+        // A sync signup's row is claimed before it waits for a connection, then sent.
+        if self.worker.lease_ms <= self.smtp.timeout_ms + self.smtp.acquire_timeout_ms {
+            return Err(invalid(
+                "worker.lease_ms",
+                "must be longer than smtp.timeout_ms + smtp.acquire_timeout_ms, or a sync send \
+                 that waited for a connection could be taken over and sent twice",
             ));
         }
         if self.worker.shutdown_timeout_ms <= self.smtp.timeout_ms {
@@ -275,6 +305,11 @@ impl Settings {
 }
 
 impl WorkerSettings {
+    /// The attempt limit, if the operator set one; without one an email is retried until its
+    /// link would have expired.
+    pub fn max_attempts(&self) -> Option<u32> {
+        (self.max_attempts > 0).then_some(self.max_attempts)
+    }
     pub fn retry_base(&self) -> Duration {
         Duration::from_millis(self.retry_base_ms)
     }
@@ -338,6 +373,16 @@ mod tests {
                 .to_string()
                 .contains("worker.shutdown_timeout_ms")
         );
+
+        let mut settings = Settings::defaults();
+        settings.worker.retry_max_ms = settings.token.ttl_hours * 3_600_000;
+        let err = settings.validated().unwrap_err().to_string();
+        assert!(err.contains("worker.retry_max_ms"), "{err}");
+
+        let mut settings = Settings::defaults();
+        settings.worker.lease_ms = settings.smtp.timeout_ms + settings.smtp.acquire_timeout_ms;
+        let err = settings.validated().unwrap_err().to_string();
+        assert!(err.contains("smtp.acquire_timeout_ms"), "{err}");
 
         let mut settings = Settings::defaults();
         settings.worker.lease_ms = settings.smtp.timeout_ms;

@@ -9,13 +9,15 @@
 //! - `confirmd_queue_wait_seconds`: background mode, from the commit to a worker picking it up;
 //! - `confirmd_signup_group_size`: for each signup, how many were committed in its transaction
 //!   (see the group-commit writer in `store`);
-//! - `confirmd_outbox_emails{state}`: outbox rows by state, counted when scraped.
+//! - `confirmd_outbox_emails{state}`: outbox rows by state, counted when scraped;
+//! - `confirmd_smtp_up`: 1 if the SMTP server answered the last background check, 0 if not (and
+//!   until the first check has answered).
 
 use std::time::Duration;
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry,
-    TextEncoder, exponential_buckets,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder, exponential_buckets,
 };
 
 use crate::store::OutboxCounts;
@@ -31,6 +33,7 @@ pub struct Metrics {
     queue_wait: HistogramVec,
     signup_group: Histogram,
     outbox: IntGaugeVec,
+    smtp_up: IntGauge,
 }
 
 /// How an attempt to send one email ended, for `confirmd_emails_total`.
@@ -88,6 +91,11 @@ impl Metrics {
                 &["state"],
             )
             .expect("valid gauge"),
+            smtp_up: IntGauge::new(
+                "confirmd_smtp_up",
+                "1 if the SMTP server answered the last background check, else 0",
+            )
+            .expect("valid gauge"),
         };
         for collector in [
             Box::new(metrics.http_requests.clone()) as Box<dyn prometheus::core::Collector>,
@@ -96,6 +104,7 @@ impl Metrics {
             Box::new(metrics.queue_wait.clone()),
             Box::new(metrics.signup_group.clone()),
             Box::new(metrics.outbox.clone()),
+            Box::new(metrics.smtp_up.clone()),
         ] {
             metrics
                 .registry
@@ -144,6 +153,10 @@ impl Metrics {
         self.queue_wait
             .with_label_values(&[] as &[&str])
             .observe(waited.as_secs_f64());
+    }
+
+    pub fn set_smtp_up(&self, up: bool) {
+        self.smtp_up.set(i64::from(up));
     }
 
     pub fn observe_signup_group(&self, size: usize) {

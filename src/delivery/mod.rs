@@ -5,10 +5,14 @@
 //! - **sync**: the request itself sends the email and answers only when the SMTP server has
 //!   accepted it. Its outbox row was written already claimed (state `sending`, with a lease), so
 //!   no worker sends it at the same time; if SMTP fails, the row goes back to the queue and a
-//!   worker delivers it later, while the caller gets a 502/504.
+//!   worker delivers it later, while the caller gets a 502/504. The request waits a bounded time
+//!   (`smtp.acquire_timeout_ms`) for one of the `smtp.pool_size` SMTP connections: if none comes
+//!   free, the row goes back to the queue the same way and the caller gets a 503.
 //! - **background**: the request puts the row's id on a bounded channel and answers at once. A
 //!   pool of workers ([`worker`]) takes ids off the channel, claims each row (so no two senders
-//!   ever hold it), sends, and marks it sent, or schedules a retry with exponential backoff.
+//!   ever hold it), sends, and marks it sent, or schedules a retry with exponential backoff
+//!   ([`retry`]): for as long as the link in the email would be valid, so an SMTP outage of
+//!   hours delays emails but fails none.
 //!
 //! The channel is only a wake-up call: the outbox table is the queue. If the channel is full,
 //! or the process dies with ids in it, nothing is lost: the [`sweeper`] finds due rows in the
@@ -18,6 +22,7 @@
 
 mod backlog;
 mod retry;
+mod smtp_check;
 mod sweeper;
 mod worker;
 
@@ -35,12 +40,14 @@ use tracing::{Instrument, debug, info_span, warn};
 
 use backlog::Backlog;
 pub use retry::Backoff;
+use retry::{AfterFailure, RetryPolicy};
+pub use smtp_check::SmtpStatus;
 
 use crate::{
     clock,
     config::Settings,
     domain::{ConfirmationToken, DeliveryMode, SubscriberEmail, SubscriberName},
-    mail::{ConfirmationEmail, Mailer, SendError},
+    mail::{ConfirmationEmail, ConnectionPermit, Mailer, SendError},
     metrics::{EmailOutcome, Metrics},
     store::{Claim, NewSignup, OutboxId, Store, StoreError},
 };
@@ -62,14 +69,19 @@ pub(crate) struct Policy {
     token_ttl: Duration,
     /// How long a claimed email belongs to its sender before the sweeper may take it back.
     lease: Duration,
-    backoff: Backoff,
-    /// Attempts before an email that keeps failing is `failed`.
-    max_attempts: u32,
+    /// When a failed email is tried again, and when it is given up.
+    retry: RetryPolicy,
     sweep_interval: Duration,
     /// Least time between two emails to one pending address.
     resend_interval: Duration,
-    /// Waiting emails beyond which background signups are refused.
+    /// Emails still to send beyond which signups are refused.
     max_backlog: u64,
+    /// How long a sync signup waits for a free SMTP connection.
+    acquire_timeout: Duration,
+    /// `smtp.timeout_ms`: once it has passed, every send that held a connection has ended.
+    send_timeout: Duration,
+    /// How often the background check asks the SMTP server whether it answers.
+    smtp_check_interval: Duration,
 }
 
 /// The delivery core: shared by the HTTP handlers, the workers and the sweeper.
@@ -94,6 +106,8 @@ struct Inner {
     /// channel drains at the workers' pace instead of one channel-full per sweep interval.
     overflowed: AtomicBool,
     refill: Notify,
+    /// What the background SMTP check last found.
+    smtp: smtp_check::LastStatus,
 }
 
 /// A committed signup and what became of its email so far.
@@ -117,11 +131,18 @@ pub enum SignupError {
     /// The address was sent an email less than `signup.resend_interval_s` ago.
     #[error("an email was sent to this address moments ago")]
     TooSoon { retry_after: Duration },
-    /// Background mode: `worker.max_backlog` emails are already waiting (SMTP is down or slow).
+    /// `worker.max_backlog` emails are already waiting to be sent (SMTP is down or slow).
     #[error("too many emails are waiting to be sent")]
     Backlogged { retry_after: Duration },
+    /// Sync mode: the signup is stored, but every SMTP connection stayed busy for
+    /// `smtp.acquire_timeout_ms`; its email went back to the queue, for the workers.
+    #[error("every SMTP connection is busy; the email is queued")]
+    SmtpBusy {
+        receipt: SignupReceipt,
+        retry_after: Duration,
+    },
     /// Sync mode: the signup is stored, but SMTP failed now; `will_retry` says whether its email
-    /// went back to the queue (or failed for good: a permanent rejection, or out of attempts).
+    /// went back to the queue (or failed for good: the address was refused).
     #[error("the signup is saved but its email could not be sent now: {error}")]
     SendFailed {
         receipt: SignupReceipt,
@@ -172,11 +193,17 @@ impl Delivery {
             base_url: settings.app.base_url.clone(),
             token_ttl: settings.token.ttl(),
             lease: worker.lease(),
-            backoff: Backoff::new(worker.retry_base(), worker.retry_max()),
-            max_attempts: worker.max_attempts,
+            retry: RetryPolicy {
+                backoff: Backoff::new(worker.retry_base(), worker.retry_max()),
+                link_lifetime: settings.token.ttl(),
+                max_attempts: worker.max_attempts(),
+            },
             sweep_interval: worker.sweep_interval(),
             resend_interval: settings.signup.resend_interval(),
             max_backlog: worker.max_backlog,
+            acquire_timeout: settings.smtp.acquire_timeout(),
+            send_timeout: settings.smtp.timeout(),
+            smtp_check_interval: settings.smtp.check_interval(),
         };
         let delivery = Delivery {
             inner: Arc::new(Inner {
@@ -189,6 +216,7 @@ impl Delivery {
                 backlog: Backlog::default(),
                 overflowed: AtomicBool::new(false),
                 refill: Notify::new(),
+                smtp: smtp_check::LastStatus::default(),
             }),
         };
         worker::spawn_pool(
@@ -198,6 +226,7 @@ impl Delivery {
             shutdown.clone(),
             &tasks,
         );
+        tasks.spawn(smtp_check::run(delivery.clone(), shutdown.clone()));
         tasks.spawn(sweeper::run(delivery.clone(), shutdown));
         delivery
     }
@@ -214,6 +243,11 @@ impl Delivery {
         &self.inner.metrics
     }
 
+    /// Whether the SMTP server answered the last background check.
+    pub fn smtp_status(&self) -> SmtpStatus {
+        self.inner.smtp.get()
+    }
+
     /// Stores a signup and delivers its email in the requested mode.
     pub async fn signup(
         &self,
@@ -223,7 +257,8 @@ impl Delivery {
         request_id: Option<&str>,
     ) -> Result<SignupReceipt, SignupError> {
         let policy = &self.inner.policy;
-        if mode == DeliveryMode::Background && self.inner.backlog.estimate() >= policy.max_backlog {
+        // Both modes: a sync signup whose send fails leaves an email waiting too.
+        if self.inner.backlog.estimate() >= policy.max_backlog {
             return Err(SignupError::Backlogged {
                 retry_after: policy.sweep_interval,
             });
@@ -262,9 +297,10 @@ impl Delivery {
             smtp_time: None,
         };
 
+        // Until the next recount, even a sync email sent at once counts: the cap errs high.
+        self.inner.backlog.accepted();
         match mode {
             DeliveryMode::Background => {
-                self.inner.backlog.accepted();
                 self.enqueue(stored.outbox_id);
                 Ok(receipt)
             }
@@ -278,13 +314,18 @@ impl Delivery {
                 let (to, name) = (receipt.email.clone(), name.map(|n| n.as_str().to_owned()));
                 let started = Instant::now();
                 let send = async move {
+                    let wait = this.inner.policy.acquire_timeout;
+                    let Some(permit) = this.inner.mailer.connection_within(wait).await else {
+                        this.hand_back(claim).await?;
+                        return Ok(None);
+                    };
                     let email = ConfirmationEmail {
                         id: claim.id.0,
                         to_address: &to,
                         to_name: name.as_deref(),
                         link: &link,
                     };
-                    this.attempt(claim, &email, 1).await
+                    this.attempt(&permit, claim, &email, 1, now).await.map(Some)
                 };
                 let attempt = self
                     .inner
@@ -293,6 +334,12 @@ impl Delivery {
                     .await
                     .map_err(|e| SignupError::Internal(e.to_string()))??;
                 receipt.smtp_time = Some(started.elapsed());
+                let Some(attempt) = attempt else {
+                    return Err(SignupError::SmtpBusy {
+                        receipt,
+                        retry_after: policy.send_timeout,
+                    });
+                };
                 match attempt {
                     Attempt::Sent => {
                         receipt.state = "sent";
@@ -333,6 +380,19 @@ impl Delivery {
         }
     }
 
+    /// A sync signup found no free SMTP connection: its row, written claimed, goes back to the
+    /// queue due now, and to the workers, who wait for a connection as long as it takes. The
+    /// attempt the row was written with stays counted; its `last_error` says it was not tried.
+    async fn hand_back(&self, claim: Claim) -> Result<(), StoreError> {
+        let reason = "not tried at signup: every SMTP connection was busy; queued for the workers";
+        self.inner
+            .store
+            .mark_retry(claim, clock::now_ms(), reason)
+            .await?;
+        self.enqueue(claim.id);
+        Ok(())
+    }
+
     /// Called by a worker after taking a job: if rows are waiting outside a channel that is now
     /// half empty, wake the sweeper to refill it.
     fn took_job(&self) {
@@ -350,20 +410,23 @@ impl Delivery {
         format!("{}/confirm?token={token}", self.inner.policy.base_url)
     }
 
-    /// Sends a claimed row once and records the outcome: sent, retry later, or failed for good.
+    /// Sends a claimed row once, on the connection `permit` stands for, and records the outcome:
+    /// sent, retry later, or failed for good.
     async fn attempt(
         &self,
+        permit: &ConnectionPermit,
         claim: Claim,
         email: &ConfirmationEmail<'_>,
         attempts: i64,
+        created_at: i64,
     ) -> Result<Attempt, StoreError> {
         let started = Instant::now();
         let result = match self.inner.mailer.confirmation(email) {
-            Ok(message) => self.inner.mailer.send(message).await,
-            Err(e) => Err(SendError::Permanent(e.to_string())),
+            Ok(message) => self.inner.mailer.send_on(permit, message).await,
+            Err(e) => Err(SendError::Unsendable(e.to_string())),
         };
         let took = started.elapsed();
-        let attempt = self.record(claim, attempts, result).await?;
+        let attempt = self.record(claim, attempts, created_at, result).await?;
         let outcome = match &attempt {
             Attempt::Sent => EmailOutcome::Sent,
             Attempt::Retrying { .. } => EmailOutcome::Retried,
@@ -373,11 +436,13 @@ impl Delivery {
         Ok(attempt)
     }
 
-    /// Writes what a send came to: sent, due again after a backoff, or failed for good.
+    /// Writes what a send came to: sent, due again after a backoff, or failed for good. The
+    /// `attempts`-th attempt at an email signed up at `created_at` (Unix ms).
     async fn record(
         &self,
         claim: Claim,
         attempts: i64,
+        created_at: i64,
         result: Result<(), SendError>,
     ) -> Result<Attempt, StoreError> {
         let store = &self.inner.store;
@@ -392,21 +457,47 @@ impl Delivery {
             }
             Err(error) => error,
         };
-        let out_of_attempts = attempts >= i64::from(policy.max_attempts);
-        if !error.is_retryable() || out_of_attempts {
-            let reason = if error.is_retryable() {
-                let plural = if attempts == 1 { "" } else { "s" };
-                format!("gave up after {attempts} attempt{plural}: {error}")
-            } else {
-                error.to_string()
-            };
-            store.mark_failed(claim, &reason).await?;
+        if !error.is_retryable() {
+            store.mark_failed(claim, &error.to_string()).await?;
             return Ok(Attempt::Failed { error });
         }
-        let after = policy.backoff.delay(attempts);
+        let now = clock::now_ms();
+        let age = Duration::from_millis(u64::try_from(now - created_at).unwrap_or(0));
+        let plural = if attempts == 1 { "" } else { "s" };
+        let after = match policy.retry.after_failure(attempts, age) {
+            AfterFailure::RetryIn(after) => after,
+            AfterFailure::LinkExpires => {
+                let reason = format!(
+                    "gave up after {attempts} attempt{plural} over {}: its link expires before the next: {error}",
+                    humantime(age)
+                );
+                store.mark_failed(claim, &reason).await?;
+                return Ok(Attempt::Failed { error });
+            }
+            AfterFailure::OutOfAttempts => {
+                let reason = format!("gave up after {attempts} attempt{plural}: {error}");
+                store.mark_failed(claim, &reason).await?;
+                return Ok(Attempt::Failed { error });
+            }
+        };
         store
-            .mark_retry(claim, clock::ms_from_now(after), &error.to_string())
+            .mark_retry(
+                claim,
+                now + i64::try_from(after.as_millis()).unwrap_or(i64::MAX),
+                &error.to_string(),
+            )
             .await?;
         Ok(Attempt::Retrying { after, error })
+    }
+}
+
+/// A duration for a person: "23h 52m", "4m 10s", "850ms".
+fn humantime(d: Duration) -> String {
+    let secs = d.as_secs();
+    match secs {
+        0 => format!("{}ms", d.as_millis()),
+        1..60 => format!("{secs}s"),
+        60..3600 => format!("{}m {}s", secs / 60, secs % 60),
+        _ => format!("{}h {}m", secs / 3600, secs % 3600 / 60),
     }
 }

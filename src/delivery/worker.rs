@@ -1,6 +1,7 @@
 //! The worker pool: `concurrency` tokio tasks sharing one channel receiver.
 //!
-//! Each worker is one of the "waiters" of the README: it takes an id, claims the row, waits on
+//! Each worker is one of the "waiters" of the README: it takes an id, waits for a free SMTP
+//! connection (`smtp.pool_size` in all, shared with sync signups), claims the row, waits on
 //! the SMTP server, records the outcome and takes the next. While one waits on the network the
 //! others run; that is concurrency on a handful of threads, not one thread per email.
 
@@ -71,6 +72,8 @@ async fn deliver(delivery: &Delivery, job: Job) {
         outcome = field::Empty,
     );
     async {
+        // A connection first, the claim second: the lease starts only once the send can.
+        let permit = delivery.mailer().connection().await;
         let store = delivery.store();
         let now = clock::now_ms();
         let claimed = match store.claim(job.id, now, clock::ms_from_now(delivery.inner.policy.lease)).await {
@@ -96,7 +99,7 @@ async fn deliver(delivery: &Delivery, job: Job) {
         };
         let sending = Instant::now();
         let attempt = delivery
-            .attempt(claimed.claim, &email, claimed.attempts)
+            .attempt(&permit, claimed.claim, &email, claimed.attempts, claimed.created_at)
             .await;
         span.record("send_ms", millis(sending.elapsed()));
         // Commit → SMTP accepted, the figure background mode is judged by.

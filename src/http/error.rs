@@ -231,7 +231,8 @@ impl From<SignupError> for Error {
                 let status = match error {
                     SendError::RecipientRefused(_) => StatusCode::UNPROCESSABLE_ENTITY,
                     SendError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
-                    SendError::Transient(_) | SendError::Permanent(_) => StatusCode::BAD_GATEWAY,
+                    SendError::Transient(_) | SendError::Rejected(_) => StatusCode::BAD_GATEWAY,
+                    SendError::Unsendable(_) => StatusCode::INTERNAL_SERVER_ERROR,
                 };
                 let detail = match (&error, will_retry) {
                     (SendError::RecipientRefused(_), _) => format!(
@@ -260,6 +261,17 @@ impl From<SignupError> for Error {
             SignupError::Backlogged { retry_after } => Error::RetryLater {
                 status: StatusCode::SERVICE_UNAVAILABLE,
                 detail: "Too many emails are waiting to be sent; try again shortly.".into(),
+                retry_after,
+            },
+            SignupError::SmtpBusy {
+                receipt,
+                retry_after,
+            } => Error::RetryLater {
+                status: StatusCode::SERVICE_UNAVAILABLE,
+                detail: format!(
+                    "The signup is saved (id {}), but every connection to the mail server is busy; its confirmation email is queued and will be sent shortly. See /signups/{}.",
+                    receipt.user_id, receipt.user_id
+                ),
                 retry_after,
             },
             SignupError::Store(e) => Error::Unavailable(e),

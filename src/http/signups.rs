@@ -97,7 +97,7 @@ struct DeliverySummary {
         (status = TOO_MANY_REQUESTS, description = "this pending address was sent an email less than `signup.resend_interval_s` ago",
          body = Problem, content_type = "application/problem+json", headers(("retry-after" = u64, description = "seconds"))),
         (status = BAD_GATEWAY, description = "sync: SMTP failed; the signup is stored and its email queued", body = Problem, content_type = "application/problem+json"),
-        (status = SERVICE_UNAVAILABLE, description = "the database is unavailable, or (background) `worker.max_backlog` emails already wait",
+        (status = SERVICE_UNAVAILABLE, description = "the database is unavailable, or `worker.max_backlog` emails already wait to be sent",
          body = Problem, content_type = "application/problem+json"),
         (status = GATEWAY_TIMEOUT, description = "sync: SMTP timed out; the signup is stored and its email queued", body = Problem, content_type = "application/problem+json"),
     )

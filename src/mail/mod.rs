@@ -2,14 +2,20 @@
 //!
 //! [`Mailer`] builds messages with lettre and hands them to a [`Transport`]. In production that
 //! is [`SmtpTransport`]: lettre's SMTP client over a pool of open connections ([`pool`]), so
-//! that consecutive emails skip the TCP and SMTP handshakes. Errors are sorted into what the
-//! delivery code must decide on: worth retrying ([`SendError::Transient`], [`SendError::Timeout`])
-//! or not ([`SendError::Permanent`], a 5xx from the server).
+//! that consecutive emails skip the TCP and SMTP handshakes. At most `smtp.pool_size`
+//! connections are in use at once: every send holds a [`ConnectionPermit`], and a sender without
+//! one waits (a worker as long as it takes, a sync request a bounded time), so a burst of
+//! signups never opens more connections than a provider may allow. Errors are sorted into what the
+//! delivery code must decide on: a fault of the server or of our account, worth retrying
+//! ([`SendError::Transient`], [`SendError::Timeout`], [`SendError::Rejected`]), or a fault of
+//! this one email, which no retry can fix ([`SendError::RecipientRefused`]: 550 5.1.1 and kin).
 
 mod pool;
 mod transport;
 
 use std::{sync::Arc, time::Duration};
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use lettre::{
     Message,
@@ -32,48 +38,81 @@ pub struct Mailer {
     /// Bounds a whole send, connection included, so a server that stops answering (or trickles
     /// bytes) cannot hold a worker or a sync request forever.
     timeout: Duration,
+    /// One permit per SMTP connection that may be in use: `smtp.pool_size`. The pool can only
+    /// open a connection for a sender holding a permit, and keeps no more idle ones than there
+    /// are permits, so this bounds the connections open at any moment.
+    connections: Arc<Semaphore>,
 }
+
+/// The right to use one SMTP connection, from [`Mailer::connection`]; given back when dropped.
+/// A worker takes it before it claims an email, so that waiting for a connection never eats into
+/// the claim's lease.
+pub struct ConnectionPermit(#[allow(dead_code)] OwnedSemaphorePermit);
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum SendError {
     #[error("the SMTP server did not answer within {0:?}")]
     Timeout(Duration),
+    /// No SMTP session (connection refused or reset), or a 4xx: the server says "try later".
     #[error("SMTP failure: {0}")]
     Transient(String),
     /// The server refused the recipient for good: the address, not the service, is the problem.
     #[error("the SMTP server refused the address: {0}")]
     RecipientRefused(String),
+    /// A 5xx that is not about the address: relay denied (554 5.7.1), authentication required or
+    /// refused (530, 535), a policy or a quota of our account. Permanent in the server's words,
+    /// but no other address would get through either, and it heals when the operator fixes the
+    /// account or the provider lifts the block: retried like an outage.
     #[error("the SMTP server rejected the email: {0}")]
-    Permanent(String),
+    Rejected(String),
+    /// The message could not be built (an address lettre cannot parse): no server will take it.
+    #[error("the email cannot be built: {0}")]
+    Unsendable(String),
 }
 
 impl SendError {
+    /// Everything but a fault of this one email: a refused address, or a message that cannot be
+    /// built. Faults of the server or of our account are retried until the link would expire.
     pub fn is_retryable(&self) -> bool {
-        matches!(self, SendError::Transient(_) | SendError::Timeout(_))
+        !matches!(
+            self,
+            SendError::RecipientRefused(_) | SendError::Unsendable(_)
+        )
     }
 
-    /// Sorts a permanent (5xx) rejection: about the recipient's address (enhanced status 5.1.x,
-    /// or without one, 501/550/551/553 as servers answer a bad RCPT TO), or about anything else
-    /// (policy, authentication, content), which is the operator's to fix.
+    /// Sorts a permanent (5xx) rejection: about the recipient's address, or about anything else.
     fn permanent(error: &lettre::transport::smtp::Error) -> SendError {
         let text = describe(error);
-        let enhanced = text.split_whitespace().find(|word| {
-            let parts: Vec<&str> = word.split('.').collect();
-            parts.len() == 3
-                && parts[0] == "5"
-                && parts[1..]
-                    .iter()
-                    .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
-        });
-        let recipient = match enhanced {
-            Some(code) => code.starts_with("5.1."),
-            None => matches!(error.status().map(u16::from), Some(501 | 550 | 551 | 553)),
-        };
-        if recipient {
+        if is_about_the_address(error.status().map(u16::from), &text) {
             SendError::RecipientRefused(text)
         } else {
-            SendError::Permanent(text)
+            SendError::Rejected(text)
         }
+    }
+}
+
+/// Does a 5xx reply reject the recipient's address itself? By the enhanced status code when the
+/// reply has one (RFC 3463): the destination address (5.1.1 bad mailbox, 5.1.2 bad domain,
+/// 5.1.3 bad syntax, 5.1.4 ambiguous, 5.1.6 moved, 5.1.10 null MX) or its mailbox (5.2.1
+/// disabled, 5.2.2 full). Not 5.1.0, which Postfix also uses for a refused *sender*, nor 5.1.7 and
+/// 5.1.8, which are about our sender address: those are the operator's to fix, and retried.
+/// Without an enhanced code, RFC 5321's mailbox replies to RCPT TO: 550, 551, 553.
+fn is_about_the_address(status: Option<u16>, text: &str) -> bool {
+    let enhanced = text.split_whitespace().find_map(|word| {
+        let parts: Vec<&str> = word.split('.').collect();
+        let numeric = parts
+            .iter()
+            .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()));
+        match parts[..] {
+            ["5", subject, detail] if numeric => Some((subject, detail)),
+            _ => None,
+        }
+    });
+    match enhanced {
+        Some(("1", detail)) => matches!(detail, "1" | "2" | "3" | "4" | "6" | "10"),
+        Some(("2", detail)) => matches!(detail, "1" | "2"),
+        Some(_) => false,
+        None => matches!(status, Some(550 | 551 | 553)),
     }
 }
 
@@ -101,14 +140,14 @@ impl Mailer {
     /// The production mailer: SMTP as `settings` say.
     pub fn new(settings: &SmtpSettings, from: Mailbox) -> Result<Mailer, MailError> {
         let transport = SmtpTransport::new(settings)?;
-        Ok(Mailer::with_transport(
-            Arc::new(transport),
-            from,
-            settings.timeout(),
-        ))
+        Ok(
+            Mailer::with_transport(Arc::new(transport), from, settings.timeout())
+                .with_connection_limit(settings.pool_size as usize),
+        )
     }
 
-    /// A mailer that sends through `transport`, each send bounded by `timeout`.
+    /// A mailer that sends through `transport`, each send bounded by `timeout`, with no limit on
+    /// concurrent sends (a supplied transport bounds its own resources).
     pub fn with_transport(
         transport: Arc<dyn Transport>,
         from: Mailbox,
@@ -118,7 +157,38 @@ impl Mailer {
             transport,
             from,
             timeout,
+            connections: Arc::new(Semaphore::new(Semaphore::MAX_PERMITS)),
         }
+    }
+
+    /// At most `limit` sends (and so SMTP connections) at once.
+    pub fn with_connection_limit(mut self, limit: usize) -> Mailer {
+        self.connections = Arc::new(Semaphore::new(limit));
+        self
+    }
+
+    /// Waits until a connection is free, however long that takes: for workers, which have
+    /// nothing better to do.
+    pub async fn connection(&self) -> ConnectionPermit {
+        let permit = Arc::clone(&self.connections)
+            .acquire_owned()
+            .await
+            .expect("the semaphore is never closed");
+        ConnectionPermit(permit)
+    }
+
+    /// Waits at most `wait` for a free connection: for a sync request, which has a client
+    /// waiting. `None` if every connection stayed busy.
+    pub async fn connection_within(&self, wait: Duration) -> Option<ConnectionPermit> {
+        tokio::time::timeout(wait, self.connection()).await.ok()
+    }
+
+    /// A free connection right now, if there is one.
+    pub fn try_connection(&self) -> Option<ConnectionPermit> {
+        Arc::clone(&self.connections)
+            .try_acquire_owned()
+            .ok()
+            .map(ConnectionPermit)
     }
 
     /// Builds the multipart (text + HTML) confirmation message.
@@ -151,8 +221,18 @@ impl Mailer {
             .multipart(MultiPart::alternative_plain_html(text, html))?)
     }
 
-    /// Sends one message, within the configured timeout.
+    /// Sends one message, within the configured timeout, once a connection is free.
     pub async fn send(&self, message: Message) -> Result<(), SendError> {
+        let permit = self.connection().await;
+        self.send_on(&permit, message).await
+    }
+
+    /// Sends one message on the connection `_permit` stands for, within the configured timeout.
+    pub async fn send_on(
+        &self,
+        _permit: &ConnectionPermit,
+        message: Message,
+    ) -> Result<(), SendError> {
         let bytes = message.formatted();
         let sending = self.transport.send(message.envelope(), &bytes);
         match tokio::time::timeout(self.timeout, sending).await {
@@ -161,8 +241,9 @@ impl Mailer {
         }
     }
 
-    /// Does the mail server answer? Over SMTP: opens a connection and says EHLO; for `/readyz`.
-    pub async fn ping(&self) -> bool {
+    /// Does the mail server answer? Over SMTP: opens a connection and says EHLO. The caller
+    /// holds `_permit`, so the check too stays within `smtp.pool_size`.
+    pub async fn ping(&self, _permit: &ConnectionPermit) -> bool {
         matches!(
             tokio::time::timeout(self.timeout, self.transport.ping()).await,
             Ok(true)
@@ -286,7 +367,7 @@ mod tests {
         );
         let message = mailer.confirmation(&email(42)).unwrap();
         mailer.send(message).await.unwrap();
-        assert!(mailer.ping().await);
+        assert!(mailer.ping(&mailer.connection().await).await);
 
         let sent = transport.sent.lock().unwrap();
         let [(to, bytes)] = sent.as_slice() else {
@@ -312,6 +393,92 @@ mod tests {
             matches!(error, SendError::Timeout(t) if t == timeout),
             "{error}"
         );
+        assert!(error.is_retryable());
+    }
+
+    /// A mail server that answers RCPT TO with `rcpt_reply` and everything else with success,
+    /// for one connection: enough for lettre to produce the error a real server would cause.
+    async fn server_answering_rcpt_with(rcpt_reply: &'static str) -> u16 {
+        use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            let (stream, _) = listener.accept().await.unwrap();
+            let (reader, mut writer) = stream.into_split();
+            let mut lines = BufReader::new(reader).lines();
+            writer.write_all(b"220 scripted ESMTP\r\n").await.unwrap();
+            while let Ok(Some(line)) = lines.next_line().await {
+                let reply = match line.get(..4).map(str::to_ascii_uppercase).as_deref() {
+                    Some("RCPT") => rcpt_reply,
+                    Some("QUIT") => "221 bye",
+                    _ => "250 ok",
+                };
+                if writer
+                    .write_all(format!("{reply}\r\n").as_bytes())
+                    .await
+                    .is_err()
+                {
+                    break;
+                }
+            }
+        });
+        port
+    }
+
+    /// Real lettre errors from real replies, sorted: only a rejection of the address itself is
+    /// final; a fault of the server or of our account is retried.
+    #[tokio::test]
+    async fn only_a_rejection_of_the_address_fails_for_good() {
+        let cases = [
+            ("550 5.1.1 <ann@example.com>: mailbox unavailable", false),
+            ("553 5.1.3 bad recipient address syntax", false),
+            ("550 5.1.2 bad destination system", false),
+            ("556 5.1.10 recipient domain has a null MX", false),
+            ("550 5.2.1 mailbox disabled", false),
+            ("552 5.2.2 mailbox full", false),
+            ("550 no such user here", false),
+            ("554 5.7.1 <ann@example.com>: Relay access denied", true),
+            ("530 5.7.0 authentication required", true),
+            ("535 5.7.8 authentication credentials invalid", true),
+            (
+                "550 5.1.0 <no-reply@confirmd.localhost>: Sender address rejected",
+                true,
+            ),
+            ("553 5.1.8 sender domain does not exist", true),
+            ("550 5.7.26 unauthenticated email is not accepted", true),
+            ("554 transaction failed", true),
+            ("451 4.3.0 temporary failure", true),
+            ("450 4.2.1 mailbox busy, try later", true),
+        ];
+        for (reply, retryable) in cases {
+            let mut settings = Settings::defaults();
+            settings.smtp.port = server_answering_rcpt_with(reply).await;
+            let mailer = Mailer::new(&settings.smtp, settings.mail_from()).unwrap();
+            let error = mailer
+                .send(mailer.confirmation(&email(1)).unwrap())
+                .await
+                .unwrap_err();
+            assert_eq!(error.is_retryable(), retryable, "{reply}: {error:?}");
+            if !retryable {
+                assert!(matches!(error, SendError::RecipientRefused(_)), "{error:?}");
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn no_server_at_all_is_retried() {
+        let port = {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            listener.local_addr().unwrap().port()
+        };
+        let mut settings = Settings::defaults();
+        settings.smtp.port = port;
+        let mailer = Mailer::new(&settings.smtp, settings.mail_from()).unwrap();
+        let error = mailer
+            .send(mailer.confirmation(&email(1)).unwrap())
+            .await
+            .unwrap_err();
+        assert!(matches!(error, SendError::Transient(_)), "{error:?}");
         assert!(error.is_retryable());
     }
 }

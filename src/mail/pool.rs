@@ -8,8 +8,10 @@
 //! machine, where a plain client on one connection needs under 2 ms. With `TCP_NODELAY` each
 //! write goes out at once.
 //!
-//! The pool keeps at most `max_idle` connections for reuse; any number can be in use at once (one
-//! per concurrent send). A connection that failed is dropped, never reused; one that sat idle for
+//! The pool keeps at most `max_idle` connections for reuse. It opens a new one only when none is
+//! idle, for a sender that holds one of the [`Mailer`](super::Mailer)'s `smtp.pool_size` permits:
+//! a connection is either in a permit holder's hands or idle, so at most `smtp.pool_size` are open
+//! at any moment. A connection that failed is dropped, never reused; one that sat idle for
 //! a while is checked with `NOOP` before it is trusted again.
 
 use std::{
@@ -90,14 +92,19 @@ impl SmtpPool {
         }
     }
 
-    /// Opens a connection and says EHLO: does the server answer?
+    /// Does the server answer? A `NOOP` on a pooled connection, or a new connection (greeting and
+    /// EHLO) when none is idle; a connection that answered is kept for the next send. Like a send,
+    /// it runs under a permit, so it never opens a connection beyond `smtp.pool_size`.
     pub(super) async fn ping(&self) -> bool {
-        match self.connect().await {
-            Ok(mut connection) => {
-                let _ = connection.quit().await;
-                true
-            }
-            Err(_) => false,
+        let Ok(mut connection) = self.checkout().await else {
+            return false;
+        };
+        if connection.test_connected().await {
+            self.checkin(connection);
+            true
+        } else {
+            connection.abort().await;
+            false
         }
     }
 

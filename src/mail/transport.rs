@@ -27,7 +27,7 @@ pub trait Transport: Send + Sync + 'static {
         message: &'a [u8],
     ) -> BoxFuture<'a, Result<(), SendError>>;
 
-    /// Does the server answer? For `/readyz`.
+    /// Does the server answer? For the background SMTP check behind `/healthz`.
     fn ping(&self) -> BoxFuture<'_, bool>;
 }
 

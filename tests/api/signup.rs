@@ -171,7 +171,17 @@ async fn many_concurrent_signups_in_both_modes_all_get_their_email() {
 
 #[tokio::test]
 async fn consecutive_emails_reuse_one_smtp_connection() {
-    let app = spawn_app().await;
+    // The background SMTP check opens the first connection at start-up; once it has answered,
+    // the signups reuse that one. Its next check is an hour away.
+    let app = spawn_app_with(|s| s.smtp.check_interval_ms = 3_600_000).await;
+    assert!(
+        poll_until(PATIENCE, || async {
+            let health: Value = app.get("/healthz").await.json().await.unwrap();
+            health["smtp"] == "up"
+        })
+        .await,
+        "the start-up SMTP check never answered"
+    );
     for i in 0..5 {
         app.signup_ok(&format!("user{i}@example.com"), "sync").await;
     }

@@ -120,8 +120,10 @@ async fn a_refused_address_fails_at_once_and_sync_mode_says_the_address_is_the_p
     assert_eq!(sync_details["delivery"]["attempts"], 1);
 }
 
+/// 554 5.7.1 (relay denied) is about the server or our account, not the address: no other
+/// address would get through either. It is retried like an outage, and delivered once lifted.
 #[tokio::test]
-async fn a_rejection_that_is_not_about_the_address_is_the_gateways_fault() {
+async fn a_rejection_that_is_not_about_the_address_is_retried_until_it_is_lifted() {
     let app = spawn_app().await;
     app.smtp().set_behaviour(Behaviour::RejectPolicy);
 
@@ -130,11 +132,58 @@ async fn a_rejection_that_is_not_about_the_address_is_the_gateways_fault() {
     let problem = assert_problem(sync, StatusCode::BAD_GATEWAY).await;
     let detail = problem["detail"].as_str().unwrap();
     assert!(
-        detail.contains("will not be retried") && detail.contains("554"),
+        detail.contains("will be retried") && detail.contains("554"),
         "{detail}"
     );
-    let details = app.signup_details(problem["id"].as_str().unwrap()).await;
-    assert_eq!(details["delivery"]["state"], "failed");
+    let id = problem["id"].as_str().unwrap().to_owned();
+    let background = app.signup_ok("bob@example.com", "background").await;
+    for id in [&id, &background] {
+        poll(PATIENCE, || async {
+            let details = app.signup_details(id).await;
+            let state = &details["delivery"]["state"];
+            if details["delivery"]["attempts"].as_i64().unwrap() >= 3 {
+                Ok(())
+            } else if state == "failed" {
+                panic!("a policy rejection failed the email: {details:#}")
+            } else {
+                Err(details)
+            }
+        })
+        .await
+        .unwrap_or_else(|last| panic!("no retries seen: {last:#}"));
+    }
+
+    app.smtp().set_behaviour(Behaviour::Accept);
+
+    app.wait_for_delivery_state(&id, "sent").await;
+    app.wait_for_delivery_state(&background, "sent").await;
+}
+
+/// Without an attempt limit (the default), an email is retried until the next attempt would
+/// come after its link expired. The signup is made to look almost a link's lifetime old.
+#[tokio::test]
+async fn an_email_is_given_up_only_when_its_link_would_have_expired() {
+    let app = spawn_app_without_smtp(|_| {}).await;
+    assert_eq!(app.settings.worker.max_attempts, 0, "the default: no limit");
+    let id = app.signup_ok("ann@example.com", "background").await;
+    let lifetime_ms = i64::try_from(app.settings.token.ttl().as_millis()).unwrap();
+    // A second of the link's life left: a few more retries (50 to 200 ms apart), then it ends.
+    sqlx::query("UPDATE email_outbox SET created_at = created_at - ?1")
+        .bind(lifetime_ms - 1_000)
+        .execute(&app.db().await)
+        .await
+        .unwrap();
+
+    let details = app.wait_for_delivery_state(&id, "failed").await;
+
+    let attempts = details["delivery"]["attempts"].as_i64().unwrap();
+    let last_error = details["delivery"]["last_error"].as_str().unwrap();
+    assert!(
+        last_error.contains("its link expires before the next"),
+        "{last_error}"
+    );
+    assert!(last_error.contains(&format!("gave up after {attempts} attempts")));
+    assert!(attempts > 2, "{attempts} attempts");
 }
 
 #[tokio::test]
@@ -235,4 +284,68 @@ async fn a_send_that_hangs_times_out_and_does_not_stall_the_worker() {
 
     app.wait_for_delivery_state(&next, "sent").await;
     app.wait_for_delivery_state(&stuck, "sent").await;
+}
+
+/// A burst of sync signups against a slow server: never more than `smtp.pool_size` connections
+/// at once. A request that finds none free within `smtp.acquire_timeout_ms` gets 503 with
+/// Retry-After, and its email, already stored, is delivered by the workers.
+#[tokio::test(flavor = "multi_thread")]
+async fn sync_signups_never_open_more_smtp_connections_than_the_pool_allows() {
+    let app = spawn_app().await;
+    let defaults = confirmd::Settings::defaults();
+    assert_eq!(app.settings.smtp.pool_size, defaults.smtp.pool_size);
+    assert_eq!(
+        app.settings.smtp.acquire_timeout_ms,
+        defaults.smtp.acquire_timeout_ms
+    );
+    let pool_size = app.settings.smtp.pool_size as usize;
+    app.smtp()
+        .set_behaviour(Behaviour::Delay(Duration::from_millis(100)));
+
+    let signups = 200;
+    let answers = futures_util::future::join_all((0..signups).map(|i| {
+        let app = &app;
+        async move {
+            let response = app.signup(&format!("user{i}@example.com"), "sync").await;
+            let status = response.status();
+            let retry_after = response.headers().get("retry-after").cloned();
+            let body: Value = response.json().await.unwrap();
+            (status, retry_after, body)
+        }
+    }))
+    .await;
+
+    let mut created = 0;
+    let mut busy = 0;
+    for (status, retry_after, body) in &answers {
+        match *status {
+            StatusCode::CREATED => created += 1,
+            StatusCode::SERVICE_UNAVAILABLE => {
+                assert!(retry_after.is_some(), "503 without Retry-After: {body}");
+                assert!(body["detail"].as_str().unwrap().contains("busy"), "{body}");
+                busy += 1;
+            }
+            other => panic!("{other}: {body}"),
+        }
+    }
+    assert!(created >= pool_size, "{created} created");
+    let mail = app
+        .smtp()
+        .wait_for_mail(signups, Duration::from_secs(60))
+        .await;
+    let mut delivered: Vec<String> = mail.iter().flat_map(|m| m.to.clone()).collect();
+    delivered.sort();
+    delivered.dedup();
+    assert_eq!(
+        delivered.len(),
+        signups,
+        "every signup's email, once refused or not"
+    );
+    let most = app.smtp().most_connections_at_once();
+    println!(
+        "{signups} sync signups: {created} created, {busy} busy (503); at most {most} SMTP \
+         connections at once (pool_size {pool_size}); {} messages for {signups} addresses",
+        mail.len()
+    );
+    assert!(most <= pool_size, "{most} connections at once");
 }

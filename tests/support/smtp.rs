@@ -123,6 +123,9 @@ struct Shared {
     /// How many messages were accepted; lets `wait_for_mail` sleep until there are enough.
     accepted: watch::Sender<usize>,
     connections: AtomicUsize,
+    /// Connections open right now, and the most that were ever open at once.
+    open: AtomicUsize,
+    most_open: AtomicUsize,
 }
 
 impl Shared {
@@ -170,6 +173,8 @@ impl SmtpServer {
             mail: Mutex::new(Vec::new()),
             accepted: watch::Sender::new(0),
             connections: AtomicUsize::new(0),
+            open: AtomicUsize::new(0),
+            most_open: AtomicUsize::new(0),
         });
         let acceptor = tokio::spawn(accept_loop(listener, Arc::clone(&shared)));
         SmtpServer {
@@ -219,6 +224,12 @@ impl SmtpServer {
     pub fn connections(&self) -> usize {
         self.shared.connections.load(Ordering::SeqCst)
     }
+
+    /// The most TCP connections that were open at the same time, from accept until the server
+    /// saw the client close (or closed it).
+    pub fn most_connections_at_once(&self) -> usize {
+        self.shared.most_open.load(Ordering::SeqCst)
+    }
 }
 
 impl Drop for SmtpServer {
@@ -258,10 +269,13 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {
                     shared.connections.fetch_add(1, Ordering::SeqCst);
+                    let open = shared.open.fetch_add(1, Ordering::SeqCst) + 1;
+                    shared.most_open.fetch_max(open, Ordering::SeqCst);
                     let shared = Arc::clone(&shared);
                     connections.spawn(async move {
                         // A client that goes away mid-session is not the server's problem.
-                        let _ = serve(stream, shared).await;
+                        let _ = serve(stream, Arc::clone(&shared)).await;
+                        shared.open.fetch_sub(1, Ordering::SeqCst);
                     });
                 }
                 // E.g. out of file descriptors: back off instead of spinning.
