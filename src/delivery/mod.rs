@@ -360,7 +360,7 @@ impl Delivery {
         let started = Instant::now();
         let result = match self.inner.mailer.confirmation(email) {
             Ok(message) => self.inner.mailer.send(message).await,
-            Err(e) => Err(SendError::Permanent(e.to_string())),
+            Err(e) => Err(SendError::Unbuildable(e.to_string())),
         };
         let took = started.elapsed();
         let attempt = self.record(claim, attempts, result).await?;

@@ -45,7 +45,9 @@ enum ModeParam {
 
 #[derive(Deserialize, ToSchema)]
 struct SignupRequest {
-    /// Trimmed; the domain is lower-cased. Unique regardless of case.
+    /// Trimmed; the domain is IDNA-normalised and mailed in its ASCII (punycode) form. Quoted
+    /// local parts and IP-address domains cannot be sent and are refused. One user per
+    /// mailbox: compared regardless of case (Unicode too) and of the domain's spelling.
     #[schema(format = Email, max_length = 254, example = "ada@example.com")]
     email: String,
     /// Optional display name, used in the greeting; no control characters.

@@ -45,6 +45,10 @@ pub enum SendError {
     RecipientRefused(String),
     #[error("the SMTP server rejected the email: {0}")]
     Permanent(String),
+    /// No message could be built for this recipient: the address is at fault, and no server was
+    /// asked. Validation refuses such addresses first; this is the second line of defence.
+    #[error("cannot build an email to this address: {0}")]
+    Unbuildable(String),
 }
 
 impl SendError {

@@ -152,3 +152,26 @@ async fn unknown_paths_ids_and_methods_answer_in_the_same_shape() {
         .unwrap();
     assert_problem(delete, StatusCode::METHOD_NOT_ALLOWED).await;
 }
+
+/// These passed validation before and could not be sent: sync mode answered 502 ("cannot build
+/// the email", with no SMTP server involved) and background mode 202, then `failed`. Now they
+/// are refused at the door, in both modes, and nothing is stored or sent.
+#[tokio::test]
+async fn addresses_that_cannot_be_sent_are_422_in_both_modes() {
+    let app = spawn_app().await;
+    let cases = [
+        (r#""a b"@example.com"#, "quoted"),
+        (r#""a\"b"@example.com"#, "quoted"),
+        ("ip@[127.0.0.1]", "IP address"),
+        ("ip@[IPv6:::1]", "IP address"),
+        ("ip@127.0.0.1", "IP address"),
+        ("ann@exa_mple.com", "domain"),
+    ];
+    for mode in ["sync", "background"] {
+        for (email, detail) in cases {
+            let response = app.signup(email, mode).await;
+            assert_rejected(&app, response, StatusCode::UNPROCESSABLE_ENTITY, detail).await;
+        }
+    }
+    assert!(app.smtp().received().is_empty());
+}

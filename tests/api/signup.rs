@@ -209,3 +209,24 @@ async fn a_backlog_larger_than_the_channel_drains_without_waiting_for_the_sweep_
         smtp.received().len()
     );
 }
+
+/// `bücher.de` and `xn--bcher-kva.de` are one domain, and `Ünï` and `ünï` one mailbox: each pair
+/// is one user. The email goes to the punycode domain (no SMTPUTF8 needed for it) and to the
+/// local part as typed.
+#[tokio::test]
+async fn one_mailbox_is_one_user_whatever_the_spelling_of_its_domain_or_case() {
+    let app = spawn_app().await;
+    app.signup_ok("same@bücher.de", "sync").await;
+    let again = app.signup("same@XN--BCHER-KVA.de", "sync").await;
+    assert!(again.status().is_success(), "{}", again.status());
+    assert_eq!(app.count("users").await, 1);
+    let recipients: Vec<Vec<String>> = app.smtp().received().into_iter().map(|m| m.to).collect();
+    assert_eq!(recipients[0], ["same@xn--bcher-kva.de"]);
+
+    app.signup_ok("Ünï@example.com", "sync").await;
+    let again = app.signup("ünï@example.com", "background").await;
+    assert!(again.status().is_success(), "{}", again.status());
+    assert_eq!(app.count("users").await, 2);
+    let first = app.smtp().received().into_iter().nth(2).unwrap();
+    assert_eq!(first.to, ["Ünï@example.com"], "sent as typed");
+}
