@@ -50,6 +50,19 @@ async fn invalid_fields_are_422() {
             "control",
         ),
         (r#"{"name": "Ann"}"#.to_owned(), "email"),
+        // A right-to-left override, a line separator, a zero-width space: each is refused.
+        (
+            r#"{"email": "ann@example.com", "name": "Ann\u202Emoc.elpmaxe"}"#.to_owned(),
+            "U+202E",
+        ),
+        (
+            r#"{"email": "ann@example.com", "name": "Ann\u2028Visit evil.example"}"#.to_owned(),
+            "invisible or text-direction",
+        ),
+        (
+            r#"{"email": "ann@example.com", "name": "Ann\u200B"}"#.to_owned(),
+            "U+200B",
+        ),
         (r#"{"email": 42}"#.to_owned(), "email"),
         (r#"["ann@example.com"]"#.to_owned(), ""),
     ];
