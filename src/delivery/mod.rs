@@ -275,13 +275,12 @@ impl Delivery {
                     id: stored.outbox_id,
                     lease_until: claimed_until.expect("a sync row is written claimed"),
                 };
-                let (to, name) = (receipt.email.clone(), name.map(|n| n.as_str().to_owned()));
+                let to = receipt.email.clone();
                 let started = Instant::now();
                 let send = async move {
                     let email = ConfirmationEmail {
                         id: claim.id.0,
                         to_address: &to,
-                        to_name: name.as_deref(),
                         link: &link,
                     };
                     this.attempt(claim, &email, 1).await

@@ -63,6 +63,11 @@ impl ReceivedMail {
             .unwrap_or_else(|| panic!("received mail has no Subject header:\n{}", self.raw))
     }
 
+    /// The first `name` header, decoded.
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.parsed().headers.get_first_value(name)
+    }
+
     /// The decoded text/plain part.
     pub fn text_body(&self) -> String {
         self.body_of("text/plain")
