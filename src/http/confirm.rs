@@ -27,7 +27,7 @@ use super::{ApiContext, Error, JsonBody, error::Problem};
 use crate::{clock, domain::ConfirmationToken, templates};
 
 pub(super) fn router() -> OpenApiRouter<ApiContext> {
-    OpenApiRouter::new().routes(routes!(show, confirm))
+    OpenApiRouter::new().routes(routes!(open_link, confirm))
 }
 
 #[derive(Deserialize, IntoParams)]
@@ -99,7 +99,7 @@ enum Outcome {
         (status = SERVICE_UNAVAILABLE, description = "the database is unavailable", body = Problem, content_type = "application/problem+json"),
     )
 )]
-async fn show(
+async fn open_link(
     State(ctx): State<ApiContext>,
     headers: HeaderMap,
     params: Result<Query<ConfirmParams>, QueryRejection>,

@@ -79,6 +79,18 @@ async fn the_openapi_document_lists_every_operation_and_its_problem_answers() {
             );
         }
     }
+    // Operation ids are unique (OpenAPI requires it; generated clients name methods by them).
+    let mut ids: Vec<&str> = doc["paths"]
+        .as_object()
+        .unwrap()
+        .values()
+        .flat_map(|item| item.as_object().unwrap().values())
+        .map(|operation| operation["operationId"].as_str().unwrap())
+        .collect();
+    let count = ids.len();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), count, "duplicate operationId in {ids:?}");
     let body = &doc["paths"]["/confirm"]["post"]["requestBody"]["content"];
     assert!(body["application/x-www-form-urlencoded"].is_object());
     assert!(body["application/json"].is_object());
