@@ -11,8 +11,9 @@
 //!
 //! 1. [`bench::measure`] sends `--requests` signups in each mode, sync first, and waits until
 //!    the service reports every email sent;
-//! 2. the last email the catcher received is opened, its confirmation link followed, and
-//!    `GET /signups/{id}` must then answer `confirmed`: what a user does, end to end;
+//! 2. the last email the catcher received is opened and its confirmation link followed as a
+//!    person does: opening the link must confirm nothing (so a mail scanner cannot), pressing
+//!    the page's button (`POST /confirm`) confirms, and the link must then say `confirmed`;
 //! 3. the service stops as it does on SIGTERM, then the catcher, and the database is removed
 //!    (also after a failure or Ctrl-C);
 //! 4. it reports: the bench's tables, what the catcher received, the link, and what the figures
@@ -138,8 +139,9 @@ async fn demo(args: DemoArgs, settings: Settings) -> anyhow::Result<()> {
              acknowledged."
         );
         println!(
-            "Link: followed {} in the email to {}: GET /signups/{} now says \"confirmed\".",
-            link.link, link.recipient, link.signup_id
+            "Link: followed {} in the email to {}: opening it confirmed nothing, its page's \
+             button did, and the link now says \"confirmed\".",
+            link.link, link.recipient
         );
         println!("\nWhat it means:");
         for line in reading(results.modes(), args.smtp_latency, args.concurrency) {
@@ -217,30 +219,23 @@ async fn exercise(
 struct FollowedLink {
     /// The address the email was sent to.
     recipient: String,
-    /// Whose signup it confirmed: the id `POST /signups` answered with.
-    signup_id: String,
     /// The link, its token left out: the output is for reading, not for clicking.
     link: String,
-    /// `GET /signups/{id}` said `confirmed` after the link was followed; the demo fails otherwise.
+    /// Opening the link left the address pending, `POST /confirm` confirmed it, and the link
+    /// then said `confirmed`; the demo fails otherwise.
     confirmed: bool,
 }
 
-/// The part of `GET /confirm`'s JSON answer the demo checks.
+/// What `/confirm` says of a link, in JSON: `pending` or `confirmed`.
 #[derive(Deserialize)]
-struct Confirmation {
-    id: String,
-    email: String,
+struct LinkStatus {
+    status: String,
     already_confirmed: bool,
 }
 
-/// The part of `GET /signups/{id}`'s answer the demo checks.
-#[derive(Deserialize)]
-struct SignupStatus {
-    status: String,
-}
-
-/// Takes the last email the catcher received, follows its confirmation link as a user would,
-/// and checks with `GET /signups/{id}` that the signup is now confirmed.
+/// Takes the last email the catcher received and follows its confirmation link as a user
+/// would: opens it (which must confirm nothing: mail scanners open links too), presses the
+/// button (`POST /confirm` with the token), and opens the link again to see it confirmed.
 async fn follow_a_link(url: &str, catcher: &Catcher) -> anyhow::Result<FollowedLink> {
     let email = catcher
         .recent()
@@ -256,6 +251,7 @@ async fn follow_a_link(url: &str, catcher: &Catcher) -> anyhow::Result<FollowedL
         link.starts_with(&format!("{url}/")),
         "the link in the email to {recipient} leads to {shown}, not to the demo's confirmd at {url}"
     );
+    let token = link.split_once("token=").map_or("", |(_, token)| token);
 
     let client = reqwest::Client::builder()
         .timeout(LINK_TIMEOUT)
@@ -270,54 +266,59 @@ async fn follow_a_link(url: &str, catcher: &Catcher) -> anyhow::Result<FollowedL
     // reqwest's errors name the URL: keep the token out of them, as out of everything else.
     let failed =
         |what: &str, error: reqwest::Error| anyhow!("{what} failed: {}", bench::root_cause(&error));
-    let response = client
-        .get(link)
-        .header(reqwest::header::ACCEPT, "application/json")
-        .send()
-        .await
-        .map_err(|error| failed("following the link", error))?;
-    let status = response.status();
-    ensure!(
-        status == reqwest::StatusCode::OK,
-        "following the link in the email to {recipient} answered {status}"
-    );
-    let confirmation: Confirmation = response
-        .json()
-        .await
-        .map_err(|error| failed("reading the answer to the link", error))?;
-    ensure!(
-        confirmation.email.eq_ignore_ascii_case(&recipient),
-        "the link in the email to {recipient} confirmed {} instead",
-        confirmation.email
-    );
-    ensure!(
-        !confirmation.already_confirmed,
-        "the link in the email to {recipient} had been used already"
-    );
+    let open = || async {
+        let response = client
+            .get(link)
+            .header(reqwest::header::ACCEPT, "application/json")
+            .send()
+            .await
+            .map_err(|error| failed("opening the link", error))?;
+        let status = response.status();
+        ensure!(
+            status == reqwest::StatusCode::OK,
+            "opening the link in the email to {recipient} answered {status}"
+        );
+        response
+            .json::<LinkStatus>()
+            .await
+            .map_err(|error| failed("reading the answer to the link", error))
+    };
 
-    let id = &confirmation.id;
+    let opened = open().await?;
+    ensure!(
+        opened.status == "pending",
+        "opening the link in the email to {recipient} found it {:?}, not \"pending\"",
+        opened.status
+    );
     let response = client
-        .get(format!("{url}/signups/{id}"))
+        .post(format!("{url}/confirm"))
+        .json(&serde_json::json!({ "token": token }))
         .send()
         .await
-        .map_err(|error| failed(&format!("GET /signups/{id}"), error))?;
+        .map_err(|error| failed("POST /confirm", error))?;
     let status = response.status();
     ensure!(
         status == reqwest::StatusCode::OK,
-        "GET /signups/{id} answered {status} after the link was followed"
+        "POST /confirm with the token from the email to {recipient} answered {status}"
     );
-    let signup: SignupStatus = response
+    let confirmation: LinkStatus = response
         .json()
         .await
-        .map_err(|error| failed(&format!("reading GET /signups/{id}"), error))?;
+        .map_err(|error| failed("reading the answer to POST /confirm", error))?;
     ensure!(
-        signup.status == "confirmed",
-        "after the link was followed, GET /signups/{id} says {:?}, not \"confirmed\"",
-        signup.status
+        confirmation.status == "confirmed" && !confirmation.already_confirmed,
+        "POST /confirm did not confirm the email to {recipient} now: {:?}, already confirmed: {}",
+        confirmation.status,
+        confirmation.already_confirmed
+    );
+    let reopened = open().await?;
+    ensure!(
+        reopened.status == "confirmed",
+        "after its button was pressed, the link in the email to {recipient} says {:?}, not \"confirmed\"",
+        reopened.status
     );
     Ok(FollowedLink {
         recipient,
-        signup_id: confirmation.id,
         link: shown,
         confirmed: true,
     })

@@ -33,6 +33,7 @@ pub mod store;
 pub mod telemetry;
 
 mod clock;
+mod templates;
 
 pub use config::Settings;
 pub use startup::Application;

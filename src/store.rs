@@ -636,8 +636,10 @@ async fn write_group(
 ) -> Result<Vec<Result<StoredSignup, StoreError>>, sqlx::Error> {
     let mut tx = writer.begin_with("BEGIN IMMEDIATE").await?;
 
-    // Which addresses are new? `users.email` is NOCASE, which folds ASCII letters only.
-    let addresses: Vec<&str> = group.iter().map(|p| p.new.email.as_str()).collect();
+    // Which addresses are new? `users.email` holds each address's comparison key (see
+    // `SubscriberEmail::key`); NOCASE, which folds ASCII only, still matches rows written before
+    // keys were stored, as typed.
+    let addresses: Vec<&str> = group.iter().map(|p| p.new.email.key()).collect();
     let addresses = serde_json::to_string(&addresses).expect("strings serialize");
     let taken: HashSet<String> = sqlx::query_scalar!(
         r#"SELECT email AS "email!" FROM users
@@ -651,7 +653,7 @@ async fn write_group(
     .collect();
     let mut seen = HashSet::new();
     let (fresh, again): (Vec<usize>, Vec<usize>) = (0..group.len()).partition(|&i| {
-        let key = group[i].new.email.as_str().to_ascii_lowercase();
+        let key = group[i].new.email.key().to_ascii_lowercase();
         !taken.contains(&key) && seen.insert(key)
     });
 
@@ -696,7 +698,10 @@ async fn write_alone(writer: &SqlitePool, new: &NewSignup) -> Result<StoredSignu
 #[derive(serde::Serialize)]
 struct NewUserRow<'a> {
     id: String,
+    /// The address to send to, for the outbox.
     email: &'a str,
+    /// What `users.email` holds: the address's comparison key, so one mailbox is one user.
+    key: &'a str,
     name: Option<&'a str>,
     token: &'a str,
     /// Hex: JSON has no bytes, and SQLite's `unhex` turns it back into the BLOB.
@@ -726,6 +731,7 @@ async fn insert_new_users(
             NewUserRow {
                 id: uuid::Uuid::now_v7().to_string(),
                 email: new.email.as_str(),
+                key: new.email.key(),
                 name: new.name.as_ref().map(SubscriberName::as_str),
                 token: &new.token,
                 token_hash: hex(&new.token_hash.0),
@@ -742,7 +748,7 @@ async fn insert_new_users(
     let json = serde_json::to_string(&rows).expect("rows serialize");
     sqlx::query!(
         r#"INSERT INTO users (id, email, name, status, created_at)
-           SELECT value ->> 'id', value ->> 'email', value ->> 'name', 'pending', value ->> 'now'
+           SELECT value ->> 'id', value ->> 'key', value ->> 'name', 'pending', value ->> 'now'
            FROM json_each(?1)"#,
         json
     )
@@ -806,7 +812,8 @@ async fn write_signup(
     let name = new.name.as_ref().map(SubscriberName::as_str);
     let existing = sqlx::query!(
         r#"SELECT id AS "id!", email AS "email!", status AS "status!" FROM users WHERE email = ?1"#,
-        email
+        // `users.email` holds the comparison key; the outbox below gets the address as typed.
+        new.email.key()
     )
     .fetch_optional(&mut *conn)
     .await?;

@@ -70,7 +70,17 @@ async fn tokens_never_reach_the_log_even_at_trace_level() {
             .unwrap();
         let link = mail.confirmation_link();
         assert_eq!(client.get(&link).send().await.unwrap().status(), 200);
-        tokens.push(link.split("token=").nth(1).unwrap().to_owned());
+        let token = link.split("token=").nth(1).unwrap().to_owned();
+        // The page's button: the token in a form body.
+        let confirmed = client
+            .post(format!("{base}/confirm"))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(format!("token={token}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(confirmed.status(), 200);
+        tokens.push(token);
     }
     child.kill().unwrap();
     child.wait().unwrap();

@@ -311,7 +311,7 @@ impl Delivery {
                     id: stored.outbox_id,
                     lease_until: claimed_until.expect("a sync row is written claimed"),
                 };
-                let (to, name) = (receipt.email.clone(), name.map(|n| n.as_str().to_owned()));
+                let to = receipt.email.clone();
                 let started = Instant::now();
                 let send = async move {
                     let wait = this.inner.policy.acquire_timeout;
@@ -322,7 +322,6 @@ impl Delivery {
                     let email = ConfirmationEmail {
                         id: claim.id.0,
                         to_address: &to,
-                        to_name: name.as_deref(),
                         link: &link,
                     };
                     this.attempt(&permit, claim, &email, 1, now).await.map(Some)
@@ -423,7 +422,7 @@ impl Delivery {
         let started = Instant::now();
         let result = match self.inner.mailer.confirmation(email) {
             Ok(message) => self.inner.mailer.send_on(permit, message).await,
-            Err(e) => Err(SendError::Unsendable(e.to_string())),
+            Err(e) => Err(SendError::Unbuildable(e.to_string())),
         };
         let took = started.elapsed();
         let attempt = self.record(claim, attempts, created_at, result).await?;

@@ -94,7 +94,6 @@ async fn deliver(delivery: &Delivery, job: Job) {
         let email = ConfirmationEmail {
             id: claimed.claim.id.0,
             to_address: &claimed.recipient,
-            to_name: claimed.recipient_name.as_deref(),
             link: &delivery.link(&claimed.token),
         };
         let sending = Instant::now();

@@ -229,14 +229,19 @@ impl From<SignupError> for Error {
                 will_retry,
             } => {
                 let status = match error {
-                    SendError::RecipientRefused(_) => StatusCode::UNPROCESSABLE_ENTITY,
+                    // About the input, never the service: a 4xx, even in sync mode.
+                    SendError::RecipientRefused(_) | SendError::Unbuildable(_) => {
+                        StatusCode::UNPROCESSABLE_ENTITY
+                    }
                     SendError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
                     SendError::Transient(_) | SendError::Rejected(_) => StatusCode::BAD_GATEWAY,
-                    SendError::Unsendable(_) => StatusCode::INTERNAL_SERVER_ERROR,
                 };
                 let detail = match (&error, will_retry) {
                     (SendError::RecipientRefused(_), _) => format!(
                         "The mail server refused this address ({error}); no email will be sent to it."
+                    ),
+                    (SendError::Unbuildable(_), _) => format!(
+                        "This address cannot be written into an email ({error}); no email will be sent to it."
                     ),
                     (_, true) => format!(
                         "The signup is saved, but its confirmation email could not be sent now ({error}); it has been queued and will be retried."
@@ -277,5 +282,32 @@ impl From<SignupError> for Error {
             SignupError::Store(e) => Error::Unavailable(e),
             SignupError::Internal(e) => Error::Internal(e.into()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::delivery::SignupReceipt;
+    use crate::domain::DeliveryMode;
+
+    /// Sync mode never answers 5xx for something about the input: a message that cannot be
+    /// built for the address is the address's fault.
+    #[test]
+    fn an_email_that_cannot_be_built_is_a_422_not_a_502() {
+        let error = SignupError::SendFailed {
+            receipt: SignupReceipt {
+                user_id: "u".into(),
+                email: "ann@example.com".into(),
+                mode: DeliveryMode::Sync,
+                state: "failed",
+                db_time: std::time::Duration::ZERO,
+                smtp_time: None,
+            },
+            error: SendError::Unbuildable("missing destination address".into()),
+            will_retry: false,
+        };
+        let response = Error::from(error).into_response();
+        assert_eq!(response.status(), StatusCode::UNPROCESSABLE_ENTITY);
     }
 }

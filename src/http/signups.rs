@@ -45,13 +45,17 @@ enum ModeParam {
 
 #[derive(Deserialize, ToSchema)]
 struct SignupRequest {
-    /// Trimmed; the domain is lower-cased. Unique regardless of case.
+    /// Trimmed; the domain is IDNA-normalised and mailed in its ASCII (punycode) form. Quoted
+    /// local parts and IP-address domains cannot be sent and are refused. One user per
+    /// mailbox: compared regardless of case (Unicode too) and of the domain's spelling.
     #[schema(format = Email, max_length = 254, example = "ada@example.com")]
     email: String,
-    /// Optional display name, used in the greeting; no control characters.
+    /// Optional display name, kept for the application: no email shows it. No control
+    /// characters, and none of the invisible ones that change how text reads (bidi controls,
+    /// line and paragraph separators, zero-width characters).
     #[schema(
         max_length = 100,
-        pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]*$",
+        pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F\\u061C\\u200B-\\u200F\\u2028-\\u202E\\u2060\\u2066-\\u2069\\uFEFF]*$",
         example = "Ada Lovelace"
     )]
     name: Option<String>,

@@ -25,8 +25,6 @@ use lettre::{
 pub use self::transport::{SmtpTransport, Transport};
 use crate::config::SmtpSettings;
 
-const TEXT_TEMPLATE: &str = include_str!("confirmation.txt");
-const HTML_TEMPLATE: &str = include_str!("confirmation.html");
 const SUBJECT: &str = "Confirm your email address";
 
 /// Builds the confirmation email and sends it through one transport. Cheap to clone: clones
@@ -65,9 +63,10 @@ pub enum SendError {
     /// account or the provider lifts the block: retried like an outage.
     #[error("the SMTP server rejected the email: {0}")]
     Rejected(String),
-    /// The message could not be built (an address lettre cannot parse): no server will take it.
-    #[error("the email cannot be built: {0}")]
-    Unsendable(String),
+    /// No message could be built for this recipient: the address is at fault, and no server was
+    /// asked. Validation refuses such addresses first; this is the second line of defence.
+    #[error("cannot build an email to this address: {0}")]
+    Unbuildable(String),
 }
 
 impl SendError {
@@ -76,7 +75,7 @@ impl SendError {
     pub fn is_retryable(&self) -> bool {
         !matches!(
             self,
-            SendError::RecipientRefused(_) | SendError::Unsendable(_)
+            SendError::RecipientRefused(_) | SendError::Unbuildable(_)
         )
     }
 
@@ -124,15 +123,20 @@ pub enum MailError {
     Build(#[from] lettre::error::Error),
     #[error("invalid recipient {0:?}")]
     Recipient(String),
+    #[error("cannot render the email: {0}")]
+    Template(#[from] minijinja::Error),
 }
 
 /// The confirmation email for one signup, before it becomes a MIME message.
+///
+/// It carries no text the requester chose: whoever signs up may type anyone's address, so the
+/// name they give (kept for the application) appears neither in the greeting nor in the `To:`
+/// header, and the email cannot carry their message to a stranger.
 pub struct ConfirmationEmail<'a> {
     /// Unique to this email (its outbox id): every attempt to send it carries the same
     /// Message-ID, so a receiver can tell a resend after a lost `250` from a new email.
     pub id: i64,
     pub to_address: &'a str,
-    pub to_name: Option<&'a str>,
     pub link: &'a str,
 }
 
@@ -197,21 +201,10 @@ impl Mailer {
             .to_address
             .parse()
             .map_err(|_| MailError::Recipient(email.to_address.to_owned()))?;
-        let to = Mailbox::new(email.to_name.map(str::to_owned), address);
-        let greeting_text = match email.to_name {
-            Some(name) => format!("Hi {name},"),
-            None => "Hi,".to_owned(),
-        };
-        let greeting_html = match email.to_name {
-            Some(name) => format!("Hi {},", escape_html(name)),
-            None => "Hi,".to_owned(),
-        };
-        let text = TEXT_TEMPLATE
-            .replace("{{greeting}}", &greeting_text)
-            .replace("{{link}}", email.link);
-        let html = HTML_TEMPLATE
-            .replace("{{greeting}}", &greeting_html)
-            .replace("{{link}}", &escape_html(email.link));
+        let to = Mailbox::new(None, address);
+        let context = minijinja::context! { link => email.link };
+        let text = crate::templates::render("confirmation.txt", context.clone())?;
+        let html = crate::templates::render("confirmation.html", context)?;
         let message_id = format!("<confirmd.{}@{}>", email.id, self.from.email.domain());
         Ok(Message::builder()
             .from(self.from.clone())
@@ -264,22 +257,6 @@ fn describe(error: &lettre::transport::smtp::Error) -> String {
     text
 }
 
-/// The five characters that matter in HTML text and attribute values.
-pub(crate) fn escape_html(input: &str) -> String {
-    let mut out = String::with_capacity(input.len());
-    for c in input.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            _ => out.push(c),
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -292,13 +269,12 @@ mod tests {
 
     /// Builds the message, sends nothing; the transport's pool needs a runtime to exist.
     #[tokio::test]
-    async fn the_name_is_escaped_in_html_and_the_link_is_in_both_parts() {
-        let link = "http://127.0.0.1:3000/confirm?token=abc";
+    async fn the_link_is_in_both_parts_and_escaped_in_html() {
+        let link = "http://127.0.0.1:3000/confirm?token=abc&x=\"><script>";
         let message = mailer()
             .confirmation(&ConfirmationEmail {
                 id: 7,
                 to_address: "ann@example.com",
-                to_name: Some("<script>alert(1)</script> & co"),
                 link,
             })
             .unwrap();
@@ -307,17 +283,19 @@ mod tests {
             String::from_utf8_lossy(&raw).contains("Message-ID: <confirmd.7@confirmd.localhost>"),
             "a stable Message-ID"
         );
+        assert!(
+            String::from_utf8_lossy(&raw).contains("To: ann@example.com"),
+            "no display name"
+        );
         let parsed = mailparse::parse_mail(&raw).unwrap();
         assert_eq!(parsed.ctype.mimetype, "multipart/alternative");
         let text = parsed.subparts[0].get_body().unwrap();
         let html = parsed.subparts[1].get_body().unwrap();
         assert!(text.contains(link), "{text}");
-        assert!(html.contains(&format!("href=\"{link}\"")), "{html}");
-        assert!(!html.contains("<script>"), "unescaped name in {html}");
-        assert!(
-            html.contains("Hi &lt;script&gt;alert(1)&lt;/script&gt; &amp; co,"),
-            "{html}"
-        );
+        assert_eq!(text.lines().next(), Some("Hi,"), "no name in the greeting");
+        let escaped = "http://127.0.0.1:3000/confirm?token=abc&amp;x=&quot;&gt;&lt;script&gt;";
+        assert!(html.contains(&format!("href=\"{escaped}\"")), "{html}");
+        assert!(!html.contains("<script>"), "unescaped link in {html}");
     }
 
     /// A transport that keeps what it is given, or never answers.
@@ -351,7 +329,6 @@ mod tests {
         ConfirmationEmail {
             id,
             to_address: "ann@example.com",
-            to_name: None,
             link: "http://127.0.0.1:3000/confirm?token=abc",
         }
     }

@@ -72,6 +72,18 @@ impl Transport for SmtpTransport {
                 }
                 Err(PoolError::Smtp(e)) if e.is_timeout() => Err(SendError::Timeout(self.timeout)),
                 Err(PoolError::Smtp(e)) if e.is_permanent() => Err(SendError::permanent(&e)),
+                // lettre will not offer an internationalised address (`ünï@x`) to a server that
+                // does not announce SMTPUTF8 (RFC 6531), and asks nothing: this server cannot
+                // take this address, and trying again will not change that.
+                Err(PoolError::Smtp(e))
+                    if e.is_client()
+                        && envelope.to().iter().any(|to| !to.to_string().is_ascii()) =>
+                {
+                    Err(SendError::RecipientRefused(format!(
+                        "{}; the address is not ASCII and the server does not accept SMTPUTF8",
+                        describe(&e)
+                    )))
+                }
                 Err(PoolError::Smtp(e)) => Err(SendError::Transient(describe(&e))),
             }
         })

@@ -50,6 +50,19 @@ async fn invalid_fields_are_422() {
             "control",
         ),
         (r#"{"name": "Ann"}"#.to_owned(), "email"),
+        // A right-to-left override, a line separator, a zero-width space: each is refused.
+        (
+            r#"{"email": "ann@example.com", "name": "Ann\u202Emoc.elpmaxe"}"#.to_owned(),
+            "U+202E",
+        ),
+        (
+            r#"{"email": "ann@example.com", "name": "Ann\u2028Visit evil.example"}"#.to_owned(),
+            "invisible or text-direction",
+        ),
+        (
+            r#"{"email": "ann@example.com", "name": "Ann\u200B"}"#.to_owned(),
+            "U+200B",
+        ),
         (r#"{"email": 42}"#.to_owned(), "email"),
         (r#"["ann@example.com"]"#.to_owned(), ""),
     ];
@@ -151,4 +164,27 @@ async fn unknown_paths_ids_and_methods_answer_in_the_same_shape() {
         .await
         .unwrap();
     assert_problem(delete, StatusCode::METHOD_NOT_ALLOWED).await;
+}
+
+/// These passed validation before and could not be sent: sync mode answered 502 ("cannot build
+/// the email", with no SMTP server involved) and background mode 202, then `failed`. Now they
+/// are refused at the door, in both modes, and nothing is stored or sent.
+#[tokio::test]
+async fn addresses_that_cannot_be_sent_are_422_in_both_modes() {
+    let app = spawn_app().await;
+    let cases = [
+        (r#""a b"@example.com"#, "quoted"),
+        (r#""a\"b"@example.com"#, "quoted"),
+        ("ip@[127.0.0.1]", "IP address"),
+        ("ip@[IPv6:::1]", "IP address"),
+        ("ip@127.0.0.1", "IP address"),
+        ("ann@exa_mple.com", "domain"),
+    ];
+    for mode in ["sync", "background"] {
+        for (email, detail) in cases {
+            let response = app.signup(email, mode).await;
+            assert_rejected(&app, response, StatusCode::UNPROCESSABLE_ENTITY, detail).await;
+        }
+    }
+    assert!(app.smtp().received().is_empty());
 }

@@ -1,44 +1,113 @@
-//! The link in the email, and signing up again.
+//! The link in the email, its page and button, and signing up again.
+//!
+//! Opening a link (GET, HEAD) confirms nothing, so that a mail scanner that fetches every link
+//! cannot confirm an address nobody read; only `POST /confirm` (the page's button) confirms.
 
 use reqwest::StatusCode;
 use serde_json::Value;
 
-use crate::helpers::{assert_problem, spawn_app};
+use crate::helpers::{assert_problem, spawn_app, token_of};
 
+fn content_type(response: &reqwest::Response) -> String {
+    response.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .to_owned()
+}
+
+/// What a scanner does (GET and HEAD, as a browser and as an API client) leaves the signup
+/// pending; the page's button confirms it.
 #[tokio::test]
-async fn the_link_from_the_email_confirms_the_signup_and_works_twice() {
+async fn opening_the_link_confirms_nothing_and_the_pages_button_confirms() {
     let app = spawn_app().await;
-    let id = app.signup_ok("ann@example.com", "background").await;
+    app.signup_ok("ann@example.com", "background").await;
     let link = app.confirmation_link("ann@example.com").await;
 
-    let first = app.client.get(&link).send().await.unwrap();
-    assert_eq!(first.status(), StatusCode::OK);
+    let page = app.client.get(&link).send().await.unwrap();
+    assert_eq!(page.status(), StatusCode::OK);
+    assert!(content_type(&page).starts_with("text/html"));
+    assert_eq!(page.headers()["cache-control"], "no-store");
+    let page = page.text().await.unwrap();
+    assert!(page.contains(r#"<form method="post""#), "{page}");
     assert!(
-        first.headers()["content-type"]
-            .to_str()
-            .unwrap()
-            .starts_with("text/html")
+        page.contains(token_of(&link)),
+        "the button carries the token"
     );
-    let page = first.text().await.unwrap();
-    assert!(page.contains("ann@example.com is confirmed"), "{page}");
-
-    let details = app.signup_details(&id).await;
-    assert_eq!(details["status"], "confirmed");
-    assert!(details["confirmed_at"].is_string());
-
-    let second: Value = app
+    let head = app.client.head(&link).send().await.unwrap();
+    assert_eq!(head.status(), StatusCode::OK);
+    let as_json = app
         .client
         .get(&link)
         .header("accept", "application/json")
         .send()
         .await
-        .unwrap()
-        .json()
+        .unwrap();
+    assert_eq!(as_json.status(), StatusCode::OK);
+    let as_json: Value = as_json.json().await.unwrap();
+    assert_eq!(as_json["status"], "pending");
+    assert_eq!(
+        app.user_statuses().await,
+        ["pending"],
+        "GET and HEAD confirm nothing"
+    );
+
+    let pressed = app.press_the_button(&link).await;
+
+    assert_eq!(pressed.status(), StatusCode::OK);
+    assert!(content_type(&pressed).starts_with("text/html"));
+    let page = pressed.text().await.unwrap();
+    assert!(page.contains("Your email address is confirmed."), "{page}");
+    assert!(!page.contains("ann@example.com"), "{page}");
+    assert_eq!(app.user_statuses().await, ["confirmed"]);
+}
+
+/// A used link says so, in HTML and in JSON, without saying whose it is.
+#[tokio::test]
+async fn a_used_link_says_already_confirmed_without_the_address() {
+    let app = spawn_app().await;
+    let id = app.signup_ok("ann@example.com", "sync").await;
+    let link = app.confirmation_link("ann@example.com").await;
+    let first = app.confirm(&link).await;
+    assert_eq!(first.status(), StatusCode::OK);
+    let first: Value = first.json().await.unwrap();
+    assert_eq!(first["status"], "confirmed");
+    assert_eq!(first["already_confirmed"], false);
+
+    let again = app.confirm(&link).await;
+    assert_eq!(again.status(), StatusCode::OK);
+    let text = again.text().await.unwrap();
+    let again: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(again["status"], "confirmed");
+    assert_eq!(again["already_confirmed"], true);
+    assert_eq!(
+        again.as_object().unwrap().keys().collect::<Vec<_>>(),
+        ["already_confirmed", "status"],
+        "no email, no id"
+    );
+    assert!(
+        !text.contains("ann@example.com") && !text.contains(&id),
+        "{text}"
+    );
+
+    // The form submitted again (the back button), and the link opened again.
+    let resubmitted = app
+        .client
+        .post(format!("{}/confirm", app.address))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!("token={}", token_of(&link)))
+        .send()
         .await
         .unwrap();
-    assert_eq!(second["status"], "confirmed");
-    assert_eq!(second["already_confirmed"], true);
-    assert_eq!(second["id"], id.as_str());
+    for page in [resubmitted, app.client.get(&link).send().await.unwrap()] {
+        assert_eq!(page.status(), StatusCode::OK);
+        let page = page.text().await.unwrap();
+        assert!(page.contains("already confirmed"), "{page}");
+        assert!(
+            !page.contains("ann@example.com") && !page.contains(&id),
+            "{page}"
+        );
+        assert!(!page.contains("<form"), "no button on a used link: {page}");
+    }
 }
 
 #[tokio::test]
@@ -46,10 +115,7 @@ async fn a_confirmed_address_cannot_sign_up_again() {
     let app = spawn_app().await;
     app.signup_ok("ann@example.com", "sync").await;
     let link = app.confirmation_link("ann@example.com").await;
-    assert_eq!(
-        app.client.get(&link).send().await.unwrap().status(),
-        StatusCode::OK
-    );
+    assert_eq!(app.confirm(&link).await.status(), StatusCode::OK);
 
     let again = app.signup("ANN@EXAMPLE.COM", "sync").await;
 
@@ -78,41 +144,98 @@ async fn signing_up_again_while_pending_sends_a_fresh_link_and_retires_the_old_o
     assert_eq!(app.mail_to("ann@example.com").len(), 2);
     assert_eq!(app.count("users").await, 1);
 
-    let old = app.client.get(&old_link).send().await.unwrap();
-    assert_problem(old, StatusCode::NOT_FOUND).await;
-    let new = app.client.get(&new_link).send().await.unwrap();
-    assert_eq!(new.status(), StatusCode::OK);
+    assert_problem(app.confirm(&old_link).await, StatusCode::NOT_FOUND).await;
+    assert_eq!(app.confirm(&new_link).await.status(), StatusCode::OK);
 }
 
 #[tokio::test]
-async fn an_expired_link_is_gone() {
+async fn an_expired_link_is_gone_and_its_page_says_how_to_get_a_new_one() {
     let app = spawn_app().await;
     app.signup_ok("ann@example.com", "sync").await;
     let link = app.confirmation_link("ann@example.com").await;
     app.expire_tokens().await;
 
-    let response = app.client.get(&link).send().await.unwrap();
-
-    let problem = assert_problem(response, StatusCode::GONE).await;
+    let problem = assert_problem(app.confirm(&link).await, StatusCode::GONE).await;
     assert!(problem["detail"].as_str().unwrap().contains("expired"));
+
+    let page = app.client.get(&link).send().await.unwrap();
+    assert_eq!(page.status(), StatusCode::GONE);
+    assert!(content_type(&page).starts_with("text/html"));
+    let page = page.text().await.unwrap();
+    assert!(
+        page.contains("expired") && page.contains("Sign up again"),
+        "{page}"
+    );
+    assert!(
+        !page.contains("<form"),
+        "no button on an expired link: {page}"
+    );
+    assert_eq!(app.user_statuses().await, ["pending"]);
 }
 
 #[tokio::test]
 async fn unknown_malformed_and_missing_tokens_are_told_apart() {
     let app = spawn_app().await;
-    let unknown = format!("/confirm?token={}", "A".repeat(43));
-    assert_problem(app.get(&unknown).await, StatusCode::NOT_FOUND).await;
-    assert_problem(
-        app.get("/confirm?token=not-a-token").await,
-        StatusCode::BAD_REQUEST,
-    )
-    .await;
-    assert_problem(app.get("/confirm").await, StatusCode::BAD_REQUEST).await;
-    assert_problem(
-        app.get("/confirm?token=%FF%FE").await,
-        StatusCode::BAD_REQUEST,
-    )
-    .await;
+    let unknown = "A".repeat(43);
+    let json = |path: String| {
+        app.client
+            .get(format!("{}{path}", app.address))
+            .header("accept", "application/json")
+            .send()
+    };
+    let cases = [
+        (format!("/confirm?token={unknown}"), StatusCode::NOT_FOUND),
+        ("/confirm?token=not-a-token".into(), StatusCode::BAD_REQUEST),
+        ("/confirm".into(), StatusCode::BAD_REQUEST),
+        ("/confirm?token=%FF%FE".into(), StatusCode::BAD_REQUEST),
+    ];
+    for (path, status) in cases {
+        assert_problem(json(path.clone()).await.unwrap(), status).await;
+        // A browser gets a page with the same status.
+        let page = app.get(&path).await;
+        assert_eq!(page.status(), status, "{path}");
+        assert!(content_type(&page).starts_with("text/html"), "{path}");
+        assert!(page.text().await.unwrap().contains("not valid"), "{path}");
+    }
+
+    let post = |content_type: &'static str, body: String| {
+        app.client
+            .post(format!("{}/confirm", app.address))
+            .header("content-type", content_type)
+            .header("accept", "application/json")
+            .body(body)
+            .send()
+    };
+    let json_body = "application/json";
+    let form = "application/x-www-form-urlencoded";
+    for (content_type, body, status) in [
+        (
+            json_body,
+            format!(r#"{{"token": "{unknown}"}}"#),
+            StatusCode::NOT_FOUND,
+        ),
+        (form, format!("token={unknown}"), StatusCode::NOT_FOUND),
+        (
+            json_body,
+            r#"{"token": "short"}"#.into(),
+            StatusCode::BAD_REQUEST,
+        ),
+        (json_body, "{}".into(), StatusCode::BAD_REQUEST),
+        (form, String::new(), StatusCode::BAD_REQUEST),
+        (json_body, "{".into(), StatusCode::BAD_REQUEST),
+        (
+            json_body,
+            r#"{"token": 42}"#.into(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            "text/plain",
+            format!("token={unknown}"),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        ),
+    ] {
+        assert_problem(post(content_type, body).await.unwrap(), status).await;
+    }
 }
 
 #[tokio::test]
@@ -165,10 +288,7 @@ async fn a_re_signup_while_the_first_email_waits_sends_only_the_newest_link() {
         1,
         "the stale email is not sent"
     );
-    assert_eq!(
-        app.client.get(&link).send().await.unwrap().status(),
-        StatusCode::OK
-    );
+    assert_eq!(app.confirm(&link).await.status(), StatusCode::OK);
 }
 
 #[tokio::test]
@@ -178,13 +298,7 @@ async fn two_clicks_racing_on_one_link_confirm_once_and_both_succeed() {
     let link = app.confirmation_link("ann@example.com").await;
 
     let click = || async {
-        let response = app
-            .client
-            .get(&link)
-            .header("accept", "application/json")
-            .send()
-            .await
-            .unwrap();
+        let response = app.confirm(&link).await;
         assert_eq!(response.status(), StatusCode::OK);
         response.json::<Value>().await.unwrap()["already_confirmed"]
             .as_bool()
@@ -212,7 +326,7 @@ async fn a_link_sent_after_a_long_outage_is_valid_for_a_full_ttl_from_the_send()
     app.wait_for_delivery_state(&id, "sent").await;
 
     let link = app.confirmation_link("ann@example.com").await;
-    let response = app.client.get(&link).send().await.unwrap();
+    let response = app.confirm(&link).await;
     assert_eq!(
         response.status(),
         StatusCode::OK,

@@ -215,6 +215,55 @@ impl TestApp {
         format!("{}{path}", self.address)
     }
 
+    /// What an API client does with a link: POSTs its token to `/confirm` as JSON.
+    pub async fn confirm(&self, link: &str) -> Response {
+        self.client
+            .post(format!("{}/confirm", self.address))
+            .header("accept", "application/json")
+            .json(&serde_json::json!({ "token": token_of(link) }))
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// What a person does with a link: opens it in a browser, then presses the page's one
+    /// button, which submits its form. Returns the answer to the form.
+    pub async fn press_the_button(&self, link: &str) -> Response {
+        let page = self.client.get(link).send().await.unwrap();
+        assert_eq!(page.status(), StatusCode::OK);
+        let page = page.text().await.unwrap();
+        let form = page
+            .split("<form")
+            .nth(1)
+            .unwrap_or_else(|| panic!("the page has no form: {page}"));
+        assert!(form.contains(r#"method="post""#), "{form}");
+        let attribute = |name: &str| {
+            let start = form.find(&format!("{name}=\"")).unwrap() + name.len() + 2;
+            form[start..].split('"').next().unwrap().to_owned()
+        };
+        // The form's action is relative to the page, `/confirm`.
+        assert_eq!(attribute("action"), "confirm");
+        assert!(form.contains(r#"name="token""#), "{form}");
+        self.client
+            .post(format!("{}/confirm", self.address))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(format!("token={}", attribute("value")))
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// The status of every user, from the database: what confirming changes.
+    pub async fn user_statuses(&self) -> Vec<String> {
+        let db = self.db().await;
+        let statuses = sqlx::query_scalar("SELECT status FROM users ORDER BY id")
+            .fetch_all(&db)
+            .await
+            .unwrap();
+        db.close().await;
+        statuses
+    }
+
     /// Opens the database file directly, for what the API does not show (row counts, and
     /// moving a token's expiry into the past).
     pub async fn db(&self) -> sqlx::SqlitePool {
@@ -278,6 +327,13 @@ impl StoppedApp {
 
 /// Calls `probe` until it returns `Ok`, or `within` passes and the last `Err` is returned: the
 /// way tests wait for something asynchronous, instead of sleeping and hoping.
+/// The token a confirmation link carries.
+pub fn token_of(link: &str) -> &str {
+    link.split_once("token=")
+        .unwrap_or_else(|| panic!("{link} has no token"))
+        .1
+}
+
 pub async fn poll<T, E, F, Fut>(within: Duration, mut probe: F) -> Result<T, E>
 where
     F: FnMut() -> Fut,

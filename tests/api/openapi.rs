@@ -37,6 +37,7 @@ async fn the_openapi_document_lists_every_operation_and_its_problem_answers() {
             "get /metrics",
             "get /readyz",
             "get /signups/{id}",
+            "post /confirm",
             "post /signups"
         ]
     );
@@ -58,6 +59,41 @@ async fn the_openapi_document_lists_every_operation_and_its_problem_answers() {
         );
     }
     assert!(post["422"]["content"]["application/problem+json"].is_object());
+    // The link's page and its button: a page for a browser, JSON or a problem for a client.
+    for method in ["get", "post"] {
+        let responses = &doc["paths"]["/confirm"][method]["responses"];
+        for status in ["200", "400", "404", "410"] {
+            let content = &responses[status]["content"];
+            assert!(
+                content["text/html"].is_object(),
+                "{method} /confirm {status} is a page too"
+            );
+            let json = if status == "200" {
+                "application/json"
+            } else {
+                "application/problem+json"
+            };
+            assert!(
+                content[json].is_object(),
+                "{method} /confirm {status}: {json}"
+            );
+        }
+    }
+    // Operation ids are unique (OpenAPI requires it; generated clients name methods by them).
+    let mut ids: Vec<&str> = doc["paths"]
+        .as_object()
+        .unwrap()
+        .values()
+        .flat_map(|item| item.as_object().unwrap().values())
+        .map(|operation| operation["operationId"].as_str().unwrap())
+        .collect();
+    let count = ids.len();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), count, "duplicate operationId in {ids:?}");
+    let body = &doc["paths"]["/confirm"]["post"]["requestBody"]["content"];
+    assert!(body["application/x-www-form-urlencoded"].is_object());
+    assert!(body["application/json"].is_object());
     let problem = &doc["components"]["schemas"]["Problem"]["required"];
     for field in ["type", "title", "status", "detail"] {
         assert!(

@@ -87,8 +87,10 @@ async fn without_a_mode_the_configured_default_applies() {
     assert_eq!(response.status(), StatusCode::CREATED);
 }
 
+/// The name is kept for the application, but no email shows it: whoever signs up may type
+/// anyone's address, and a name must not carry their words to a stranger.
 #[tokio::test]
-async fn the_email_is_addressed_from_the_configured_sender_and_escapes_the_name() {
+async fn the_email_is_addressed_from_the_configured_sender_and_never_shows_the_name() {
     let app = spawn_app().await;
     let body = r#"{"email": "eve@example.com", "name": "<b>Eve</b> & \"co\""}"#;
     assert_eq!(
@@ -99,16 +101,54 @@ async fn the_email_is_addressed_from_the_configured_sender_and_escapes_the_name(
     let mail = app.mail_to("eve@example.com").pop().unwrap();
     assert_eq!(mail.from, "no-reply@confirmd.localhost");
     assert_eq!(mail.subject(), "Confirm your email address");
-    let html = mail.html_body();
-    assert!(
-        html.contains("Hi &lt;b&gt;Eve&lt;/b&gt; &amp; &quot;co&quot;,"),
-        "{html}"
-    );
-    assert!(!html.contains("<b>Eve</b>"), "{html}");
-    assert!(mail.text_body().contains("Hi <b>Eve</b> & \"co\","));
+    let to = mail.header("To").unwrap();
+    assert_eq!(to, "eve@example.com", "no display name");
+    let (text, html) = (mail.text_body(), mail.html_body());
+    for part in [&text, &html] {
+        assert!(!part.contains("Eve"), "{part}");
+    }
+    assert!(text.starts_with("Hi,"), "{text}");
     // The same link in both parts.
     let link = mail.confirmation_link();
     assert!(html.contains(&link), "{html}");
+    assert_eq!(
+        stored_names(&app).await,
+        [Some("<b>Eve</b> & \"co\"".to_owned())]
+    );
+}
+
+/// A name that looks like a template placeholder was replaced by the real link in both parts,
+/// so an email could carry a second, attacker-worded link. Templates now get values, never
+/// template text, and the email does not show the name at all.
+#[tokio::test]
+async fn a_name_with_a_placeholder_adds_nothing_to_the_email() {
+    let app = spawn_app().await;
+    let name = "Click {{link}} or {{ link }} or {{greeting}}";
+    let body = serde_json::json!({ "email": "eve@example.com", "name": name }).to_string();
+    assert_eq!(
+        app.post_signup(&body, Some("sync")).await.status(),
+        StatusCode::CREATED
+    );
+
+    let mail = app.mail_to("eve@example.com").pop().unwrap();
+    let (text, html) = (mail.text_body(), mail.html_body());
+    for part in [&text, &html] {
+        assert!(!part.contains("Click") && !part.contains("{{"), "{part}");
+    }
+    assert_eq!(text.matches("/confirm?token=").count(), 1, "{text}");
+    // The HTML part has the link twice: the button's href and the text to paste.
+    assert_eq!(html.matches("/confirm?token=").count(), 2, "{html}");
+    assert_eq!(stored_names(&app).await, [Some(name.to_owned())]);
+}
+
+async fn stored_names(app: &crate::helpers::TestApp) -> Vec<Option<String>> {
+    let db = app.db().await;
+    let names = sqlx::query_scalar("SELECT name FROM users")
+        .fetch_all(&db)
+        .await
+        .unwrap();
+    db.close().await;
+    names
 }
 
 #[tokio::test]
@@ -218,4 +258,25 @@ async fn a_backlog_larger_than_the_channel_drains_without_waiting_for_the_sweep_
         "only {} of 30 emails were sent",
         smtp.received().len()
     );
+}
+
+/// `bücher.de` and `xn--bcher-kva.de` are one domain, and `Ünï` and `ünï` one mailbox: each pair
+/// is one user. The email goes to the punycode domain (no SMTPUTF8 needed for it) and to the
+/// local part as typed.
+#[tokio::test]
+async fn one_mailbox_is_one_user_whatever_the_spelling_of_its_domain_or_case() {
+    let app = spawn_app().await;
+    app.signup_ok("same@bücher.de", "sync").await;
+    let again = app.signup("same@XN--BCHER-KVA.de", "sync").await;
+    assert!(again.status().is_success(), "{}", again.status());
+    assert_eq!(app.count("users").await, 1);
+    let recipients: Vec<Vec<String>> = app.smtp().received().into_iter().map(|m| m.to).collect();
+    assert_eq!(recipients[0], ["same@xn--bcher-kva.de"]);
+
+    app.signup_ok("Ünï@example.com", "sync").await;
+    let again = app.signup("ünï@example.com", "background").await;
+    assert!(again.status().is_success(), "{}", again.status());
+    assert_eq!(app.count("users").await, 2);
+    let first = app.smtp().received().into_iter().nth(2).unwrap();
+    assert_eq!(first.to, ["Ünï@example.com"], "sent as typed");
 }

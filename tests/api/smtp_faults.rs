@@ -349,3 +349,44 @@ async fn sync_signups_never_open_more_smtp_connections_than_the_pool_allows() {
     );
     assert!(most <= pool_size, "{most} connections at once");
 }
+
+/// An internationalised address (`ünï@…`) can only go to a server that announces SMTPUTF8, and
+/// lettre does not offer it to one that does not. That is the address's problem at this server,
+/// not an outage: sync mode answers 422 (it was a 502), and the email fails at once instead of
+/// being retried. ASCII addresses still go through.
+#[tokio::test]
+async fn a_server_without_smtputf8_refuses_an_internationalised_address_with_a_422() {
+    let app = spawn_app().await;
+    app.smtp().set_behaviour(Behaviour::NoSmtpUtf8);
+
+    let sync = app.signup("ünï@example.com", "sync").await;
+    let problem = assert_problem(sync, StatusCode::UNPROCESSABLE_ENTITY).await;
+    assert!(
+        problem["detail"].as_str().unwrap().contains("SMTPUTF8"),
+        "{problem}"
+    );
+    app.signup_ok("ann@example.com", "sync").await;
+    app.signup_ok("zoë@example.com", "background").await;
+
+    let outcome = poll(PATIENCE, || async {
+        let db = app.db().await;
+        let row: Option<(String, i64)> = sqlx::query_as(
+            "SELECT state, attempts FROM email_outbox WHERE recipient = 'zoë@example.com'",
+        )
+        .fetch_optional(&db)
+        .await
+        .unwrap();
+        db.close().await;
+        match row {
+            Some((state, attempts)) if state == "failed" => Ok(attempts),
+            other => Err(other),
+        }
+    })
+    .await
+    .unwrap_or_else(|last| panic!("the email never failed: {last:?}"));
+    assert_eq!(
+        outcome, 1,
+        "no retries for an address this server cannot take"
+    );
+    assert_eq!(app.smtp().received().len(), 1, "only ann's email");
+}

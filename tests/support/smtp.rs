@@ -43,6 +43,9 @@ pub enum Behaviour {
     /// Reads the DATA body, then never answers; the connection stays open until the server
     /// is dropped.
     Hang,
+    /// Like `Accept`, but `EHLO` does not announce SMTPUTF8, as many servers still do not: a
+    /// client must not send it an address that is not ASCII. Read at `EHLO`.
+    NoSmtpUtf8,
 }
 
 /// One message the server accepted: the envelope and the message exactly as received (after
@@ -61,6 +64,11 @@ impl ReceivedMail {
             .headers
             .get_first_value("Subject")
             .unwrap_or_else(|| panic!("received mail has no Subject header:\n{}", self.raw))
+    }
+
+    /// The first `name` header, decoded.
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.parsed().headers.get_first_value(name)
     }
 
     /// The decoded text/plain part.
@@ -321,7 +329,11 @@ async fn serve(stream: TcpStream, shared: Arc<Shared>) -> io::Result<()> {
         match verb.as_str() {
             "EHLO" => {
                 (from, to) = (None, Vec::new());
-                reply(&mut writer, "250-localhost\r\n250-8BITMIME\r\n250 SMTPUTF8").await?;
+                let greeting = match shared.behaviour() {
+                    Behaviour::NoSmtpUtf8 => "250-localhost\r\n250 8BITMIME",
+                    _ => "250-localhost\r\n250-8BITMIME\r\n250 SMTPUTF8",
+                };
+                reply(&mut writer, greeting).await?;
             }
             "HELO" => {
                 (from, to) = (None, Vec::new());
@@ -354,7 +366,7 @@ async fn serve(stream: TcpStream, shared: Arc<Shared>) -> io::Result<()> {
                     raw,
                 };
                 match shared.behaviour() {
-                    Behaviour::Accept | Behaviour::RejectPermanent => {
+                    Behaviour::Accept | Behaviour::RejectPermanent | Behaviour::NoSmtpUtf8 => {
                         shared.store(mail);
                         reply(&mut writer, "250 2.0.0 OK: queued").await?;
                     }

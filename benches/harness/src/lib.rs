@@ -106,7 +106,6 @@ pub fn confirmation(mailer: &Mailer, i: usize) -> anyhow::Result<Message> {
     Ok(mailer.confirmation(&ConfirmationEmail {
         id: i as i64,
         to_address: &to,
-        to_name: None,
         link: &link,
     })?)
 }
