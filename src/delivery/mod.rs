@@ -1,6 +1,7 @@
 //! Getting the confirmation email out: the part of confirmd that the two modes differ in.
 //!
-//! Both modes first write the user, the token and an **outbox** row in one transaction. Then:
+//! Both modes first write the user, the token's hash and an **outbox** row in one transaction.
+//! Then:
 //!
 //! - **sync**: the request itself sends the email and answers only when the SMTP server has
 //!   accepted it. Its outbox row was written already claimed (state `sending`, with a lease), so
@@ -14,10 +15,21 @@
 //! or the process dies with ids in it, nothing is lost: the [`sweeper`] finds due rows in the
 //! table (and rows whose sender died mid-send) and feeds them to the workers again.
 //!
+//! Every signup is answered the same way whatever the address's state, so the answer tells
+//! nobody whether an account exists: the row sends a confirmation to a new or pending address, a
+//! fixed "you already have an account" notice to a confirmed one, or nothing when the address was
+//! sent an email less than `signup.resend_interval_s` ago. A row that sends nothing still takes
+//! about as long as a send ([`send_time`]) and goes through the same states.
+//!
+//! No token is ever written down: the row keeps a nonce, and the token is derived from it with
+//! the server secret ([`crate::secret`]) when the email is built, by the worker or the sync
+//! request.
+//!
 //! Nothing here knows about HTTP: the `http` module calls [`Delivery::signup`] and maps the result.
 
 mod backlog;
 mod retry;
+mod send_time;
 mod sweeper;
 mod worker;
 
@@ -35,14 +47,16 @@ use tracing::{Instrument, debug, info_span, warn};
 
 use backlog::Backlog;
 pub use retry::Backoff;
+use send_time::SendTime;
 
 use crate::{
     clock,
     config::Settings,
-    domain::{ConfirmationToken, DeliveryMode, SubscriberEmail, SubscriberName},
+    domain::{ConfirmationToken, DeliveryMode, SubscriberEmail, SubscriberName, TokenNonce},
     mail::{ConfirmationEmail, Mailer, SendError},
     metrics::{EmailOutcome, Metrics},
-    store::{Claim, NewSignup, OutboxId, Store, StoreError},
+    secret::TokenKey,
+    store::{Claim, ClaimedEmail, EmailKind, NewSignup, OutboxId, Store, StoreError},
 };
 
 /// What a worker is told: which row, and enough context to report how long it waited.
@@ -70,6 +84,8 @@ pub(crate) struct Policy {
     resend_interval: Duration,
     /// Waiting emails beyond which background signups are refused.
     max_backlog: u64,
+    /// `smtp.timeout_ms`: the longest a row that sends nothing waits to look like a send.
+    send_timeout: Duration,
 }
 
 /// The delivery core: shared by the HTTP handlers, the workers and the sweeper.
@@ -81,6 +97,10 @@ pub struct Delivery {
 struct Inner {
     store: Store,
     mailer: Mailer,
+    /// Turns an outbox row's nonce into its link's token.
+    key: TokenKey,
+    /// How long sends take lately, for the rows that send nothing.
+    send_time: SendTime,
     metrics: Arc<Metrics>,
     policy: Policy,
     jobs: mpsc::Sender<Job>,
@@ -96,10 +116,12 @@ struct Inner {
     refill: Notify,
 }
 
-/// A committed signup and what became of its email so far.
+/// A committed signup and what became of its email so far: the same for every address, whatever
+/// its state.
 #[derive(Debug, Clone)]
 pub struct SignupReceipt {
-    pub user_id: String,
+    /// The signup request's id: a random UUID, not the user's.
+    pub signup_id: String,
     pub email: String,
     pub mode: DeliveryMode,
     /// The outbox state as the request leaves it: `sent` (sync) or `queued` (background).
@@ -112,11 +134,6 @@ pub struct SignupReceipt {
 
 #[derive(Debug, thiserror::Error)]
 pub enum SignupError {
-    #[error("{0} is already confirmed")]
-    AlreadyConfirmed(String),
-    /// The address was sent an email less than `signup.resend_interval_s` ago.
-    #[error("an email was sent to this address moments ago")]
-    TooSoon { retry_after: Duration },
     /// Background mode: `worker.max_backlog` emails are already waiting (SMTP is down or slow).
     #[error("too many emails are waiting to be sent")]
     Backlogged { retry_after: Duration },
@@ -137,14 +154,18 @@ pub enum SignupError {
 
 impl From<StoreError> for SignupError {
     fn from(e: StoreError) -> Self {
-        match e {
-            StoreError::AlreadyConfirmed(email) => SignupError::AlreadyConfirmed(email),
-            StoreError::TooSoon { retry_after_ms } => SignupError::TooSoon {
-                retry_after: Duration::from_millis(u64::try_from(retry_after_ms).unwrap_or(0)),
-            },
-            other => SignupError::Store(other),
-        }
+        SignupError::Store(e)
     }
+}
+
+/// What a claimed row sends, built from its kind.
+pub(crate) enum Outgoing {
+    /// The confirmation email with this link.
+    Confirmation { link: String },
+    /// The fixed "you already have an account" notice.
+    AccountNotice,
+    /// Nothing, for about as long as a send takes.
+    Nothing,
 }
 
 /// What one attempt at sending a claimed row came to; the worker logs it.
@@ -162,6 +183,7 @@ impl Delivery {
         settings: &Settings,
         store: Store,
         mailer: Mailer,
+        key: TokenKey,
         metrics: Arc<Metrics>,
         shutdown: CancellationToken,
         tasks: TaskTracker,
@@ -177,11 +199,14 @@ impl Delivery {
             sweep_interval: worker.sweep_interval(),
             resend_interval: settings.signup.resend_interval(),
             max_backlog: worker.max_backlog,
+            send_timeout: settings.smtp.timeout(),
         };
         let delivery = Delivery {
             inner: Arc::new(Inner {
                 store,
                 mailer,
+                key,
+                send_time: SendTime::default(),
                 metrics,
                 policy,
                 jobs,
@@ -228,13 +253,15 @@ impl Delivery {
                 retry_after: policy.sweep_interval,
             });
         }
-        let token = ConfirmationToken::generate();
+        let nonce = TokenNonce::generate();
+        let token = self.inner.key.token_for(&nonce);
         let now = clock::now_ms();
         let claimed_until = (mode == DeliveryMode::Sync).then(|| clock::ms_from_now(policy.lease));
         let new = NewSignup {
+            signup_id: signup_id(),
             email: email.clone(),
             name: name.cloned(),
-            token: token.expose().to_owned(),
+            nonce,
             token_hash: token.hash(),
             token_expires_at: clock::ms_from_now(policy.token_ttl),
             mode,
@@ -253,8 +280,10 @@ impl Delivery {
             .await?;
         let db_time = started.elapsed();
         self.inner.metrics.observe_signup_group(stored.group_size);
+        // For the operator: what this request sends, which its answer does not say.
+        debug!(signup_id = %stored.signup_id, outbox_id = %stored.outbox_id, kind = stored.kind.as_str(), "signup stored");
         let mut receipt = SignupReceipt {
-            user_id: stored.user_id,
+            signup_id: stored.signup_id,
             email: stored.email,
             mode,
             state: "queued",
@@ -270,22 +299,21 @@ impl Delivery {
             }
             DeliveryMode::Sync => {
                 let this = self.clone();
-                let link = self.link(token.expose());
+                // The token lives in this request's memory only, as in a worker's.
+                let outgoing = match stored.kind {
+                    EmailKind::Confirmation => Outgoing::Confirmation {
+                        link: self.link(token.expose()),
+                    },
+                    EmailKind::AccountNotice => Outgoing::AccountNotice,
+                    EmailKind::Suppressed => Outgoing::Nothing,
+                };
                 let claim = Claim {
                     id: stored.outbox_id,
                     lease_until: claimed_until.expect("a sync row is written claimed"),
                 };
-                let (to, name) = (receipt.email.clone(), name.map(|n| n.as_str().to_owned()));
+                let to = receipt.email.clone();
                 let started = Instant::now();
-                let send = async move {
-                    let email = ConfirmationEmail {
-                        id: claim.id.0,
-                        to_address: &to,
-                        to_name: name.as_deref(),
-                        link: &link,
-                    };
-                    this.attempt(claim, &email, 1).await
-                };
+                let send = async move { this.attempt(claim, &to, &outgoing, 1).await };
                 let attempt = self
                     .inner
                     .tasks
@@ -350,19 +378,72 @@ impl Delivery {
         format!("{}/confirm?token={token}", self.inner.policy.base_url)
     }
 
+    /// What a claimed row sends. A confirmation's token is derived here from the row's nonce;
+    /// if the secret changed since the signup, the new token's hash replaces the stored one
+    /// first, so the link that goes out is the one that works.
+    pub(crate) async fn outgoing(&self, claimed: &ClaimedEmail) -> Result<Outgoing, StoreError> {
+        let token = match claimed.kind {
+            EmailKind::AccountNotice => return Ok(Outgoing::AccountNotice),
+            EmailKind::Suppressed => return Ok(Outgoing::Nothing),
+            EmailKind::Confirmation => match (&claimed.nonce, &claimed.legacy_token) {
+                (Some(nonce), _) => self.inner.key.token_for(nonce),
+                (None, Some(legacy)) => match ConfirmationToken::parse(legacy) {
+                    Ok(token) => token,
+                    Err(_) => return Ok(Outgoing::Nothing),
+                },
+                // A confirmation row keeps its nonce until it is sent; one without is a row
+                // from before tokens were derived that has nothing left to send.
+                (None, None) => return Ok(Outgoing::Nothing),
+            },
+        };
+        let hash = token.hash();
+        if let Some(stored) = &claimed.token_hash
+            && *stored != hash
+        {
+            self.inner
+                .store
+                .rehash_token(claimed.claim.id, stored, &hash)
+                .await?;
+        }
+        Ok(Outgoing::Confirmation {
+            link: self.link(token.expose()),
+        })
+    }
+
     /// Sends a claimed row once and records the outcome: sent, retry later, or failed for good.
+    /// A row that sends nothing waits about as long as a send, and is recorded as sent: its
+    /// requester cannot tell it from one that sent.
     async fn attempt(
         &self,
         claim: Claim,
-        email: &ConfirmationEmail<'_>,
+        to: &str,
+        outgoing: &Outgoing,
         attempts: i64,
     ) -> Result<Attempt, StoreError> {
         let started = Instant::now();
-        let result = match self.inner.mailer.confirmation(email) {
-            Ok(message) => self.inner.mailer.send(message).await,
+        let mailer = &self.inner.mailer;
+        let message = match outgoing {
+            Outgoing::Nothing => {
+                let policy = &self.inner.policy;
+                tokio::time::sleep(self.inner.send_time.estimate(policy.send_timeout)).await;
+                return self.record(claim, attempts, Ok(())).await;
+            }
+            Outgoing::Confirmation { link } => mailer.confirmation(&ConfirmationEmail {
+                id: claim.id.0,
+                to_address: to,
+                to_name: None,
+                link,
+            }),
+            Outgoing::AccountNotice => mailer.account_notice(claim.id.0, to),
+        };
+        let result = match message {
+            Ok(message) => mailer.send(message).await,
             Err(e) => Err(SendError::Permanent(e.to_string())),
         };
         let took = started.elapsed();
+        if result.is_ok() {
+            self.inner.send_time.observe(took);
+        }
         let attempt = self.record(claim, attempts, result).await?;
         let outcome = match &attempt {
             Attempt::Sent => EmailOutcome::Sent,
@@ -409,4 +490,14 @@ impl Delivery {
             .await?;
         Ok(Attempt::Retrying { after, error })
     }
+}
+
+/// A signup request's public id: a random (version 4) UUID, which says nothing about the user,
+/// the address or the time.
+fn signup_id() -> String {
+    let mut bytes = [0u8; 16];
+    getrandom::fill(&mut bytes).expect("the operating system's random source failed");
+    uuid::Builder::from_random_bytes(bytes)
+        .into_uuid()
+        .to_string()
 }

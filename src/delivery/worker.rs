@@ -11,7 +11,7 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::{Instrument, Span, error, field, info, info_span, warn};
 
 use super::{Attempt, Delivery, Job};
-use crate::{clock, mail::ConfirmationEmail, telemetry::millis};
+use crate::{clock, telemetry::millis};
 
 pub(super) fn spawn_pool(
     delivery: Delivery,
@@ -66,6 +66,7 @@ async fn deliver(delivery: &Delivery, job: Job) {
         outbox_id = %job.id,
         request_id = field::Empty,
         attempt = field::Empty,
+        kind = field::Empty,
         queue_wait_ms,
         send_ms = field::Empty,
         outcome = field::Empty,
@@ -88,15 +89,17 @@ async fn deliver(delivery: &Delivery, job: Job) {
         if let Some(request_id) = &claimed.request_id {
             span.record("request_id", request_id.as_str());
         }
-        let email = ConfirmationEmail {
-            id: claimed.claim.id.0,
-            to_address: &claimed.recipient,
-            to_name: claimed.recipient_name.as_deref(),
-            link: &delivery.link(&claimed.token),
+        span.record("kind", claimed.kind.as_str());
+        let outgoing = match delivery.outgoing(&claimed).await {
+            Ok(outgoing) => outgoing,
+            Err(e) => {
+                error!(error = %e, "cannot store the link's new hash; the lease will bring the email back");
+                return;
+            }
         };
         let sending = Instant::now();
         let attempt = delivery
-            .attempt(claimed.claim, &email, claimed.attempts)
+            .attempt(claimed.claim, &claimed.recipient, &outgoing, claimed.attempts)
             .await;
         span.record("send_ms", millis(sending.elapsed()));
         // Commit → SMTP accepted, the figure background mode is judged by.

@@ -46,7 +46,7 @@ struct Confirmed {
             (String = "text/html"),
         )),
         (status = BAD_REQUEST, description = "the token is missing or malformed", body = Problem, content_type = "application/problem+json"),
-        (status = NOT_FOUND, description = "unknown token, or one a newer signup replaced", body = Problem, content_type = "application/problem+json"),
+        (status = NOT_FOUND, description = "unknown token", body = Problem, content_type = "application/problem+json"),
         (status = GONE, description = "the link has expired", body = Problem, content_type = "application/problem+json"),
         (status = SERVICE_UNAVAILABLE, description = "the database is unavailable", body = Problem, content_type = "application/problem+json"),
     )
@@ -62,9 +62,10 @@ async fn confirm(
         .ok_or_else(|| Error::BadRequest("The link has no token.".into()))?;
     let token = ConfirmationToken::parse(&token)?;
     let store = ctx.delivery.store();
-    let owner = store.token_owner(&token.hash()).await?.ok_or_else(|| {
-        Error::NotFound("This link is unknown, or a newer one has replaced it.".into())
-    })?;
+    let owner = store
+        .token_owner(&token.hash())
+        .await?
+        .ok_or_else(|| Error::NotFound("This link is unknown.".into()))?;
 
     let already_confirmed = if owner.status == "confirmed" {
         true
@@ -75,7 +76,7 @@ async fn confirm(
             ));
         }
         // Two clicks racing on one link: one confirms, the other finds it done. Both succeed.
-        !store.confirm(&owner.user_id, clock::now_ms()).await?
+        !store.confirm(&owner, clock::now_ms()).await?
     };
     let body = Confirmed {
         id: owner.user_id,

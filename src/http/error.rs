@@ -220,9 +220,6 @@ impl From<StoreError> for Error {
 impl From<SignupError> for Error {
     fn from(e: SignupError) -> Self {
         match e {
-            SignupError::AlreadyConfirmed(email) => {
-                Error::Conflict(format!("{email} is already confirmed."))
-            }
             SignupError::SendFailed {
                 receipt,
                 error,
@@ -247,16 +244,9 @@ impl From<SignupError> for Error {
                 Error::Smtp {
                     status,
                     detail,
-                    id: receipt.user_id,
+                    id: receipt.signup_id,
                 }
             }
-            SignupError::TooSoon { retry_after } => Error::RetryLater {
-                status: StatusCode::TOO_MANY_REQUESTS,
-                detail:
-                    "An email was sent to this address moments ago; wait before asking for another."
-                        .into(),
-                retry_after,
-            },
             SignupError::Backlogged { retry_after } => Error::RetryLater {
                 status: StatusCode::SERVICE_UNAVAILABLE,
                 detail: "Too many emails are waiting to be sent; try again shortly.".into(),

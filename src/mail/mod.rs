@@ -6,6 +6,7 @@
 //! delivery code must decide on: worth retrying ([`SendError::Transient`], [`SendError::Timeout`])
 //! or not ([`SendError::Permanent`], a 5xx from the server).
 
+mod notice;
 mod pool;
 mod transport;
 
