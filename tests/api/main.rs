@@ -15,6 +15,7 @@ mod health;
 mod metrics;
 mod openapi;
 mod outbox;
+mod privacy;
 mod restart;
 mod signup;
 mod smtp_faults;
