@@ -546,10 +546,19 @@ pub struct OutboxCounts {
     pub superseded: i64,
 }
 
+/// What the outbox's rows send, for the operator: the requesters are never told.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KindCounts {
+    pub confirmation: i64,
+    pub account_notice: i64,
+    pub suppressed: i64,
+}
+
 /// An email that will not be sent unless someone puts it back in the queue.
 #[derive(Debug, Clone)]
 pub struct FailedEmail {
     pub id: OutboxId,
+    pub kind: EmailKind,
     pub recipient: String,
     pub attempts: i64,
     pub created_at: i64,
@@ -593,6 +602,25 @@ impl Store {
         Ok(counts)
     }
 
+    /// How many rows send each kind of email; a kind with none counts zero.
+    pub async fn outbox_kinds(&self) -> Result<KindCounts, StoreError> {
+        let rows = sqlx::query!(
+            r#"SELECT kind AS "kind!", COUNT(*) AS "count!: i64" FROM email_outbox GROUP BY kind"#
+        )
+        .fetch_all(&self.reader)
+        .await?;
+        let mut counts = KindCounts::default();
+        for row in rows {
+            let slot = match EmailKind::parse(&row.kind) {
+                EmailKind::Confirmation => &mut counts.confirmation,
+                EmailKind::AccountNotice => &mut counts.account_notice,
+                EmailKind::Suppressed => &mut counts.suppressed,
+            };
+            *slot = row.count;
+        }
+        Ok(counts)
+    }
+
     /// When the oldest email still waiting was written, if any waits.
     pub async fn oldest_queued_at(&self) -> Result<Option<i64>, StoreError> {
         let oldest = sqlx::query_scalar!(
@@ -606,8 +634,8 @@ impl Store {
     /// Failed emails, newest first, at most `limit`.
     pub async fn failed_emails(&self, limit: i64) -> Result<Vec<FailedEmail>, StoreError> {
         let rows = sqlx::query!(
-            r#"SELECT id AS "id!", recipient AS "recipient!", attempts AS "attempts!",
-                      created_at AS "created_at!", last_error
+            r#"SELECT id AS "id!", kind AS "kind!", recipient AS "recipient!",
+                      attempts AS "attempts!", created_at AS "created_at!", last_error
                FROM email_outbox WHERE state = 'failed' ORDER BY id DESC LIMIT ?1"#,
             limit
         )
@@ -617,6 +645,7 @@ impl Store {
             .into_iter()
             .map(|r| FailedEmail {
                 id: OutboxId(r.id),
+                kind: EmailKind::parse(&r.kind),
                 recipient: r.recipient,
                 attempts: r.attempts,
                 created_at: r.created_at,

@@ -153,3 +153,36 @@ async fn a_failed_email_of_an_address_confirmed_since_is_not_retried() {
         "only the new link was sent"
     );
 }
+
+#[tokio::test]
+async fn the_operator_sees_what_each_request_sent_which_its_sender_is_not_told() {
+    let app = crate::helpers::spawn_app_with(|s| s.signup.resend_interval_s = 60).await;
+    app.signup_ok("ann@example.com", "sync").await;
+    let link = app.confirmation_link("ann@example.com").await;
+    assert_eq!(
+        app.client.get(&link).send().await.unwrap().status(),
+        StatusCode::OK
+    );
+    // Ann's email is two minutes old: her next request is past the resend interval.
+    let db = app.db().await;
+    sqlx::query("UPDATE email_outbox SET created_at = created_at - 120000")
+        .execute(&db)
+        .await
+        .unwrap();
+    db.close().await;
+    app.signup_ok("ann@example.com", "sync").await;
+    app.signup_ok("bob@example.com", "sync").await;
+    app.signup_ok("bob@example.com", "sync").await;
+
+    let report: Value = serde_json::from_slice(&outbox(&app, &["--json"]).stdout).unwrap();
+
+    assert_eq!(
+        report["kinds"],
+        serde_json::json!({ "confirmation": 2, "account_notice": 1, "suppressed": 1 })
+    );
+    let text = stdout(&outbox(&app, &[]));
+    assert!(
+        text.contains("requests: 2 confirmations, 1 account notices, 1 suppressed"),
+        "{text}"
+    );
+}
