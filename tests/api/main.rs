@@ -17,5 +17,6 @@ mod openapi;
 mod outbox;
 mod privacy;
 mod restart;
+mod secret;
 mod signup;
 mod smtp_faults;
