@@ -77,6 +77,10 @@ async fn a_stranger_learns_nothing(mode: &str, resend_interval_s: u64) {
     let pending = post(&app, "pending@example.com", mode).await;
     let confirmed = post(&app, "confirmed@example.com", mode).await;
     let answers = [&new, &pending, &confirmed];
+    println!(
+        "{context}: answered new in {:?}, pending in {:?}, confirmed in {:?} (SMTP takes {SMTP_DELAY:?})",
+        new.took, pending.took, confirmed.took
+    );
 
     let expected = if mode == "sync" {
         StatusCode::CREATED
