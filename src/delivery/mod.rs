@@ -19,7 +19,7 @@
 //! nobody whether an account exists: the row sends a confirmation to a new or pending address, a
 //! fixed "you already have an account" notice to a confirmed one, or nothing when the address was
 //! sent an email less than `signup.resend_interval_s` ago. A row that sends nothing still takes
-//! about as long as a send ([`send_time`]) and goes through the same states.
+//! about as long as a send ([`recent_sends`]) and goes through the same states.
 //!
 //! No token is ever written down: the row keeps a nonce, and the token is derived from it with
 //! the server secret ([`crate::secret`]) when the email is built, by the worker or the sync
@@ -28,8 +28,8 @@
 //! Nothing here knows about HTTP: the `http` module calls [`Delivery::signup`] and maps the result.
 
 mod backlog;
+mod recent_sends;
 mod retry;
-mod send_time;
 mod sweeper;
 mod worker;
 
@@ -46,8 +46,8 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::{Instrument, debug, info_span, warn};
 
 use backlog::Backlog;
+use recent_sends::RecentSends;
 pub use retry::Backoff;
-use send_time::SendTime;
 
 use crate::{
     clock,
@@ -100,7 +100,7 @@ struct Inner {
     /// Turns an outbox row's nonce into its link's token.
     key: TokenKey,
     /// How long sends take lately, for the rows that send nothing.
-    send_time: SendTime,
+    recent_sends: RecentSends,
     metrics: Arc<Metrics>,
     policy: Policy,
     jobs: mpsc::Sender<Job>,
@@ -206,7 +206,7 @@ impl Delivery {
                 store,
                 mailer,
                 key,
-                send_time: SendTime::default(),
+                recent_sends: RecentSends::default(),
                 metrics,
                 policy,
                 jobs,
@@ -411,8 +411,8 @@ impl Delivery {
     }
 
     /// Sends a claimed row once and records the outcome: sent, retry later, or failed for good.
-    /// A row that sends nothing waits about as long as a send, and is recorded as sent: its
-    /// requester cannot tell it from one that sent.
+    /// A row that sends nothing waits about as long as a send and ends as the last real send
+    /// did (sent, or retried during an outage): its requester cannot tell it from one that sent.
     async fn attempt(
         &self,
         claim: Claim,
@@ -425,8 +425,9 @@ impl Delivery {
         let message = match outgoing {
             Outgoing::Nothing => {
                 let policy = &self.inner.policy;
-                tokio::time::sleep(self.inner.send_time.estimate(policy.send_timeout)).await;
-                return self.record(claim, attempts, Ok(())).await;
+                tokio::time::sleep(self.inner.recent_sends.estimate(policy.send_timeout)).await;
+                let outcome = self.inner.recent_sends.outcome();
+                return self.record(claim, attempts, outcome).await;
             }
             Outgoing::Confirmation { link } => mailer.confirmation(&ConfirmationEmail {
                 id: claim.id.0,
@@ -442,8 +443,9 @@ impl Delivery {
         };
         let took = started.elapsed();
         if result.is_ok() {
-            self.inner.send_time.observe(took);
+            self.inner.recent_sends.observe(took);
         }
+        self.inner.recent_sends.record(&result);
         let attempt = self.record(claim, attempts, result).await?;
         let outcome = match &attempt {
             Attempt::Sent => EmailOutcome::Sent,

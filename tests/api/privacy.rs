@@ -8,7 +8,7 @@ use reqwest::{Response, StatusCode};
 use serde_json::Value;
 
 use crate::{
-    helpers::{TestApp, spawn_app_with},
+    helpers::{TestApp, spawn_app_with, spawn_app_without_smtp},
     smtp::Behaviour,
 };
 
@@ -253,4 +253,36 @@ async fn a_re_signup_by_someone_else_takes_nothing_away_from_the_owner() {
             "{context}"
         );
     }
+}
+
+#[tokio::test]
+async fn during_an_smtp_outage_a_held_back_request_fails_like_a_real_send() {
+    let mut app = spawn_app_without_smtp(|s| s.signup.resend_interval_s = 60).await;
+    // The owner's signup meets the outage: stored, queued, 502.
+    let owner = app.signup("pending@example.com", "sync").await;
+    assert_eq!(owner.status(), StatusCode::BAD_GATEWAY);
+
+    // The stranger's requests: one for a new address (a real send), one held back by the
+    // resend interval (no send at all). Both answer as the outage makes a send answer.
+    let new = app.signup("new@example.com", "sync").await;
+    let held_back = app.signup("pending@example.com", "sync").await;
+    let (new_status, held_back_status) = (new.status(), held_back.status());
+    let mut new: Value = new.json().await.unwrap();
+    let mut held_back: Value = held_back.json().await.unwrap();
+    assert_eq!(held_back_status, new_status);
+    assert_eq!(new_status, StatusCode::BAD_GATEWAY);
+    let (new_id, held_back_id) = (new["id"].take(), held_back["id"].take());
+    assert_eq!(held_back, new, "the same problem, id aside");
+
+    // Both are retried, and both read `sent` once the mail server is back.
+    app.start_smtp().await;
+    for id in [new_id, held_back_id] {
+        app.wait_for_delivery_state(id.as_str().unwrap(), "sent")
+            .await;
+    }
+    assert_eq!(
+        app.mail_to("pending@example.com").len(),
+        1,
+        "the owner's only"
+    );
 }
