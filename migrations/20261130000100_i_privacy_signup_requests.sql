@@ -18,6 +18,9 @@ ALTER TABLE email_outbox ADD COLUMN nonce BLOB;
 ALTER TABLE email_outbox ADD COLUMN token_hash BLOB;
 
 CREATE UNIQUE INDEX email_outbox_signup ON email_outbox (signup_id) WHERE signup_id IS NOT NULL;
+-- `confirmd outbox` counts what the requests sent. Most rows are confirmations: the index holds
+-- only the others (and confirmations are the rest of the total).
+CREATE INDEX email_outbox_kind ON email_outbox (kind) WHERE kind != 'confirmation';
 
 -- Until now a user had one token, so an older row's link is that token.
 UPDATE email_outbox

@@ -602,21 +602,30 @@ impl Store {
         Ok(counts)
     }
 
-    /// How many rows send each kind of email; a kind with none counts zero.
+    /// How many rows send each kind of email; a kind with none counts zero. The kinds other
+    /// than confirmations are counted off their partial index, and confirmations are the rest.
     pub async fn outbox_kinds(&self) -> Result<KindCounts, StoreError> {
+        let total = sqlx::query_scalar!(r#"SELECT COUNT(*) AS "count!: i64" FROM email_outbox"#)
+            .fetch_one(&self.reader)
+            .await?;
         let rows = sqlx::query!(
-            r#"SELECT kind AS "kind!", COUNT(*) AS "count!: i64" FROM email_outbox GROUP BY kind"#
+            r#"SELECT kind AS "kind!", COUNT(*) AS "count!: i64" FROM email_outbox
+               WHERE kind != 'confirmation' GROUP BY kind"#
         )
         .fetch_all(&self.reader)
         .await?;
-        let mut counts = KindCounts::default();
+        let mut counts = KindCounts {
+            confirmation: total,
+            ..KindCounts::default()
+        };
         for row in rows {
             let slot = match EmailKind::parse(&row.kind) {
-                EmailKind::Confirmation => &mut counts.confirmation,
+                EmailKind::Confirmation => continue,
                 EmailKind::AccountNotice => &mut counts.account_notice,
                 EmailKind::Suppressed => &mut counts.suppressed,
             };
             *slot = row.count;
+            counts.confirmation -= row.count;
         }
         Ok(counts)
     }
