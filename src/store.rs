@@ -203,8 +203,6 @@ pub struct TokenOwner {
     pub email: String,
     pub status: String,
     pub expires_at: i64,
-    /// The token's hash: confirming names the token, so that its request's name is applied.
-    pub token_hash: Vec<u8>,
     /// The name the token's request gave, applied when this link confirms the address.
     pub name: Option<String>,
 }
@@ -478,7 +476,7 @@ impl Store {
         let row = sqlx::query_as!(
             TokenOwner,
             r#"SELECT u.id AS "user_id!", u.email AS "email!", u.status AS "status!",
-                      t.expires_at AS "expires_at!", t.token_hash AS "token_hash!", t.name
+                      t.expires_at AS "expires_at!", t.name
                FROM confirmation_tokens t JOIN users u ON u.id = t.user_id
                WHERE t.token_hash = ?1"#,
             hash
