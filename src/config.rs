@@ -156,10 +156,31 @@ pub struct WorkerSettings {
     pub max_backlog: u64,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TokenSettings {
     pub ttl_hours: u64,
+    /// The server secret tokens are derived from (see `secret.rs`); empty means read it from
+    /// `secret_file`.
+    pub secret: String,
+    /// Where the secret is kept when `secret` is empty; empty means `confirmd.secret` next to the
+    /// database file.
+    pub secret_file: String,
+    /// Write a new random secret to the secret file when there is none. Off in production, where
+    /// a secret that appears by itself on an ephemeral disk would change at every deploy and
+    /// differ between instances.
+    pub generate_secret: bool,
+}
+
+impl std::fmt::Debug for TokenSettings {
+    /// Hand-written so the secret never reaches a log.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenSettings")
+            .field("ttl_hours", &self.ttl_hours)
+            .field("secret_file", &self.secret_file)
+            .field("generate_secret", &self.generate_secret)
+            .finish_non_exhaustive()
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -293,6 +314,16 @@ impl Settings {
                 "must be longer than smtp.timeout_ms, or shutdown could cut a send in the middle",
             ));
         }
+        let secret = self.token.secret.trim();
+        if !secret.is_empty() && secret.len() < crate::secret::MIN_SECRET_LEN {
+            return Err(invalid(
+                "token.secret",
+                format!(
+                    "must be at least {} characters",
+                    crate::secret::MIN_SECRET_LEN
+                ),
+            ));
+        }
         if self.token.ttl_hours > 24 * 365 {
             return Err(invalid("token.ttl_hours", "must be at most a year"));
         }
@@ -393,6 +424,19 @@ mod tests {
                 .to_string()
                 .contains("worker.lease_ms")
         );
+    }
+
+    #[test]
+    fn a_short_token_secret_is_refused_and_is_never_printed() {
+        let mut settings = Settings::defaults();
+        settings.token.secret = "too short".into();
+        let err = settings.validated().unwrap_err().to_string();
+        assert!(err.contains("token.secret"), "{err}");
+
+        let mut settings = Settings::defaults();
+        settings.token.secret = "a-long-enough-secret-of-32-chars".into();
+        let settings = settings.validated().unwrap();
+        assert!(!format!("{settings:?}").contains("a-long-enough"));
     }
 
     #[test]

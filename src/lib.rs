@@ -28,6 +28,7 @@ pub mod http;
 pub mod mail;
 pub mod metrics;
 pub mod outbox;
+pub mod secret;
 pub mod startup;
 pub mod store;
 pub mod telemetry;

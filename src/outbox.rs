@@ -5,6 +5,10 @@
 //! stands and which emails failed and why, and puts failed emails back in the queue once the
 //! cause is fixed. It works on the database directly, so it needs no running service; a running
 //! service picks requeued emails up at its next sweep, without a restart.
+//!
+//! It also shows what the requests sent, which their senders are never told: confirmations,
+//! account notices (to addresses already confirmed), and requests suppressed by the resend
+//! interval.
 
 use std::{process::ExitCode, time::Duration};
 
@@ -30,6 +34,7 @@ pub async fn run(store: &Store, command: OutboxCommand, json: bool) -> anyhow::R
 
 async fn status(store: &Store, json: bool) -> anyhow::Result<ExitCode> {
     let counts = store.outbox_counts().await?;
+    let kinds = store.outbox_kinds().await?;
     let now = clock::now_ms();
     let oldest_age = store
         .oldest_queued_at()
@@ -46,9 +51,15 @@ async fn status(store: &Store, json: bool) -> anyhow::Result<ExitCode> {
                 "failed": counts.failed,
                 "superseded": counts.superseded,
             },
+            "kinds": {
+                "confirmation": kinds.confirmation,
+                "account_notice": kinds.account_notice,
+                "suppressed": kinds.suppressed,
+            },
             "oldest_queued_age_s": oldest_age.map(|age| age.as_secs()),
             "failed": failed.iter().map(|email| json!({
                 "id": email.id.0,
+                "kind": email.kind.as_str(),
                 "recipient": email.recipient,
                 "attempts": email.attempts,
                 "created_at": clock::rfc3339(email.created_at),
@@ -62,6 +73,10 @@ async fn status(store: &Store, json: bool) -> anyhow::Result<ExitCode> {
     println!(
         "outbox: {} queued, {} sending, {} sent, {} failed, {} superseded",
         counts.queued, counts.sending, counts.sent, counts.failed, counts.superseded
+    );
+    println!(
+        "requests: {} confirmations, {} account notices, {} suppressed (resend interval)",
+        kinds.confirmation, kinds.account_notice, kinds.suppressed
     );
     match oldest_age {
         Some(age) => println!("oldest queued email: waiting for {}", human(age)),

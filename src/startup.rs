@@ -18,6 +18,7 @@ use crate::{
     http::{self, ApiContext},
     mail::Mailer,
     metrics::Metrics,
+    secret::TokenKey,
     store::Store,
 };
 
@@ -62,6 +63,8 @@ impl Application {
             .context("cannot migrate the database")?;
         let mailer =
             Mailer::new(&settings.smtp, settings.mail_from()).context("invalid SMTP settings")?;
+        let key = TokenKey::load(&settings.token, &settings.database.url)
+            .context("cannot load the token secret")?;
         let listener = match listener {
             Some(listener) => listener,
             None => TcpListener::bind(&settings.server.listen)
@@ -80,6 +83,7 @@ impl Application {
             &settings,
             store.clone(),
             mailer,
+            key,
             Arc::new(Metrics::new()),
             shutdown.clone(),
             tasks.clone(),

@@ -26,7 +26,7 @@ use sqlx::{
 };
 use tokio::sync::{mpsc, oneshot};
 
-use crate::domain::{DeliveryMode, SubscriberEmail, SubscriberName, TokenHash};
+use crate::domain::{DeliveryMode, SubscriberEmail, SubscriberName, TokenHash, TokenNonce};
 
 /// The primary key of an `email_outbox` row: what travels through the workers' channel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -38,13 +38,41 @@ impl std::fmt::Display for OutboxId {
     }
 }
 
+/// What an outbox row sends. Its requester is never told which: every signup is answered the
+/// same way, whether the address is new, pending or confirmed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EmailKind {
+    /// The confirmation link, to an address that has not confirmed yet.
+    Confirmation,
+    /// "You already have an account", to a confirmed address: fixed text, nothing the requester
+    /// chose.
+    AccountNotice,
+    /// Nothing: this address was sent an email less than the resend interval ago. The row goes
+    /// through the same states as one that sends, so its requester sees the same thing.
+    Suppressed,
+}
+
+impl EmailKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EmailKind::Confirmation => "confirmation",
+            EmailKind::AccountNotice => "account_notice",
+            EmailKind::Suppressed => "suppressed",
+        }
+    }
+
+    /// The schema's CHECK constraint allows only these three.
+    fn parse(kind: &str) -> EmailKind {
+        match kind {
+            "account_notice" => EmailKind::AccountNotice,
+            "suppressed" => EmailKind::Suppressed,
+            _ => EmailKind::Confirmation,
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("{0} is already confirmed")]
-    AlreadyConfirmed(String),
-    /// The address was sent an email less than the resend interval ago.
-    #[error("an email was sent to this address moments ago; try again in {retry_after_ms} ms")]
-    TooSoon { retry_after_ms: i64 },
     #[error("database error")]
     Database(#[from] sqlx::Error),
     /// The store was closed (the process is shutting down).
@@ -99,11 +127,16 @@ pub struct Claim {
 }
 
 /// What a signup writes, already parsed. Owned, because it travels to the group-commit writer.
-/// (No `Debug`: it holds the raw token.)
+/// It carries no token: the outbox row keeps the nonce the token is derived from, and the user's
+/// side the token's hash.
 pub struct NewSignup {
+    /// The signup request's public id (a random UUID): what its sender is told, and all it can
+    /// ask about.
+    pub signup_id: String,
     pub email: SubscriberEmail,
+    /// Kept with the token, and given to the user only when that token's link is confirmed.
     pub name: Option<SubscriberName>,
-    pub token: String,
+    pub nonce: TokenNonce,
     pub token_hash: TokenHash,
     pub token_expires_at: i64,
     pub mode: DeliveryMode,
@@ -111,7 +144,7 @@ pub struct NewSignup {
     /// For sync mode: the row is written already claimed by the request, leased until then, so
     /// no worker or sweeper sends it at the same time.
     pub claimed_until: Option<i64>,
-    /// A pending address gets no new email sooner than this after its last one.
+    /// An address gets no new email sooner than this after its last one.
     pub resend_interval_ms: i64,
     pub now: i64,
 }
@@ -119,41 +152,47 @@ pub struct NewSignup {
 /// What a committed signup is known by.
 #[derive(Debug, Clone)]
 pub struct StoredSignup {
+    pub signup_id: String,
     pub user_id: String,
     pub outbox_id: OutboxId,
     pub email: String,
+    /// What its outbox row sends (for the operator's logs and for sync mode; never for the
+    /// requester).
+    pub kind: EmailKind,
     /// How many signups were committed in the same transaction, this one included.
     pub group_size: usize,
 }
 
 /// An outbox row claimed for sending: everything needed to build and send the email.
-/// (No `Debug`: it holds the raw token.)
+/// (No `Debug`: a row written before tokens were derived may hold a raw token.)
 #[derive(Clone)]
 pub struct ClaimedEmail {
     pub claim: Claim,
+    pub kind: EmailKind,
     pub recipient: String,
-    pub recipient_name: Option<String>,
-    pub token: String,
+    /// What the link's token is derived from.
+    pub nonce: Option<TokenNonce>,
+    /// A raw token, on rows queued before tokens were derived (erased once sent).
+    pub legacy_token: Option<String>,
+    /// The hash stored for this row's link: if the secret changed since the signup, the new
+    /// token's hash replaces it before the email goes out.
+    pub token_hash: Option<TokenHash>,
     /// Attempts including this one.
     pub attempts: i64,
     pub request_id: Option<String>,
     pub created_at: i64,
 }
 
-/// A signup and its latest email, for `GET /signups/{id}`.
+/// A signup request as its sender may see it, for `GET /signups/{id}`: its own email's delivery,
+/// and nothing about the account (no name, no status, no error text, no kind).
 #[derive(Debug, Clone)]
 pub struct SignupView {
     pub id: String,
-    pub email: String,
-    pub name: Option<String>,
-    pub status: String,
     pub created_at: i64,
-    pub confirmed_at: Option<i64>,
     pub mode: String,
     pub state: String,
     pub attempts: i64,
     pub next_attempt_at: i64,
-    pub last_error: Option<String>,
     pub sent_at: Option<i64>,
 }
 
@@ -164,6 +203,8 @@ pub struct TokenOwner {
     pub email: String,
     pub status: String,
     pub expires_at: i64,
+    /// The name the token's request gave, applied when this link confirms the address.
+    pub name: Option<String>,
 }
 
 impl Store {
@@ -242,8 +283,8 @@ impl Store {
     }
 
     /// Writes a signup, its token and its outbox row in one transaction, so an acknowledged
-    /// signup always has its email on disk. Signing up again while pending replaces the token
-    /// (the old link stops working) and supersedes emails not yet sent with the old link.
+    /// signup always has its email on disk. Signing up again adds a token: the links already
+    /// sent keep working until they expire or the address is confirmed.
     ///
     /// The write goes through the group-commit writer (see [`group_commit`]): it returns once
     /// the transaction holding this signup has committed.
@@ -275,8 +316,8 @@ impl Store {
             r#"UPDATE email_outbox
                SET state = 'sending', lease_until = ?3, attempts = attempts + 1
                WHERE id = ?1 AND state = 'queued' AND next_attempt_at <= ?2
-               RETURNING id AS "id!", recipient AS "recipient!", recipient_name, token AS "token!",
-                         attempts AS "attempts!", request_id, created_at AS "created_at!""#,
+               RETURNING id AS "id!", kind AS "kind!", recipient AS "recipient!", nonce, token,
+                         token_hash, attempts AS "attempts!", request_id, created_at AS "created_at!""#,
             id.0,
             now,
             lease_until
@@ -288,18 +329,27 @@ impl Store {
                 id: OutboxId(r.id),
                 lease_until,
             },
+            kind: EmailKind::parse(&r.kind),
             recipient: r.recipient,
-            recipient_name: r.recipient_name,
-            token: r.token,
+            nonce: r
+                .nonce
+                .and_then(|n| <[u8; 32]>::try_from(n).ok())
+                .map(TokenNonce),
+            legacy_token: r.token,
+            token_hash: r
+                .token_hash
+                .and_then(|h| <[u8; 32]>::try_from(h).ok())
+                .map(TokenHash),
             attempts: r.attempts,
             request_id: r.request_id,
             created_at: r.created_at,
         }))
     }
 
-    /// The SMTP server accepted the email. The outbox forgets the token (it is no longer needed
-    /// here), and the link stays valid for a full `token.ttl_hours` from now, however long the
-    /// email waited in the queue.
+    /// The SMTP server accepted the email. The outbox forgets the nonce (and a legacy raw
+    /// token), so even the secret cannot rebuild this link from the database any more, and the
+    /// link stays valid for a full `token.ttl_hours` from now, however long the email waited in
+    /// the queue.
     pub async fn mark_sent(
         &self,
         claim: Claim,
@@ -309,7 +359,8 @@ impl Store {
         let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
         let done = sqlx::query!(
             "UPDATE email_outbox
-             SET state = 'sent', sent_at = ?2, token = NULL, lease_until = NULL, last_error = NULL
+             SET state = 'sent', sent_at = ?2, token = NULL, nonce = NULL, lease_until = NULL,
+                 last_error = NULL
              WHERE id = ?1 AND state = 'sending' AND lease_until = ?3",
             claim.id.0,
             now,
@@ -320,7 +371,7 @@ impl Store {
         if done.rows_affected() == 1 {
             sqlx::query!(
                 "UPDATE confirmation_tokens SET expires_at = MAX(expires_at, ?2)
-                 WHERE user_id = (SELECT user_id FROM email_outbox WHERE id = ?1)",
+                 WHERE token_hash = (SELECT token_hash FROM email_outbox WHERE id = ?1)",
                 claim.id.0,
                 link_expires_at
             )
@@ -404,18 +455,15 @@ impl Store {
         Ok(count)
     }
 
-    /// A signup with its latest email.
-    pub async fn signup(&self, user_id: &str) -> Result<Option<SignupView>, StoreError> {
+    /// A signup request, by the id its sender was given.
+    pub async fn signup(&self, signup_id: &str) -> Result<Option<SignupView>, StoreError> {
         let row = sqlx::query_as!(
             SignupView,
-            r#"SELECT u.id AS "id!", u.email AS "email!", u.name, u.status AS "status!",
-                      u.created_at AS "created_at!", u.confirmed_at,
-                      o.mode AS "mode!", o.state AS "state!", o.attempts AS "attempts!",
-                      o.next_attempt_at AS "next_attempt_at!", o.last_error, o.sent_at
-               FROM users u
-               JOIN email_outbox o ON o.id = (SELECT MAX(id) FROM email_outbox WHERE user_id = u.id)
-               WHERE u.id = ?1"#,
-            user_id
+            r#"SELECT signup_id AS "id!", created_at AS "created_at!", mode AS "mode!",
+                      state AS "state!", attempts AS "attempts!",
+                      next_attempt_at AS "next_attempt_at!", sent_at
+               FROM email_outbox WHERE signup_id = ?1"#,
+            signup_id
         )
         .fetch_optional(&self.reader)
         .await?;
@@ -428,7 +476,7 @@ impl Store {
         let row = sqlx::query_as!(
             TokenOwner,
             r#"SELECT u.id AS "user_id!", u.email AS "email!", u.status AS "status!",
-                      t.expires_at AS "expires_at!"
+                      t.expires_at AS "expires_at!", t.name
                FROM confirmation_tokens t JOIN users u ON u.id = t.user_id
                WHERE t.token_hash = ?1"#,
             hash
@@ -438,17 +486,48 @@ impl Store {
         Ok(row)
     }
 
-    /// Confirms a pending user. `false` if it was confirmed already, so two clicks racing on one
-    /// link confirm once and both learn the outcome.
-    pub async fn confirm(&self, user_id: &str, now: i64) -> Result<bool, StoreError> {
+    /// Confirms the pending user a token belongs to, who takes the name that token's request
+    /// gave (if it gave one). `false` if it was confirmed already, so two clicks racing on one
+    /// link confirm once and both learn the outcome; a name then changes nothing.
+    pub async fn confirm(&self, owner: &TokenOwner, now: i64) -> Result<bool, StoreError> {
         let done = sqlx::query!(
-            "UPDATE users SET status = 'confirmed', confirmed_at = ?2 WHERE id = ?1 AND status = 'pending'",
-            user_id,
-            now
+            "UPDATE users SET status = 'confirmed', confirmed_at = ?2, name = COALESCE(?3, name)
+             WHERE id = ?1 AND status = 'pending'",
+            owner.user_id,
+            now,
+            owner.name
         )
         .execute(&self.writer)
         .await?;
         Ok(done.rows_affected() == 1)
+    }
+
+    /// The secret changed between a signup and its send: the link about to go out carries a
+    /// token derived with the new secret, so its hash replaces the one stored at signup.
+    pub async fn rehash_token(
+        &self,
+        id: OutboxId,
+        old: &TokenHash,
+        new: &TokenHash,
+    ) -> Result<(), StoreError> {
+        let (old, new) = (&old.0[..], &new.0[..]);
+        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
+        sqlx::query!(
+            "UPDATE confirmation_tokens SET token_hash = ?2 WHERE token_hash = ?1",
+            old,
+            new
+        )
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query!(
+            "UPDATE email_outbox SET token_hash = ?2 WHERE id = ?1",
+            id.0,
+            new
+        )
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
     }
 }
 
@@ -465,10 +544,19 @@ pub struct OutboxCounts {
     pub superseded: i64,
 }
 
+/// What the outbox's rows send, for the operator: the requesters are never told.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KindCounts {
+    pub confirmation: i64,
+    pub account_notice: i64,
+    pub suppressed: i64,
+}
+
 /// An email that will not be sent unless someone puts it back in the queue.
 #[derive(Debug, Clone)]
 pub struct FailedEmail {
     pub id: OutboxId,
+    pub kind: EmailKind,
     pub recipient: String,
     pub attempts: i64,
     pub created_at: i64,
@@ -512,6 +600,34 @@ impl Store {
         Ok(counts)
     }
 
+    /// How many rows send each kind of email; a kind with none counts zero. The kinds other
+    /// than confirmations are counted off their partial index, and confirmations are the rest.
+    pub async fn outbox_kinds(&self) -> Result<KindCounts, StoreError> {
+        let total = sqlx::query_scalar!(r#"SELECT COUNT(*) AS "count!: i64" FROM email_outbox"#)
+            .fetch_one(&self.reader)
+            .await?;
+        let rows = sqlx::query!(
+            r#"SELECT kind AS "kind!", COUNT(*) AS "count!: i64" FROM email_outbox
+               WHERE kind != 'confirmation' GROUP BY kind"#
+        )
+        .fetch_all(&self.reader)
+        .await?;
+        let mut counts = KindCounts {
+            confirmation: total,
+            ..KindCounts::default()
+        };
+        for row in rows {
+            let slot = match EmailKind::parse(&row.kind) {
+                EmailKind::Confirmation => continue,
+                EmailKind::AccountNotice => &mut counts.account_notice,
+                EmailKind::Suppressed => &mut counts.suppressed,
+            };
+            *slot = row.count;
+            counts.confirmation -= row.count;
+        }
+        Ok(counts)
+    }
+
     /// When the oldest email still waiting was written, if any waits.
     pub async fn oldest_queued_at(&self) -> Result<Option<i64>, StoreError> {
         let oldest = sqlx::query_scalar!(
@@ -525,8 +641,8 @@ impl Store {
     /// Failed emails, newest first, at most `limit`.
     pub async fn failed_emails(&self, limit: i64) -> Result<Vec<FailedEmail>, StoreError> {
         let rows = sqlx::query!(
-            r#"SELECT id AS "id!", recipient AS "recipient!", attempts AS "attempts!",
-                      created_at AS "created_at!", last_error
+            r#"SELECT id AS "id!", kind AS "kind!", recipient AS "recipient!",
+                      attempts AS "attempts!", created_at AS "created_at!", last_error
                FROM email_outbox WHERE state = 'failed' ORDER BY id DESC LIMIT ?1"#,
             limit
         )
@@ -536,6 +652,7 @@ impl Store {
             .into_iter()
             .map(|r| FailedEmail {
                 id: OutboxId(r.id),
+                kind: EmailKind::parse(&r.kind),
                 recipient: r.recipient,
                 attempts: r.attempts,
                 created_at: r.created_at,
@@ -598,8 +715,7 @@ impl Store {
 /// the writer never waits for company.
 ///
 /// Signing up again (an address that has a user, or one that appears twice in a group) takes the
-/// statement-by-statement path, after the group's new users, so it sees them. A refusal (already
-/// confirmed, too soon) writes nothing and leaves the rest of the group alone. A database error
+/// statement-by-statement path, after the group's new users, so it sees them. A database error
 /// rolls the whole group back and each of its signups is then written in a transaction of its
 /// own, so only the one at fault gets the error.
 async fn group_commit(
@@ -629,7 +745,7 @@ async fn group_commit(
 }
 
 /// Writes a group in one transaction. The outer error is a database error that rolled the
-/// whole group back; the inner ones are refusals of single signups.
+/// whole group back; the inner ones are errors of single signups.
 async fn write_group(
     writer: &SqlitePool,
     group: &[PendingSignup],
@@ -698,13 +814,14 @@ async fn write_alone(writer: &SqlitePool, new: &NewSignup) -> Result<StoredSignu
 #[derive(serde::Serialize)]
 struct NewUserRow<'a> {
     id: String,
+    signup_id: &'a str,
     /// The address to send to, for the outbox.
     email: &'a str,
     /// What `users.email` holds: the address's comparison key, so one mailbox is one user.
     key: &'a str,
     name: Option<&'a str>,
-    token: &'a str,
-    /// Hex: JSON has no bytes, and SQLite's `unhex` turns it back into the BLOB.
+    /// Hex, like the hash: JSON has no bytes, and SQLite's `unhex` turns them back into BLOBs.
+    nonce: String,
     token_hash: String,
     token_expires_at: i64,
     mode: &'static str,
@@ -716,7 +833,8 @@ struct NewUserRow<'a> {
 }
 
 /// Writes signups of addresses that have no user yet (and appear once): one statement per
-/// table for all of them.
+/// table for all of them. The user starts without a name: the name waits with the token until
+/// its link is confirmed.
 async fn insert_new_users(
     conn: &mut SqliteConnection,
     signups: &[&NewSignup],
@@ -730,10 +848,11 @@ async fn insert_new_users(
             let (state, attempts) = outbox_start(new);
             NewUserRow {
                 id: uuid::Uuid::now_v7().to_string(),
+                signup_id: &new.signup_id,
                 email: new.email.as_str(),
                 key: new.email.key(),
                 name: new.name.as_ref().map(SubscriberName::as_str),
-                token: &new.token,
+                nonce: hex(&new.nonce.0),
                 token_hash: hex(&new.token_hash.0),
                 token_expires_at: new.token_expires_at,
                 mode: new.mode.as_str(),
@@ -747,16 +866,16 @@ async fn insert_new_users(
         .collect();
     let json = serde_json::to_string(&rows).expect("rows serialize");
     sqlx::query!(
-        r#"INSERT INTO users (id, email, name, status, created_at)
-           SELECT value ->> 'id', value ->> 'key', value ->> 'name', 'pending', value ->> 'now'
+        r#"INSERT INTO users (id, email, status, created_at)
+           SELECT value ->> 'id', value ->> 'key', 'pending', value ->> 'now'
            FROM json_each(?1)"#,
         json
     )
     .execute(&mut *conn)
     .await?;
     sqlx::query!(
-        r#"INSERT INTO confirmation_tokens (token_hash, user_id, created_at, expires_at)
-           SELECT unhex(value ->> 'token_hash'), value ->> 'id', value ->> 'now',
+        r#"INSERT INTO confirmation_tokens (token_hash, user_id, name, created_at, expires_at)
+           SELECT unhex(value ->> 'token_hash'), value ->> 'id', value ->> 'name', value ->> 'now',
                   value ->> 'token_expires_at'
            FROM json_each(?1)"#,
         json
@@ -765,9 +884,10 @@ async fn insert_new_users(
     .await?;
     let outbox: HashMap<String, i64> = sqlx::query!(
         r#"INSERT INTO email_outbox
-             (user_id, recipient, recipient_name, token, mode, state, attempts,
+             (signup_id, user_id, kind, recipient, nonce, token_hash, mode, state, attempts,
               next_attempt_at, lease_until, request_id, created_at)
-           SELECT value ->> 'id', value ->> 'email', value ->> 'name', value ->> 'token',
+           SELECT value ->> 'signup_id', value ->> 'id', 'confirmation', value ->> 'email',
+                  unhex(value ->> 'nonce'), unhex(value ->> 'token_hash'),
                   value ->> 'mode', value ->> 'state', value ->> 'attempts', value ->> 'now',
                   value ->> 'claimed_until', value ->> 'request_id', value ->> 'now'
            FROM json_each(?1)
@@ -782,9 +902,11 @@ async fn insert_new_users(
     Ok(rows
         .into_iter()
         .map(|row| StoredSignup {
+            signup_id: row.signup_id.to_owned(),
             outbox_id: OutboxId(outbox[&row.id]),
             user_id: row.id,
             email: row.email.to_owned(),
+            kind: EmailKind::Confirmation,
             group_size: 1,
         })
         .collect())
@@ -802,14 +924,21 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// One signup's statements, inside the group's transaction: the user (or the existing pending
-/// one, its resend interval checked), its token and its outbox row.
+/// One signup's statements, inside the group's transaction, for an address that may have a user
+/// already. It is never refused, and it never touches what earlier signups left: an address
+/// that has a user gets the email its state calls for, and the requester is not told which.
+///
+/// - A pending address gets a confirmation with a token of its own, beside the tokens already
+///   sent (their links keep working), its name kept with the token.
+/// - A confirmed address gets the account notice, and no token.
+/// - Either way, if this address was sent an email less than the resend interval ago, the row
+///   is `suppressed`: it sends nothing. Suppressed rows do not count as emails sent, so a stream
+///   of them cannot keep the owner from getting the next one.
 async fn write_signup(
     conn: &mut SqliteConnection,
     new: &NewSignup,
 ) -> Result<StoredSignup, StoreError> {
     let email = new.email.as_str();
-    let name = new.name.as_ref().map(SubscriberName::as_str);
     let existing = sqlx::query!(
         r#"SELECT id AS "id!", email AS "email!", status AS "status!" FROM users WHERE email = ?1"#,
         // `users.email` holds the comparison key; the outbox below gets the address as typed.
@@ -817,79 +946,63 @@ async fn write_signup(
     )
     .fetch_optional(&mut *conn)
     .await?;
-
-    let user_id = match existing {
-        Some(user) if user.status == "confirmed" => {
-            return Err(StoreError::AlreadyConfirmed(user.email));
-        }
-        Some(user) => {
-            let last_email_at = sqlx::query_scalar!(
-                r#"SELECT MAX(created_at) AS "created_at: i64" FROM email_outbox WHERE user_id = ?1"#,
-                user.id
-            )
-            .fetch_one(&mut *conn)
-            .await?;
-            if let Some(last) = last_email_at {
-                let retry_after_ms = last.saturating_add(new.resend_interval_ms) - new.now;
-                if retry_after_ms > 0 {
-                    return Err(StoreError::TooSoon { retry_after_ms });
-                }
-            }
-            sqlx::query!(
-                "UPDATE users SET name = COALESCE(?2, name) WHERE id = ?1",
-                user.id,
-                name
-            )
-            .execute(&mut *conn)
-            .await?;
-            // Rows being sent right now are superseded too: if that send fails, its retry
-            // must not bring back a link that no longer works (the mark_* updates below
-            // only touch rows still in 'sending'). Failed rows too: an operator's retry
-            // must not send the old link either.
-            sqlx::query!(
-                "UPDATE email_outbox SET state = 'superseded', token = NULL, lease_until = NULL
-                 WHERE user_id = ?1 AND state IN ('queued', 'sending', 'failed')",
-                user.id
-            )
-            .execute(&mut *conn)
-            .await?;
-            user.id
-        }
-        None => {
-            // A new address: written as a group's new users are, as a group of one.
-            let mut stored = insert_new_users(conn, &[new]).await?;
-            return Ok(stored.pop().expect("one signup in, one written"));
-        }
+    let Some(user) = existing else {
+        // A new address: written as a group's new users are, as a group of one.
+        let mut stored = insert_new_users(conn, &[new]).await?;
+        return Ok(stored.pop().expect("one signup in, one written"));
     };
 
-    let hash = &new.token_hash.0[..];
-    sqlx::query!(
-        "INSERT INTO confirmation_tokens (token_hash, user_id, created_at, expires_at)
-         VALUES (?1, ?2, ?3, ?4)
-         ON CONFLICT (user_id) DO UPDATE SET
-             token_hash = excluded.token_hash,
-             created_at = excluded.created_at,
-             expires_at = excluded.expires_at",
-        hash,
-        user_id,
-        new.now,
-        new.token_expires_at
+    let last_email_at = sqlx::query_scalar!(
+        r#"SELECT MAX(created_at) AS "created_at: i64" FROM email_outbox
+           WHERE user_id = ?1 AND kind != 'suppressed'"#,
+        user.id
     )
-    .execute(&mut *conn)
+    .fetch_one(&mut *conn)
     .await?;
+    let too_soon =
+        last_email_at.is_some_and(|last| last.saturating_add(new.resend_interval_ms) > new.now);
+    let kind = match (too_soon, user.status.as_str()) {
+        (true, _) => EmailKind::Suppressed,
+        (false, "confirmed") => EmailKind::AccountNotice,
+        (false, _) => EmailKind::Confirmation,
+    };
 
-    let mode = new.mode.as_str();
+    let (nonce, token_hash) = match kind {
+        EmailKind::Confirmation => {
+            let (hash, name) = (
+                &new.token_hash.0[..],
+                new.name.as_ref().map(SubscriberName::as_str),
+            );
+            sqlx::query!(
+                "INSERT INTO confirmation_tokens (token_hash, user_id, name, created_at, expires_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                hash,
+                user.id,
+                name,
+                new.now,
+                new.token_expires_at
+            )
+            .execute(&mut *conn)
+            .await?;
+            (Some(&new.nonce.0[..]), Some(hash))
+        }
+        EmailKind::AccountNotice | EmailKind::Suppressed => (None, None),
+    };
+
+    let (mode, kind_name) = (new.mode.as_str(), kind.as_str());
     let (state, attempts) = outbox_start(new);
     let outbox_id = sqlx::query_scalar!(
         r#"INSERT INTO email_outbox
-             (user_id, recipient, recipient_name, token, mode, state, attempts,
+             (signup_id, user_id, kind, recipient, nonce, token_hash, mode, state, attempts,
               next_attempt_at, lease_until, request_id, created_at)
-           VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?8)
+           VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?10)
            RETURNING id AS "id!""#,
-        user_id,
-        email,
-        name,
-        &new.token,
+        new.signup_id,
+        user.id,
+        kind_name,
+        user.email,
+        nonce,
+        token_hash,
         mode,
         state,
         attempts,
@@ -901,9 +1014,11 @@ async fn write_signup(
     .await?;
 
     Ok(StoredSignup {
-        user_id,
+        signup_id: new.signup_id.clone(),
+        user_id: user.id,
         outbox_id: OutboxId(outbox_id),
         email: email.to_owned(),
+        kind,
         group_size: 1,
     })
 }

@@ -109,3 +109,47 @@ fn a_bad_environment_value_stops_start_up_and_names_its_key() {
         );
     }
 }
+
+#[test]
+fn production_refuses_to_start_without_a_token_secret_and_says_how_to_set_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!(
+        "sqlite://{}?mode=rwc",
+        dir.path().join("confirmd.db").display()
+    );
+    // The repository's config folder, in production: token.generate_secret is off there.
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_confirmd"))
+        .args([
+            "--config",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/config"),
+            "serve",
+        ])
+        .env_remove("RUST_LOG")
+        .env("CONFIRMD_ENV", "production")
+        .env("CONFIRMD_SERVER__LISTEN", "127.0.0.1:0")
+        .env("CONFIRMD_DATABASE__URL", &url)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Were it to start, it would serve until stopped: wait for its exit with a deadline.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            child.kill().unwrap();
+            panic!("confirmd started in production without a token secret");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let output = child.wait_with_output().unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("token.secret") && stderr.contains("CONFIRMD_TOKEN__SECRET"),
+        "{stderr}"
+    );
+    assert!(
+        !dir.path().join("confirmd.secret").exists(),
+        "none generated"
+    );
+}

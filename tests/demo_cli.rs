@@ -106,7 +106,7 @@ fn the_text_report_has_both_modes_the_link_and_a_reading_and_the_chart_is_drawn(
         "202 × 10",
         "10 of 10 sent",
         "the mail catcher received 20, for 20 signups acknowledged",
-        "now says \"confirmed\"",
+        "opening it confirmed nothing, its page's button did",
         "of which 20 ms is the mail server's answer",
         "the request does not wait for the mail server",
     ] {

@@ -1,5 +1,5 @@
 //! What the service writes to its log: one line per signup with mode and latency, and never a
-//! confirmation token, even at the most verbose level.
+//! confirmation token or the secret tokens are derived from, even at the most verbose level.
 
 #[path = "support/smtp.rs"]
 mod smtp;
@@ -108,4 +108,11 @@ async fn tokens_never_reach_the_log_even_at_trace_level() {
     for token in &tokens {
         assert!(!log.contains(token.as_str()), "a token leaked into the log");
     }
+    // Nor the secret they are derived from, generated next to the database on first start.
+    let secret = std::fs::read_to_string(dir.path().join("confirmd.secret")).unwrap();
+    assert!(secret.trim().len() >= 32);
+    assert!(
+        !log.contains(secret.trim()),
+        "the token secret leaked into the log"
+    );
 }

@@ -622,3 +622,105 @@ async fn ten_thousand_signups_in_each_mode_from_64_connections_without_a_server_
     let status = service.wait_exit(Duration::from_secs(10)).await;
     assert!(status.success(), "exit status {status}");
 }
+
+/// Where `needle` (a token, as text or as its 32 bytes) occurs in the database files, by file.
+fn files_holding(files: &BTreeMap<String, Vec<u8>>, needle: &[u8]) -> Vec<String> {
+    files
+        .iter()
+        .filter(|(_, bytes)| bytes.windows(needle.len()).any(|w| w == needle))
+        .map(|(name, _)| name.clone())
+        .collect()
+}
+
+/// The token an email's link carries, as text and as the 32 bytes it encodes.
+fn token_of(mail: &ReceivedMail) -> (String, Vec<u8>) {
+    use base64::Engine;
+    let link = mail.confirmation_link();
+    let token = link.split("token=").nth(1).expect("the link has a token");
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(token)
+        .expect("a token is base64url");
+    (token.to_owned(), bytes)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn no_database_file_ever_holds_a_token_the_emails_carried() {
+    // SMTP is down at first, so the emails wait in the outbox (and are retried) for a while.
+    let smtp_port = free_port();
+    let mut home = ServiceHome::new(fast_retries(smtp_port));
+    let mut service = home.start().await;
+    let client = reqwest::Client::new();
+    let emails = addresses("at-rest", 12);
+    for (i, email) in emails.iter().enumerate() {
+        let mode = if i % 3 == 0 { "sync" } else { "background" };
+        let response = client
+            .post(format!("{}/signups?mode={mode}", service.address))
+            .json(&serde_json::json!({ "email": email }))
+            .send()
+            .await
+            .unwrap();
+        let expected = match mode {
+            // Stored and queued; the problem says SMTP failed.
+            "sync" => StatusCode::BAD_GATEWAY,
+            _ => StatusCode::ACCEPTED,
+        };
+        assert_eq!(response.status(), expected, "{email}");
+    }
+    // Every email has been tried (a worker held it, `sending`) and is waiting again.
+    wait_for("every email tried twice", DELIVERY_PATIENCE, async || {
+        home.query_number("SELECT MIN(attempts) FROM email_outbox")
+            .await
+            >= 2
+    })
+    .await;
+    let while_waiting = home.database_files();
+
+    let smtp = SmtpServer::start_on(smtp_port).await;
+    let mail = wait_until_delivered(&smtp, &home, &emails).await;
+    let after_sent = home.database_files();
+    service.kill_9();
+    let after_kill = home.database_files();
+
+    assert!(
+        while_waiting.contains_key("confirmd.db-wal") && after_kill.contains_key("confirmd.db"),
+        "the files searched: {:?}",
+        while_waiting.keys().collect::<Vec<_>>()
+    );
+    // The search can find what is there: every address is in the files, in plain text.
+    for email in &emails {
+        assert!(
+            !files_holding(&while_waiting, email.as_bytes()).is_empty(),
+            "{email} is not found in the files: the search is blind"
+        );
+    }
+    let tokens: Vec<(String, Vec<u8>)> = mail.iter().map(token_of).collect();
+    assert_eq!(tokens.len(), emails.len());
+    for (moment, files) in [
+        ("while the emails waited", &while_waiting),
+        ("after they were sent", &after_sent),
+        ("after kill -9", &after_kill),
+    ] {
+        for (text, bytes) in &tokens {
+            let found: Vec<String> = [text.as_bytes(), bytes.as_slice()]
+                .into_iter()
+                .flat_map(|needle| files_holding(files, needle))
+                .collect();
+            assert!(found.is_empty(), "{moment}, a token is in {found:?}");
+        }
+    }
+
+    // The secret they were derived from is outside the database, readable by its owner only.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let secret = std::fs::metadata(home.path("confirmd.secret")).expect("a generated secret");
+        assert_eq!(secret.permissions().mode() & 0o777, 0o600);
+    }
+    // And the links work: after a restart, one confirms.
+    let restarted = home.start().await;
+    let link = mail[0]
+        .confirmation_link()
+        .replace(&service.address, &restarted.address);
+    let confirmed = client.get(&link).send().await.unwrap();
+    assert_eq!(confirmed.status(), StatusCode::OK);
+}

@@ -4,8 +4,9 @@
 use std::time::Duration;
 
 use confirmd::{
-    domain::{ConfirmationToken, DeliveryMode, SubscriberEmail},
-    store::{NewSignup, Store, StoreError, StoredSignup},
+    domain::{DeliveryMode, SubscriberEmail, TokenNonce},
+    secret::TokenKey,
+    store::{EmailKind, NewSignup, Store, StoreError, StoredSignup},
 };
 use sqlx::{Connection, SqliteConnection};
 use tokio::time::Instant;
@@ -24,23 +25,13 @@ async fn store() -> (tempfile::TempDir, Store) {
 #[tokio::test]
 async fn a_sender_whose_lease_expired_cannot_overwrite_the_next_senders_outcome() {
     let (_dir, store) = store().await;
-    let email = SubscriberEmail::parse("ann@example.com").unwrap();
-    let token = ConfirmationToken::generate();
-    let stored = store
-        .create_signup(NewSignup {
-            email,
-            name: None,
-            token: token.expose().to_owned(),
-            token_hash: token.hash(),
-            token_expires_at: 10_000,
-            mode: DeliveryMode::Background,
-            request_id: None,
-            claimed_until: None,
-            resend_interval_ms: 0,
-            now: 1_000,
-        })
-        .await
-        .unwrap();
+    let new = NewSignup {
+        token_expires_at: 10_000,
+        resend_interval_ms: 0,
+        ..signup("ann@example.com", 1_000)
+    };
+    let token_hash = new.token_hash.clone();
+    let stored = store.create_signup(new).await.unwrap();
 
     // Sender A claims the row with a lease until t=2000, then stalls past it.
     let a = store
@@ -66,31 +57,32 @@ async fn a_sender_whose_lease_expired_cannot_overwrite_the_next_senders_outcome(
         .mark_failed(a.claim, "A's late give-up")
         .await
         .unwrap();
-    let view = store.signup(&stored.user_id).await.unwrap().unwrap();
+    let view = store.signup(&stored.signup_id).await.unwrap().unwrap();
     assert_eq!(view.state, "sending", "B still holds the row");
-    assert_eq!(view.last_error, None);
 
     // B's outcome is the one recorded, and the link is valid for a full TTL from the send.
     store.mark_sent(b.claim, 2_500, 50_000).await.unwrap();
-    let view = store.signup(&stored.user_id).await.unwrap().unwrap();
+    let view = store.signup(&stored.signup_id).await.unwrap().unwrap();
     assert_eq!(view.state, "sent");
     assert_eq!(view.sent_at, Some(2_500));
-    let owner = store.token_owner(&token.hash()).await.unwrap().unwrap();
+    let owner = store.token_owner(&token_hash).await.unwrap().unwrap();
     assert_eq!(owner.expires_at, 50_000);
     // And A's late success does not undo it either.
     store.mark_sent(a.claim, 2_600, 60_000).await.unwrap();
-    let view = store.signup(&stored.user_id).await.unwrap().unwrap();
+    let view = store.signup(&stored.signup_id).await.unwrap().unwrap();
     assert_eq!(view.sent_at, Some(2_500));
 }
 
 /// A background signup for `email` at `now`, with a resend interval of a minute.
 fn signup(email: &str, now: i64) -> NewSignup {
-    let token = ConfirmationToken::generate();
+    let nonce = TokenNonce::generate();
+    let token_hash = TokenKey::new(&"k".repeat(32)).token_for(&nonce).hash();
     NewSignup {
+        signup_id: uuid::Uuid::now_v7().to_string(),
         email: SubscriberEmail::parse(email).unwrap(),
         name: None,
-        token: token.expose().to_owned(),
-        token_hash: token.hash(),
+        nonce,
+        token_hash,
         token_expires_at: now + 3_600_000,
         mode: DeliveryMode::Background,
         request_id: None,
@@ -163,19 +155,20 @@ async fn signups_that_arrive_while_the_writer_waits_are_committed_together() {
 }
 
 #[tokio::test]
-async fn a_refused_signup_leaves_the_rest_of_its_group_written() {
+async fn a_signup_again_in_a_group_gets_the_email_its_address_calls_for() {
     let (dir, store) = store().await;
-    let ann = store
-        .create_signup(signup("ann@example.com", 1_000))
-        .await
-        .unwrap();
-    assert!(store.confirm(&ann.user_id, 1_500).await.unwrap());
+    let ann = signup("ann@example.com", 1_000);
+    let ann_token = ann.token_hash.clone();
+    store.create_signup(ann).await.unwrap();
+    let owner = store.token_owner(&ann_token).await.unwrap().unwrap();
+    assert!(store.confirm(&owner, 1_500).await.unwrap());
 
     let mut lock = hold_write_lock(&dir).await;
     let tasks = hand_to_blocked_writer(
         &store,
         vec![
-            signup("ann@example.com", 2_000),
+            // Confirmed, and past the resend interval.
+            signup("ann@example.com", 70_000),
             signup("bob@example.com", 2_000),
             // The same address: `users.email` is case-insensitive.
             signup("BOB@example.com", 2_001),
@@ -189,17 +182,27 @@ async fn a_refused_signup_leaves_the_rest_of_its_group_written() {
     for task in tasks {
         outcomes.push(task.await.unwrap());
     }
-    assert!(matches!(outcomes[0], Err(StoreError::AlreadyConfirmed(_))));
-    let bob = outcomes[1].as_ref().expect("bob's first signup is written");
+    let kinds: Vec<EmailKind> = outcomes
+        .iter()
+        .map(|outcome| outcome.as_ref().expect("every signup is written").kind)
+        .collect();
     // Bob's second signup sees the first, in the same transaction: one email a minute.
-    assert!(matches!(outcomes[2], Err(StoreError::TooSoon { .. })));
-    let cy = outcomes[3].as_ref().expect("cy's signup is written");
-    for written in [bob, cy] {
-        let view = store.signup(&written.user_id).await.unwrap().unwrap();
+    assert_eq!(
+        kinds,
+        [
+            EmailKind::AccountNotice,
+            EmailKind::Confirmation,
+            EmailKind::Suppressed,
+            EmailKind::Confirmation
+        ]
+    );
+    for written in &outcomes {
+        let written = written.as_ref().unwrap();
+        let view = store.signup(&written.signup_id).await.unwrap().unwrap();
         assert_eq!(view.state, "queued");
     }
-    // Ann's first email, bob's and cy's.
-    assert_eq!(store.outbox_counts().await.unwrap().queued, 3);
+    // Ann's first email and the four of the group: each request has its row.
+    assert_eq!(store.outbox_counts().await.unwrap().queued, 5);
 }
 
 #[tokio::test]
@@ -236,7 +239,7 @@ async fn a_database_error_in_a_group_fails_only_the_signup_at_fault() {
     );
     for written in [&outcomes[0], &outcomes[2]] {
         let written = written.as_ref().expect("the others are written");
-        assert!(store.signup(&written.user_id).await.unwrap().is_some());
+        assert!(store.signup(&written.signup_id).await.unwrap().is_some());
     }
     assert_eq!(store.outbox_counts().await.unwrap().queued, 2);
 }

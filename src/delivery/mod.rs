@@ -1,6 +1,7 @@
 //! Getting the confirmation email out: the part of confirmd that the two modes differ in.
 //!
-//! Both modes first write the user, the token and an **outbox** row in one transaction. Then:
+//! Both modes first write the user, the token's hash and an **outbox** row in one transaction.
+//! Then:
 //!
 //! - **sync**: the request itself sends the email and answers only when the SMTP server has
 //!   accepted it. Its outbox row was written already claimed (state `sending`, with a lease), so
@@ -18,9 +19,20 @@
 //! or the process dies with ids in it, nothing is lost: the [`sweeper`] finds due rows in the
 //! table (and rows whose sender died mid-send) and feeds them to the workers again.
 //!
+//! Every signup is answered the same way whatever the address's state, so the answer tells
+//! nobody whether an account exists: the row sends a confirmation to a new or pending address, a
+//! fixed "you already have an account" notice to a confirmed one, or nothing when the address was
+//! sent an email less than `signup.resend_interval_s` ago. A row that sends nothing still takes
+//! about as long as a send ([`recent_sends`]) and goes through the same states.
+//!
+//! No token is ever written down: the row keeps a nonce, and the token is derived from it with
+//! the server secret ([`crate::secret`]) when the email is built, by the worker or the sync
+//! request.
+//!
 //! Nothing here knows about HTTP: the `http` module calls [`Delivery::signup`] and maps the result.
 
 mod backlog;
+mod recent_sends;
 mod retry;
 mod smtp_check;
 mod sweeper;
@@ -39,6 +51,7 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::{Instrument, debug, info_span, warn};
 
 use backlog::Backlog;
+use recent_sends::RecentSends;
 pub use retry::Backoff;
 use retry::{AfterFailure, RetryPolicy};
 pub use smtp_check::SmtpStatus;
@@ -46,10 +59,11 @@ pub use smtp_check::SmtpStatus;
 use crate::{
     clock,
     config::Settings,
-    domain::{ConfirmationToken, DeliveryMode, SubscriberEmail, SubscriberName},
+    domain::{ConfirmationToken, DeliveryMode, SubscriberEmail, SubscriberName, TokenNonce},
     mail::{ConfirmationEmail, ConnectionPermit, Mailer, SendError},
     metrics::{EmailOutcome, Metrics},
-    store::{Claim, NewSignup, OutboxId, Store, StoreError},
+    secret::TokenKey,
+    store::{Claim, ClaimedEmail, EmailKind, NewSignup, OutboxId, Store, StoreError},
 };
 
 /// What a worker is told: which row, and enough context to report how long it waited.
@@ -78,7 +92,8 @@ pub(crate) struct Policy {
     max_backlog: u64,
     /// How long a sync signup waits for a free SMTP connection.
     acquire_timeout: Duration,
-    /// `smtp.timeout_ms`: once it has passed, every send that held a connection has ended.
+    /// `smtp.timeout_ms`: once it has passed, every send that held a connection has ended; also
+    /// the longest a row that sends nothing waits to look like a send.
     send_timeout: Duration,
     /// How often the background check asks the SMTP server whether it answers.
     smtp_check_interval: Duration,
@@ -93,6 +108,10 @@ pub struct Delivery {
 struct Inner {
     store: Store,
     mailer: Mailer,
+    /// Turns an outbox row's nonce into its link's token.
+    key: TokenKey,
+    /// How long sends take lately, for the rows that send nothing.
+    recent_sends: RecentSends,
     metrics: Arc<Metrics>,
     policy: Policy,
     jobs: mpsc::Sender<Job>,
@@ -110,10 +129,12 @@ struct Inner {
     smtp: smtp_check::LastStatus,
 }
 
-/// A committed signup and what became of its email so far.
+/// A committed signup and what became of its email so far: the same for every address, whatever
+/// its state.
 #[derive(Debug, Clone)]
 pub struct SignupReceipt {
-    pub user_id: String,
+    /// The signup request's id: a random UUID, not the user's.
+    pub signup_id: String,
     pub email: String,
     pub mode: DeliveryMode,
     /// The outbox state as the request leaves it: `sent` (sync) or `queued` (background).
@@ -126,11 +147,6 @@ pub struct SignupReceipt {
 
 #[derive(Debug, thiserror::Error)]
 pub enum SignupError {
-    #[error("{0} is already confirmed")]
-    AlreadyConfirmed(String),
-    /// The address was sent an email less than `signup.resend_interval_s` ago.
-    #[error("an email was sent to this address moments ago")]
-    TooSoon { retry_after: Duration },
     /// `worker.max_backlog` emails are already waiting to be sent (SMTP is down or slow).
     #[error("too many emails are waiting to be sent")]
     Backlogged { retry_after: Duration },
@@ -158,14 +174,18 @@ pub enum SignupError {
 
 impl From<StoreError> for SignupError {
     fn from(e: StoreError) -> Self {
-        match e {
-            StoreError::AlreadyConfirmed(email) => SignupError::AlreadyConfirmed(email),
-            StoreError::TooSoon { retry_after_ms } => SignupError::TooSoon {
-                retry_after: Duration::from_millis(u64::try_from(retry_after_ms).unwrap_or(0)),
-            },
-            other => SignupError::Store(other),
-        }
+        SignupError::Store(e)
     }
+}
+
+/// What a claimed row sends, built from its kind.
+pub(crate) enum Outgoing {
+    /// The confirmation email with this link.
+    Confirmation { link: String },
+    /// The fixed "you already have an account" notice.
+    AccountNotice,
+    /// Nothing, for about as long as a send takes.
+    Nothing,
 }
 
 /// What one attempt at sending a claimed row came to; the worker logs it.
@@ -183,6 +203,7 @@ impl Delivery {
         settings: &Settings,
         store: Store,
         mailer: Mailer,
+        key: TokenKey,
         metrics: Arc<Metrics>,
         shutdown: CancellationToken,
         tasks: TaskTracker,
@@ -209,6 +230,8 @@ impl Delivery {
             inner: Arc::new(Inner {
                 store,
                 mailer,
+                key,
+                recent_sends: RecentSends::default(),
                 metrics,
                 policy,
                 jobs,
@@ -263,13 +286,15 @@ impl Delivery {
                 retry_after: policy.sweep_interval,
             });
         }
-        let token = ConfirmationToken::generate();
+        let nonce = TokenNonce::generate();
+        let token = self.inner.key.token_for(&nonce);
         let now = clock::now_ms();
         let claimed_until = (mode == DeliveryMode::Sync).then(|| clock::ms_from_now(policy.lease));
         let new = NewSignup {
+            signup_id: signup_id(),
             email: email.clone(),
             name: name.cloned(),
-            token: token.expose().to_owned(),
+            nonce,
             token_hash: token.hash(),
             token_expires_at: clock::ms_from_now(policy.token_ttl),
             mode,
@@ -288,8 +313,10 @@ impl Delivery {
             .await?;
         let db_time = started.elapsed();
         self.inner.metrics.observe_signup_group(stored.group_size);
+        // For the operator: what this request sends, which its answer does not say.
+        debug!(signup_id = %stored.signup_id, outbox_id = %stored.outbox_id, kind = stored.kind.as_str(), "signup stored");
         let mut receipt = SignupReceipt {
-            user_id: stored.user_id,
+            signup_id: stored.signup_id,
             email: stored.email,
             mode,
             state: "queued",
@@ -306,7 +333,14 @@ impl Delivery {
             }
             DeliveryMode::Sync => {
                 let this = self.clone();
-                let link = self.link(token.expose());
+                // The token lives in this request's memory only, as in a worker's.
+                let outgoing = match stored.kind {
+                    EmailKind::Confirmation => Outgoing::Confirmation {
+                        link: self.link(token.expose()),
+                    },
+                    EmailKind::AccountNotice => Outgoing::AccountNotice,
+                    EmailKind::Suppressed => Outgoing::Nothing,
+                };
                 let claim = Claim {
                     id: stored.outbox_id,
                     lease_until: claimed_until.expect("a sync row is written claimed"),
@@ -314,17 +348,16 @@ impl Delivery {
                 let to = receipt.email.clone();
                 let started = Instant::now();
                 let send = async move {
+                    // A row that sends nothing waits for a connection too: under load it must
+                    // answer as a real send would.
                     let wait = this.inner.policy.acquire_timeout;
                     let Some(permit) = this.inner.mailer.connection_within(wait).await else {
                         this.hand_back(claim).await?;
                         return Ok(None);
                     };
-                    let email = ConfirmationEmail {
-                        id: claim.id.0,
-                        to_address: &to,
-                        link: &link,
-                    };
-                    this.attempt(&permit, claim, &email, 1, now).await.map(Some)
+                    this.attempt(&permit, claim, &to, &outgoing, 1, now)
+                        .await
+                        .map(Some)
                 };
                 let attempt = self
                     .inner
@@ -409,22 +442,76 @@ impl Delivery {
         format!("{}/confirm?token={token}", self.inner.policy.base_url)
     }
 
+    /// What a claimed row sends. A confirmation's token is derived here from the row's nonce;
+    /// if the secret changed since the signup, the new token's hash replaces the stored one
+    /// first, so the link that goes out is the one that works.
+    pub(crate) async fn outgoing(&self, claimed: &ClaimedEmail) -> Result<Outgoing, StoreError> {
+        let token = match claimed.kind {
+            EmailKind::AccountNotice => return Ok(Outgoing::AccountNotice),
+            EmailKind::Suppressed => return Ok(Outgoing::Nothing),
+            EmailKind::Confirmation => match (&claimed.nonce, &claimed.legacy_token) {
+                (Some(nonce), _) => self.inner.key.token_for(nonce),
+                (None, Some(legacy)) => match ConfirmationToken::parse(legacy) {
+                    Ok(token) => token,
+                    Err(_) => return Ok(Outgoing::Nothing),
+                },
+                // A confirmation row keeps its nonce until it is sent; one without is a row
+                // from before tokens were derived that has nothing left to send.
+                (None, None) => return Ok(Outgoing::Nothing),
+            },
+        };
+        let hash = token.hash();
+        if let Some(stored) = &claimed.token_hash
+            && *stored != hash
+        {
+            self.inner
+                .store
+                .rehash_token(claimed.claim.id, stored, &hash)
+                .await?;
+        }
+        Ok(Outgoing::Confirmation {
+            link: self.link(token.expose()),
+        })
+    }
+
     /// Sends a claimed row once, on the connection `permit` stands for, and records the outcome:
-    /// sent, retry later, or failed for good.
+    /// sent, retry later, or failed for good. A row that sends nothing waits about as long as a
+    /// send and ends as the last real send did (sent, or retried during an outage): its
+    /// requester cannot tell it from one that sent.
     async fn attempt(
         &self,
         permit: &ConnectionPermit,
         claim: Claim,
-        email: &ConfirmationEmail<'_>,
+        to: &str,
+        outgoing: &Outgoing,
         attempts: i64,
         created_at: i64,
     ) -> Result<Attempt, StoreError> {
         let started = Instant::now();
-        let result = match self.inner.mailer.confirmation(email) {
-            Ok(message) => self.inner.mailer.send_on(permit, message).await,
+        let mailer = &self.inner.mailer;
+        let message = match outgoing {
+            Outgoing::Nothing => {
+                let policy = &self.inner.policy;
+                tokio::time::sleep(self.inner.recent_sends.estimate(policy.send_timeout)).await;
+                let outcome = self.inner.recent_sends.outcome();
+                return self.record(claim, attempts, created_at, outcome).await;
+            }
+            Outgoing::Confirmation { link } => mailer.confirmation(&ConfirmationEmail {
+                id: claim.id.0,
+                to_address: to,
+                link,
+            }),
+            Outgoing::AccountNotice => mailer.account_notice(claim.id.0, to),
+        };
+        let result = match message {
+            Ok(message) => mailer.send_on(permit, message).await,
             Err(e) => Err(SendError::Unbuildable(e.to_string())),
         };
         let took = started.elapsed();
+        if result.is_ok() {
+            self.inner.recent_sends.observe(took);
+        }
+        self.inner.recent_sends.record(&result);
         let attempt = self.record(claim, attempts, created_at, result).await?;
         let outcome = match &attempt {
             Attempt::Sent => EmailOutcome::Sent,
@@ -499,4 +586,14 @@ fn humantime(d: Duration) -> String {
         60..3600 => format!("{}m {}s", secs / 60, secs % 60),
         _ => format!("{}h {}m", secs / 3600, secs % 3600 / 60),
     }
+}
+
+/// A signup request's public id: a random (version 4) UUID, which says nothing about the user,
+/// the address or the time.
+fn signup_id() -> String {
+    let mut bytes = [0u8; 16];
+    getrandom::fill(&mut bytes).expect("the operating system's random source failed");
+    uuid::Builder::from_random_bytes(bytes)
+        .into_uuid()
+        .to_string()
 }

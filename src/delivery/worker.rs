@@ -12,7 +12,7 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::{Instrument, Span, error, field, info, info_span, warn};
 
 use super::{Attempt, Delivery, Job};
-use crate::{clock, mail::ConfirmationEmail, telemetry::millis};
+use crate::{clock, telemetry::millis};
 
 pub(super) fn spawn_pool(
     delivery: Delivery,
@@ -67,6 +67,7 @@ async fn deliver(delivery: &Delivery, job: Job) {
         outbox_id = %job.id,
         request_id = field::Empty,
         attempt = field::Empty,
+        kind = field::Empty,
         queue_wait_ms,
         send_ms = field::Empty,
         outcome = field::Empty,
@@ -91,14 +92,24 @@ async fn deliver(delivery: &Delivery, job: Job) {
         if let Some(request_id) = &claimed.request_id {
             span.record("request_id", request_id.as_str());
         }
-        let email = ConfirmationEmail {
-            id: claimed.claim.id.0,
-            to_address: &claimed.recipient,
-            link: &delivery.link(&claimed.token),
+        span.record("kind", claimed.kind.as_str());
+        let outgoing = match delivery.outgoing(&claimed).await {
+            Ok(outgoing) => outgoing,
+            Err(e) => {
+                error!(error = %e, "cannot store the link's new hash; the lease will bring the email back");
+                return;
+            }
         };
         let sending = Instant::now();
         let attempt = delivery
-            .attempt(&permit, claimed.claim, &email, claimed.attempts, claimed.created_at)
+            .attempt(
+                &permit,
+                claimed.claim,
+                &claimed.recipient,
+                &outgoing,
+                claimed.attempts,
+                claimed.created_at,
+            )
             .await;
         span.record("send_ms", millis(sending.elapsed()));
         // Commit → SMTP accepted, the figure background mode is judged by.

@@ -9,4 +9,4 @@ mod token;
 pub use delivery_mode::{DeliveryMode, UnknownMode};
 pub use email::{EmailError, SubscriberEmail};
 pub use name::{NameError, SubscriberName};
-pub use token::{ConfirmationToken, MalformedToken, TokenHash};
+pub use token::{ConfirmationToken, MalformedToken, TokenHash, TokenNonce};

@@ -1,4 +1,8 @@
 //! The confirmation token: what the link in the email carries, and what the database keeps of it.
+//!
+//! The database never holds a token. An outbox row keeps a random [`TokenNonce`], and the token
+//! is derived from it when the email is built: `HMAC-SHA256(server secret, nonce)` (see
+//! [`crate::secret`]). The user's side keeps the [`TokenHash`], to look a clicked link up.
 
 use std::fmt;
 
@@ -26,6 +30,11 @@ impl ConfirmationToken {
     pub fn generate() -> Self {
         let mut bytes = [0u8; 32];
         getrandom::fill(&mut bytes).expect("the operating system's random source failed");
+        ConfirmationToken::from_bytes(&bytes)
+    }
+
+    /// The token for 32 bytes of key material (a MAC, or random bytes).
+    pub(crate) fn from_bytes(bytes: &[u8; 32]) -> Self {
         ConfirmationToken(URL_SAFE_NO_PAD.encode(bytes))
     }
 
@@ -48,6 +57,19 @@ impl ConfirmationToken {
     /// The token itself, for the one place it is needed: the link in the email.
     pub fn expose(&self) -> &str {
         &self.0
+    }
+}
+
+/// What an outbox row keeps instead of its token: 256 random bits that are worthless without the
+/// server secret.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenNonce(pub [u8; 32]);
+
+impl TokenNonce {
+    pub fn generate() -> Self {
+        let mut bytes = [0u8; 32];
+        getrandom::fill(&mut bytes).expect("the operating system's random source failed");
+        TokenNonce(bytes)
     }
 }
 

@@ -209,7 +209,7 @@ async fn look_up(
         return Ok(Outcome::Ask(token));
     }
     // Two clicks racing on one link: one confirms, the other finds it done. Both succeed.
-    let confirmed_now = store.confirm(&owner.user_id, clock::now_ms()).await?;
+    let confirmed_now = store.confirm(&owner, clock::now_ms()).await?;
     Ok(Outcome::Confirmed {
         already: !confirmed_now,
     })

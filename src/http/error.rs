@@ -220,9 +220,6 @@ impl From<StoreError> for Error {
 impl From<SignupError> for Error {
     fn from(e: SignupError) -> Self {
         match e {
-            SignupError::AlreadyConfirmed(email) => {
-                Error::Conflict(format!("{email} is already confirmed."))
-            }
             SignupError::SendFailed {
                 receipt,
                 error,
@@ -253,16 +250,9 @@ impl From<SignupError> for Error {
                 Error::Smtp {
                     status,
                     detail,
-                    id: receipt.user_id,
+                    id: receipt.signup_id,
                 }
             }
-            SignupError::TooSoon { retry_after } => Error::RetryLater {
-                status: StatusCode::TOO_MANY_REQUESTS,
-                detail:
-                    "An email was sent to this address moments ago; wait before asking for another."
-                        .into(),
-                retry_after,
-            },
             SignupError::Backlogged { retry_after } => Error::RetryLater {
                 status: StatusCode::SERVICE_UNAVAILABLE,
                 detail: "Too many emails are waiting to be sent; try again shortly.".into(),
@@ -275,7 +265,7 @@ impl From<SignupError> for Error {
                 status: StatusCode::SERVICE_UNAVAILABLE,
                 detail: format!(
                     "The signup is saved (id {}), but every connection to the mail server is busy; its confirmation email is queued and will be sent shortly. See /signups/{}.",
-                    receipt.user_id, receipt.user_id
+                    receipt.signup_id, receipt.signup_id
                 ),
                 retry_after,
             },
@@ -297,7 +287,7 @@ mod tests {
     fn an_email_that_cannot_be_built_is_a_422_not_a_502() {
         let error = SignupError::SendFailed {
             receipt: SignupReceipt {
-                user_id: "u".into(),
+                signup_id: "u".into(),
                 email: "ann@example.com".into(),
                 mode: DeliveryMode::Sync,
                 state: "failed",

@@ -1,4 +1,11 @@
 //! `POST /signups` and `GET /signups/{id}`.
+//!
+//! Both say nothing about anyone else. `POST /signups` answers a new, a pending and a confirmed
+//! address with the same status, the same body and about the same delay (see
+//! [`crate::delivery`]): what the address receives differs, the answer does not. Its id names the
+//! signup *request*, a random UUID, never the user; `GET /signups/{id}` then shows only what that
+//! request's sender knows already: its own email's mode, state and times. No name, no account
+//! status, no SMTP error text: operators read those with `confirmd outbox` and in the logs.
 
 use axum::{
     Extension, Json,
@@ -50,7 +57,8 @@ struct SignupRequest {
     /// mailbox: compared regardless of case (Unicode too) and of the domain's spelling.
     #[schema(format = Email, max_length = 254, example = "ada@example.com")]
     email: String,
-    /// Optional display name, kept for the application: no email shows it. No control
+    /// Optional display name, kept for the application: no email shows it, and it becomes the
+    /// account's name only when the link sent for this signup is confirmed. No control
     /// characters, and none of the invisible ones that change how text reads (bidi controls,
     /// line and paragraph separators, zero-width characters).
     #[schema(
@@ -61,13 +69,14 @@ struct SignupRequest {
     name: Option<String>,
 }
 
+/// The same for every address: new, pending or already confirmed.
 #[derive(Serialize, ToSchema)]
 struct SignupResponse {
+    /// This signup request's id (a random UUID), for `GET /signups/{id}`. Not the user's.
+    #[schema(example = "5b0d3f52-8f0c-4b6e-9d51-2a7c0c1e9f3a")]
     id: String,
+    /// The address as parsed.
     email: String,
-    /// Always `pending` here: the user confirms through the link in the email.
-    #[schema(example = "pending")]
-    status: &'static str,
     delivery: DeliverySummary,
 }
 
@@ -81,7 +90,12 @@ struct DeliverySummary {
     state: &'static str,
 }
 
-/// Sign up, and send the confirmation email inline (`sync`) or from the outbox (`background`).
+/// Sign up, and send the email inline (`sync`) or from the outbox (`background`).
+///
+/// The answer is the same whether the address is new, pending or confirmed: a new or pending
+/// address is sent a confirmation link, a confirmed one a short "you already have an account"
+/// notice, and an address that was sent an email less than `signup.resend_interval_s` ago is
+/// sent nothing, without telling the requester.
 #[utoipa::path(
     post,
     path = "/signups",
@@ -93,13 +107,10 @@ struct DeliverySummary {
         (status = ACCEPTED, description = "background: the signup and its email are committed", body = SignupResponse,
          headers(("location" = String, description = "/signups/{id}"))),
         (status = BAD_REQUEST, description = "malformed JSON or query string", body = Problem, content_type = "application/problem+json"),
-        (status = CONFLICT, description = "the address is already confirmed", body = Problem, content_type = "application/problem+json"),
         (status = PAYLOAD_TOO_LARGE, description = "the body is over 16 KiB", body = Problem, content_type = "application/problem+json"),
         (status = UNSUPPORTED_MEDIA_TYPE, description = "the body is not sent as application/json", body = Problem, content_type = "application/problem+json"),
         (status = UNPROCESSABLE_ENTITY, description = "invalid email, name or mode; or (sync) the mail server refused the address",
          body = Problem, content_type = "application/problem+json"),
-        (status = TOO_MANY_REQUESTS, description = "this pending address was sent an email less than `signup.resend_interval_s` ago",
-         body = Problem, content_type = "application/problem+json", headers(("retry-after" = u64, description = "seconds"))),
         (status = BAD_GATEWAY, description = "sync: SMTP failed; the signup is stored and its email queued", body = Problem, content_type = "application/problem+json"),
         (status = SERVICE_UNAVAILABLE, description = "the database is unavailable, or `worker.max_backlog` emails already wait to be sent",
          body = Problem, content_type = "application/problem+json"),
@@ -153,11 +164,10 @@ fn created(receipt: SignupReceipt) -> Response {
     };
     let mut timing = vec![("db", receipt.db_time)];
     timing.extend(receipt.smtp_time.map(|t| ("smtp", t)));
-    let location = format!("/signups/{}", receipt.user_id);
+    let location = format!("/signups/{}", receipt.signup_id);
     let body = SignupResponse {
-        id: receipt.user_id,
+        id: receipt.signup_id,
         email: receipt.email,
-        status: "pending",
         delivery: DeliverySummary {
             mode: receipt.mode.as_str(),
             state: receipt.state,
@@ -171,43 +181,37 @@ fn created(receipt: SignupReceipt) -> Response {
     response
 }
 
+/// A signup request as its sender may see it: its own email, nothing about the account.
 #[derive(Serialize, ToSchema)]
 struct SignupDetails {
     id: String,
-    email: String,
-    name: Option<String>,
-    /// `pending` or `confirmed`.
-    #[schema(example = "pending")]
-    status: String,
-    /// RFC 3339.
+    /// RFC 3339: when the request was made.
     created_at: String,
-    confirmed_at: Option<String>,
     delivery: DeliveryDetails,
 }
 
-/// The signup's latest email.
+/// The request's email.
 #[derive(Serialize, ToSchema)]
 struct DeliveryDetails {
     /// `sync` or `background`.
     mode: String,
-    /// `queued`, `sending`, `sent`, `failed` or `superseded`.
+    /// `queued`, `sending`, `sent` or `failed`.
     state: String,
     attempts: i64,
     /// When the next attempt is due, while the email waits in the queue: the retry schedule.
     #[serde(skip_serializing_if = "Option::is_none")]
     next_attempt_at: Option<String>,
-    last_error: Option<String>,
     sent_at: Option<String>,
 }
 
-/// A signup, with the state of its latest confirmation email.
+/// A signup request, with the state of its email.
 #[utoipa::path(
     get,
     path = "/signups/{id}",
     params(("id" = String, Path, description = "The id returned by POST /signups")),
     responses(
         (status = OK, body = SignupDetails),
-        (status = NOT_FOUND, description = "no signup has this id", body = Problem, content_type = "application/problem+json"),
+        (status = NOT_FOUND, description = "no signup request has this id", body = Problem, content_type = "application/problem+json"),
         (status = SERVICE_UNAVAILABLE, description = "the database is unavailable", body = Problem, content_type = "application/problem+json"),
     )
 )]
@@ -224,17 +228,12 @@ async fn show(
     let next_attempt_at = (view.state == "queued").then(|| clock::rfc3339(view.next_attempt_at));
     Ok(Json(SignupDetails {
         id: view.id,
-        email: view.email,
-        name: view.name,
-        status: view.status,
         created_at: clock::rfc3339(view.created_at),
-        confirmed_at: view.confirmed_at.map(clock::rfc3339),
         delivery: DeliveryDetails {
             mode: view.mode,
             state: view.state,
             attempts: view.attempts,
             next_attempt_at,
-            last_error: view.last_error,
             sent_at: view.sent_at.map(clock::rfc3339),
         },
     }))

@@ -10,6 +10,7 @@
 //! ([`SendError::Transient`], [`SendError::Timeout`], [`SendError::Rejected`]), or a fault of
 //! this one email, which no retry can fix ([`SendError::RecipientRefused`]: 550 5.1.1 and kin).
 
+mod notice;
 mod pool;
 mod transport;
 

@@ -283,6 +283,32 @@ impl TestApp {
         n
     }
 
+    /// The account of `email` as the database has it: `(status, name)`. The API shows it to
+    /// nobody (a requester sees only its own request's delivery); the tests read it here.
+    pub async fn account(&self, email: &str) -> Option<(String, Option<String>)> {
+        let db = self.db().await;
+        let row = sqlx::query_as("SELECT status, name FROM users WHERE email = ?1")
+            .bind(email)
+            .fetch_optional(&db)
+            .await
+            .unwrap();
+        db.close().await;
+        row
+    }
+
+    /// The last SMTP error of a signup request's email, as an operator reads it (`confirmd
+    /// outbox`, the logs): the requester is never shown it.
+    pub async fn last_error(&self, signup_id: &str) -> Option<String> {
+        let db = self.db().await;
+        let error = sqlx::query_scalar("SELECT last_error FROM email_outbox WHERE signup_id = ?1")
+            .bind(signup_id)
+            .fetch_one(&db)
+            .await
+            .unwrap();
+        db.close().await;
+        error
+    }
+
     /// Moves every token's expiry into the past, as 24 hours of waiting would.
     pub async fn expire_tokens(&self) {
         let db = self.db().await;

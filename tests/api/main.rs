@@ -15,6 +15,8 @@ mod health;
 mod metrics;
 mod openapi;
 mod outbox;
+mod privacy;
 mod restart;
+mod secret;
 mod signup;
 mod smtp_faults;

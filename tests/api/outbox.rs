@@ -3,6 +3,7 @@
 
 use std::process::Output;
 
+use reqwest::StatusCode;
 use serde_json::Value;
 
 use crate::{
@@ -126,7 +127,7 @@ async fn retry_all_failed_requeues_every_failed_email_of_a_pending_address() {
 }
 
 #[tokio::test]
-async fn a_failed_email_with_an_old_link_is_superseded_by_a_new_signup_and_not_retried() {
+async fn a_failed_email_of_an_address_confirmed_since_is_not_retried() {
     let app = spawn_app().await;
     app.smtp().set_behaviour(Behaviour::RejectPermanent);
     let id = app.signup_ok("ann@example.com", "background").await;
@@ -136,14 +137,46 @@ async fn a_failed_email_with_an_old_link_is_superseded_by_a_new_signup_and_not_r
 
     app.smtp().set_behaviour(Behaviour::Accept);
     app.signup_ok("ann@example.com", "sync").await;
+    let link = app.confirmation_link("ann@example.com").await;
+    assert_eq!(app.confirm(&link).await.status(), StatusCode::OK);
 
     let refused = outbox(&app, &["retry", &old_outbox_id]);
     assert_eq!(refused.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&refused.stderr);
-    assert!(stderr.contains("not failed (state superseded)"), "{stderr}");
+    assert!(stderr.contains("already confirmed"), "{stderr}");
     assert_eq!(
         app.mail_to("ann@example.com").len(),
         1,
         "only the new link was sent"
+    );
+}
+
+#[tokio::test]
+async fn the_operator_sees_what_each_request_sent_which_its_sender_is_not_told() {
+    let app = crate::helpers::spawn_app_with(|s| s.signup.resend_interval_s = 60).await;
+    app.signup_ok("ann@example.com", "sync").await;
+    let link = app.confirmation_link("ann@example.com").await;
+    assert_eq!(app.confirm(&link).await.status(), StatusCode::OK);
+    // Ann's email is two minutes old: her next request is past the resend interval.
+    let db = app.db().await;
+    sqlx::query("UPDATE email_outbox SET created_at = created_at - 120000")
+        .execute(&db)
+        .await
+        .unwrap();
+    db.close().await;
+    app.signup_ok("ann@example.com", "sync").await;
+    app.signup_ok("bob@example.com", "sync").await;
+    app.signup_ok("bob@example.com", "sync").await;
+
+    let report: Value = serde_json::from_slice(&outbox(&app, &["--json"]).stdout).unwrap();
+
+    assert_eq!(
+        report["kinds"],
+        serde_json::json!({ "confirmation": 2, "account_notice": 1, "suppressed": 1 })
+    );
+    let text = stdout(&outbox(&app, &[]));
+    assert!(
+        text.contains("requests: 2 confirmations, 1 account notices, 1 suppressed"),
+        "{text}"
     );
 }

@@ -136,6 +136,44 @@ impl ServiceHome {
         count
     }
 
+    /// One number from the database, e.g. `SELECT MIN(attempts) FROM email_outbox`.
+    pub async fn query_number(&self, sql: &'static str) -> i64 {
+        let db = self.open_database().await;
+        let number = sqlx::query_scalar(sql)
+            .fetch_one(&db)
+            .await
+            .expect("the query runs");
+        db.close().await;
+        number
+    }
+
+    /// Every file of the database as it is on disk right now (the file itself and its `-wal`,
+    /// `-shm` and `-journal` companions, those that exist), by name: what a copy of the
+    /// database would hold.
+    pub fn database_files(&self) -> BTreeMap<String, Vec<u8>> {
+        std::fs::read_dir(self.dir.path())
+            .expect("the home folder can be listed")
+            .map(|entry| entry.expect("a readable folder entry").path())
+            .filter(|path| {
+                path.file_name()
+                    .and_then(|name| name.to_str())
+                    .is_some_and(|name| name.starts_with("confirmd.db"))
+            })
+            .map(|path| {
+                let name = path.file_name().unwrap().to_string_lossy().into_owned();
+                (
+                    name,
+                    std::fs::read(&path).expect("a database file can be read"),
+                )
+            })
+            .collect()
+    }
+
+    /// The path of a file in the home folder.
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
     async fn open_database(&self) -> sqlx::SqlitePool {
         let options = SqliteConnectOptions::from_str(&self.database_url())
             .expect("a valid database URL")

@@ -7,9 +7,10 @@ use anyhow::{Context, bail};
 use confirmd::{
     Settings,
     delivery::Delivery,
-    domain::{ConfirmationToken, DeliveryMode, SubscriberEmail},
+    domain::{DeliveryMode, SubscriberEmail, TokenNonce},
     mail::{Mailer, SmtpTransport, Transport},
     metrics::Metrics,
+    secret::TokenKey,
     store::{NewSignup, Store},
 };
 use tempfile::TempDir;
@@ -35,6 +36,8 @@ pub struct OutboxSettings {
 pub struct Outbox {
     settings: Settings,
     store: Store,
+    /// The server secret the links are derived from, as `Application::build` loads it.
+    key: TokenKey,
     running: Option<Running>,
     /// Holds the database; removed when the outbox is dropped.
     _dir: TempDir,
@@ -55,9 +58,11 @@ impl Outbox {
             .await
             .context("cannot open confirmd's database")?;
         store.migrate().await.context("cannot migrate")?;
+        let key = TokenKey::load(&settings.token, &settings.database.url)?;
         Ok(Outbox {
             settings,
             store,
+            key,
             running: None,
             _dir: dir,
         })
@@ -88,14 +93,16 @@ impl Outbox {
     pub async fn seed(&self, jobs: usize) -> anyhow::Result<()> {
         for i in 0..jobs {
             let email = SubscriberEmail::parse(&address(i))?;
-            let token = ConfirmationToken::generate();
+            let nonce = TokenNonce::generate();
+            let token_hash = self.key.token_for(&nonce).hash();
             let now = now_ms();
             self.store
                 .create_signup(NewSignup {
+                    signup_id: format!("seed-{i}-{now}"),
                     email,
                     name: None,
-                    token: token.expose().to_owned(),
-                    token_hash: token.hash(),
+                    nonce,
+                    token_hash,
                     token_expires_at: now + 24 * 3_600_000,
                     mode: DeliveryMode::Background,
                     request_id: None,
@@ -117,6 +124,7 @@ impl Outbox {
             &self.settings,
             self.store.clone(),
             mailer,
+            self.key.clone(),
             Arc::new(Metrics::new()),
             shutdown.clone(),
             tasks.clone(),

@@ -1,0 +1,114 @@
+//! A database written before tokens were derived (raw tokens in the outbox, one token per user)
+//! is migrated in place, and the email it had waiting still goes out with a link that works.
+
+#[path = "support/smtp.rs"]
+mod smtp;
+
+use std::time::Duration;
+
+use confirmd::{Application, Settings, domain::ConfirmationToken};
+use sqlx::{Connection, SqliteConnection};
+
+/// The migrations of the old schema, the ones an existing database has applied.
+const OLD_MIGRATIONS: [&str; 2] = [
+    "20261125000001_initial.sql",
+    "20261125000002_outbox_failed_index.sql",
+];
+
+#[tokio::test]
+async fn an_email_queued_before_the_upgrade_is_sent_with_its_old_link_which_works() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!(
+        "sqlite://{}?mode=rwc",
+        dir.path().join("confirmd.db").display()
+    );
+
+    // The old schema, applied by sqlx as the old binary did, with a signup waiting in it.
+    let old = dir.path().join("old-migrations");
+    std::fs::create_dir(&old).unwrap();
+    for name in OLD_MIGRATIONS {
+        std::fs::copy(format!("migrations/{name}"), old.join(name)).unwrap();
+    }
+    let mut conn = SqliteConnection::connect(&url).await.unwrap();
+    sqlx::migrate::Migrator::new(old.as_path())
+        .await
+        .unwrap()
+        .run(&mut conn)
+        .await
+        .unwrap();
+    let token = ConfirmationToken::generate();
+    sqlx::query(
+        "INSERT INTO users (id, email, name, status, created_at)
+         VALUES ('u1', 'ann@example.com', 'Ann', 'pending', 1)",
+    )
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    sqlx::query(
+        "INSERT INTO confirmation_tokens (token_hash, user_id, created_at, expires_at)
+         VALUES (?1, 'u1', 1, 4102444800000)",
+    )
+    .bind(token.hash().0.to_vec())
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    sqlx::query(
+        "INSERT INTO email_outbox (user_id, recipient, token, mode, state, next_attempt_at, created_at)
+         VALUES ('u1', 'ann@example.com', ?1, 'background', 'queued', 1, 1)",
+    )
+    .bind(token.expose())
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    conn.close().await.unwrap();
+
+    // The new binary starts on it: it migrates, and its sweeper finds the waiting email.
+    let smtp = smtp::SmtpServer::start().await;
+    let mut settings = Settings::defaults();
+    settings.server.listen = "127.0.0.1:0".into();
+    settings.database.url = url.clone();
+    settings.smtp.port = smtp.port();
+    settings.worker.sweep_interval_ms = 100;
+    let app = Application::build(settings.validated().unwrap())
+        .await
+        .unwrap();
+    let address = format!("http://127.0.0.1:{}", app.port());
+    let shutdown = app.shutdown_token();
+    let server = tokio::spawn(app.run_until_stopped());
+
+    let mail = smtp.wait_for_mail(1, Duration::from_secs(10)).await;
+    let link = mail[0].confirmation_link();
+    assert!(
+        link.ends_with(token.expose()),
+        "the link it was stored with"
+    );
+    let path = link.split_once("/confirm").unwrap().1;
+    // Only a POST confirms: opening the link shows the page with its button.
+    let token = path.split_once("token=").unwrap().1;
+    let confirmed = reqwest::Client::new()
+        .post(format!("{address}/confirm"))
+        .json(&serde_json::json!({ "token": token }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(confirmed.status(), 200);
+
+    // Once sent, the old raw token is gone from the outbox like any other.
+    let mut conn = SqliteConnection::connect(&url).await.unwrap();
+    let left: Option<String> = sqlx::query_scalar("SELECT token FROM email_outbox")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(left, None);
+    let (status, name): (String, Option<String>) = sqlx::query_as("SELECT status, name FROM users")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(
+        (status.as_str(), name.as_deref()),
+        ("confirmed", Some("Ann"))
+    );
+    conn.close().await.unwrap();
+    shutdown.cancel();
+    server.await.unwrap().unwrap();
+}
