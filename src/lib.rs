@@ -30,6 +30,7 @@ pub mod metrics;
 pub mod outbox;
 pub mod startup;
 pub mod store;
+pub mod supervise;
 pub mod telemetry;
 
 mod clock;

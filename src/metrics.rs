@@ -10,6 +10,8 @@
 //! - `confirmd_signup_group_size`: for each signup, how many were committed in its transaction
 //!   (see the group-commit writer in `store`);
 //! - `confirmd_outbox_emails{state}`: outbox rows by state, counted when scraped.
+//! - `confirmd_task_restarts_total{task}`: internal tasks (writer, worker, sweeper) restarted
+//!   after a panic (see `crate::supervise`).
 
 use std::time::Duration;
 
@@ -18,7 +20,7 @@ use prometheus::{
     TextEncoder, exponential_buckets,
 };
 
-use crate::store::OutboxCounts;
+use crate::{store::OutboxCounts, supervise::Tasks};
 
 /// The exposition format's content type.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -107,6 +109,17 @@ impl Metrics {
             metrics.emails.with_label_values(&[outcome]);
         }
         metrics
+    }
+
+    /// Adds `confirmd_task_restarts_total`, counted by the supervisor of `tasks`.
+    pub fn with_task_restarts(self, tasks: &Tasks) -> Metrics {
+        self.registry
+            .register(Box::new(tasks.restarts_counter()))
+            .expect("unique metric names");
+        for task in ["writer", "worker", "sweeper"] {
+            tasks.restarts_counter().with_label_values(&[task]);
+        }
+        self
     }
 
     pub fn observe_request(

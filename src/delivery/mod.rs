@@ -17,6 +17,7 @@
 //! Nothing here knows about HTTP: the `http` module calls [`Delivery::signup`] and maps the result.
 
 mod backlog;
+mod in_hand;
 mod retry;
 mod sweeper;
 mod worker;
@@ -34,6 +35,7 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::{Instrument, debug, info_span, warn};
 
 use backlog::Backlog;
+use in_hand::{InHand, Outcome};
 pub use retry::Backoff;
 
 use crate::{
@@ -94,6 +96,9 @@ struct Inner {
     /// channel drains at the workers' pace instead of one channel-full per sweep interval.
     overflowed: AtomicBool,
     refill: Notify,
+    /// Rows being sent, and outcomes of sends that the database refused to record until it
+    /// takes writes again: the sweeper leaves these rows alone.
+    in_hand: InHand,
 }
 
 /// A committed signup and what became of its email so far.
@@ -189,6 +194,7 @@ impl Delivery {
                 backlog: Backlog::default(),
                 overflowed: AtomicBool::new(false),
                 refill: Notify::new(),
+                in_hand: InHand::default(),
             }),
         };
         worker::spawn_pool(
@@ -198,7 +204,11 @@ impl Delivery {
             shutdown.clone(),
             &tasks,
         );
-        tasks.spawn(sweeper::run(delivery.clone(), shutdown));
+        let sweeper = {
+            let delivery = delivery.clone();
+            move || sweeper::run(delivery.clone(), shutdown.clone())
+        };
+        tasks.spawn(delivery.store().tasks().supervise("sweeper", sweeper));
         delivery
     }
 
@@ -291,7 +301,7 @@ impl Delivery {
                     .tasks
                     .spawn(send.instrument(info_span!("smtp.send", outbox_id = %claim.id)))
                     .await
-                    .map_err(|e| SignupError::Internal(e.to_string()))??;
+                    .map_err(|e| SignupError::Internal(e.to_string()))?;
                 receipt.smtp_time = Some(started.elapsed());
                 match attempt {
                     Attempt::Sent => {
@@ -351,62 +361,60 @@ impl Delivery {
     }
 
     /// Sends a claimed row once and records the outcome: sent, retry later, or failed for good.
-    async fn attempt(
-        &self,
-        claim: Claim,
-        email: &ConfirmationEmail<'_>,
-        attempts: i64,
-    ) -> Result<Attempt, StoreError> {
+    async fn attempt(&self, claim: Claim, email: &ConfirmationEmail<'_>, attempts: i64) -> Attempt {
+        let _sending = self.inner.in_hand.sending(claim.id);
         let started = Instant::now();
         let result = match self.inner.mailer.confirmation(email) {
             Ok(message) => self.inner.mailer.send(message).await,
             Err(e) => Err(SendError::Permanent(e.to_string())),
         };
         let took = started.elapsed();
-        let attempt = self.record(claim, attempts, result).await?;
+        let attempt = self.record(claim, attempts, result).await;
         let outcome = match &attempt {
             Attempt::Sent => EmailOutcome::Sent,
             Attempt::Retrying { .. } => EmailOutcome::Retried,
             Attempt::Failed { .. } => EmailOutcome::Failed,
         };
         self.inner.metrics.observe_send(took, outcome);
-        Ok(attempt)
+        attempt
     }
 
-    /// Writes what a send came to: sent, due again after a backoff, or failed for good.
-    async fn record(
-        &self,
-        claim: Claim,
-        attempts: i64,
-        result: Result<(), SendError>,
-    ) -> Result<Attempt, StoreError> {
-        let store = &self.inner.store;
+    /// Writes what a send came to: sent, due again after a backoff, or failed for good. If the
+    /// database refuses the write, the outcome is kept and written later (see [`in_hand`]):
+    /// the send happened either way.
+    async fn record(&self, claim: Claim, attempts: i64, result: Result<(), SendError>) -> Attempt {
         let policy = &self.inner.policy;
-        let error = match result {
-            Ok(()) => {
-                let link_expires_at = clock::ms_from_now(policy.token_ttl);
-                store
-                    .mark_sent(claim, clock::now_ms(), link_expires_at)
-                    .await?;
-                return Ok(Attempt::Sent);
+        let (attempt, outcome) = match result {
+            Ok(()) => (
+                Attempt::Sent,
+                Outcome::Sent {
+                    at: clock::now_ms(),
+                    link_expires_at: clock::ms_from_now(policy.token_ttl),
+                },
+            ),
+            Err(error) => {
+                let out_of_attempts = attempts >= i64::from(policy.max_attempts);
+                if !error.is_retryable() || out_of_attempts {
+                    let reason = if error.is_retryable() {
+                        let plural = if attempts == 1 { "" } else { "s" };
+                        format!("gave up after {attempts} attempt{plural}: {error}")
+                    } else {
+                        error.to_string()
+                    };
+                    (Attempt::Failed { error }, Outcome::Failed { error: reason })
+                } else {
+                    let after = policy.backoff.delay(attempts);
+                    let outcome = Outcome::Retry {
+                        next_attempt_at: clock::ms_from_now(after),
+                        error: error.to_string(),
+                    };
+                    (Attempt::Retrying { after, error }, outcome)
+                }
             }
-            Err(error) => error,
         };
-        let out_of_attempts = attempts >= i64::from(policy.max_attempts);
-        if !error.is_retryable() || out_of_attempts {
-            let reason = if error.is_retryable() {
-                let plural = if attempts == 1 { "" } else { "s" };
-                format!("gave up after {attempts} attempt{plural}: {error}")
-            } else {
-                error.to_string()
-            };
-            store.mark_failed(claim, &reason).await?;
-            return Ok(Attempt::Failed { error });
+        if let Err(error) = outcome.write(&self.inner.store, claim).await {
+            self.inner.in_hand.keep(claim, outcome, &error).await;
         }
-        let after = policy.backoff.delay(attempts);
-        store
-            .mark_retry(claim, clock::ms_from_now(after), &error.to_string())
-            .await?;
-        Ok(Attempt::Retrying { after, error })
+        attempt
     }
 }

@@ -35,14 +35,16 @@ async fn healthz() -> Json<Health> {
     Json(Health { status: "ok" })
 }
 
-/// Ready when the database answers a query and the SMTP server answers EHLO. Checked together,
-/// so a slow SMTP server costs one timeout, not two.
+/// Ready when the database can take signups (it answers a query, it is the file that was opened,
+/// and writes meet no storage fault such as a full disk or a lock held elsewhere), the internal
+/// tasks (the signup writer, the delivery workers, the sweeper) are running, and the SMTP server
+/// answers EHLO. Checked together, so a slow SMTP server costs one timeout, not two.
 #[utoipa::path(
     get,
     path = "/readyz",
     responses(
         (status = OK, body = Ready),
-        (status = SERVICE_UNAVAILABLE, description = "the database or the SMTP server does not answer", body = Problem, content_type = "application/problem+json"),
+        (status = SERVICE_UNAVAILABLE, description = "the database cannot take signups, an internal task is down, or the SMTP server does not answer", body = Problem, content_type = "application/problem+json"),
     )
 )]
 async fn readyz(State(ctx): State<ApiContext>) -> Result<Json<Ready>, Error> {
@@ -51,6 +53,12 @@ async fn readyz(State(ctx): State<ApiContext>) -> Result<Json<Ready>, Error> {
     let mut failing = Vec::new();
     if database.is_err() {
         failing.push("the database does not answer");
+    } else if delivery.store().writable().is_err() {
+        // Why (full, locked, read-only, file deleted) is in the log, once, when it started.
+        failing.push("the database cannot take signups");
+    }
+    if !delivery.store().tasks().down().is_empty() {
+        failing.push("an internal task is restarting after a panic");
     }
     if !smtp {
         failing.push("the SMTP server does not answer");

@@ -18,3 +18,4 @@ mod outbox;
 mod restart;
 mod signup;
 mod smtp_faults;
+mod storage_faults;
