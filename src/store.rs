@@ -427,8 +427,13 @@ impl Store {
             now,
             lease_until
         )
-        .fetch_optional(&self.writer)
-        .await;
+        // Stepped to the end, not just to its row: the statement commits (it runs outside a
+        // transaction) only when it completes, and a commit that fails (a full disk) then shows
+        // as an error here. Stopping at the first row would report a claim that was rolled back,
+        // and the email would be sent while its row stays queued, again at every sweep.
+        .fetch_all(&self.writer)
+        .await
+        .map(|rows| rows.into_iter().next());
         let row = self.wrote(row)?;
         Ok(row.map(|r| ClaimedEmail {
             claim: Claim {
