@@ -246,3 +246,15 @@ async fn an_email_whose_outcome_could_not_be_written_is_sent_once() {
     );
     assert_eq!(details["delivery"]["attempts"], 1);
 }
+
+#[tokio::test]
+async fn restarts_of_internal_tasks_are_counted_in_metrics() {
+    // A panic cannot be caused through the API; `supervise` and the store's unit tests inject one.
+    // Here: the counter every dashboard needs exists from the start, at zero.
+    let app = spawn_app().await;
+    let text = app.get("/metrics").await.text().await.unwrap();
+    for task in ["writer", "worker", "sweeper"] {
+        let series = format!(r#"confirmd_task_restarts_total{{task="{task}"}} 0"#);
+        assert!(text.contains(&series), "no {series} in\n{text}");
+    }
+}
