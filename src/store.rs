@@ -806,7 +806,11 @@ async fn group_commit(
                 }
             }
         } else {
-            queue.recv_many(&mut group, MAX_GROUP).await
+            tokio::select! {
+                received = queue.recv_many(&mut group, MAX_GROUP) => received,
+                // Another task's write met a fault: start probing.
+                () = health.writes.fault_noticed() => continue,
+            }
         };
         if received == 0 {
             break;

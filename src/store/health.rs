@@ -23,6 +23,8 @@ use std::{
     time::Duration,
 };
 
+use tokio::sync::Notify;
+
 use super::StoreError;
 
 /// While the store is unwritable, how often the writer tries a probe write.
@@ -120,6 +122,9 @@ fn unix_id(metadata: &std::fs::Metadata) -> (u64, u64) {
 #[derive(Debug, Default)]
 pub(super) struct WriteHealth {
     fault: Mutex<Option<String>>,
+    /// Wakes the writer when a write of another task (a worker's, the sweeper's) meets a fault
+    /// while the writer waits for signups, so that it starts probing without waiting for one.
+    faulted: Notify,
 }
 
 impl WriteHealth {
@@ -134,9 +139,15 @@ impl WriteHealth {
             let mut fault = self.fault.lock().expect("not poisoned");
             if fault.is_none() {
                 tracing::warn!(%error, "the database does not take writes; signups get 503 until it does");
+                self.faulted.notify_one();
             }
             *fault = Some(error.to_string());
         }
+    }
+
+    /// Completes once a fault is noticed (at once if one was noticed since the last call).
+    pub(super) async fn fault_noticed(&self) {
+        self.faulted.notified().await;
     }
 
     /// A write that needs what a signup needs (the lock, room, a commit) succeeded.

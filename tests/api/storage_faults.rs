@@ -165,6 +165,27 @@ async fn signups_get_503_with_retry_after_while_another_process_holds_the_write_
 }
 
 #[tokio::test]
+async fn a_fault_met_by_the_sweeper_shows_in_readiness_and_clears_with_no_signup_coming() {
+    // No signups at all: the sweeper's writes meet the held lock, and the writer, woken by it,
+    // probes until the lock is released.
+    let app = spawn_app().await;
+    assert!(ready(&app).await);
+
+    let mut holder = other_process(&app).await;
+    sqlx::query("BEGIN IMMEDIATE")
+        .execute(&mut holder)
+        .await
+        .unwrap();
+    assert!(
+        poll_until(PATIENCE, || async { !ready(&app).await }).await,
+        "/readyz stayed 200 while the database was locked"
+    );
+
+    sqlx::query("ROLLBACK").execute(&mut holder).await.unwrap();
+    assert!(poll_until(PATIENCE, || ready(&app)).await);
+}
+
+#[tokio::test]
 async fn a_database_file_deleted_under_the_service_makes_it_unready_and_refuses_signups() {
     let app = spawn_app().await;
     app.signup_ok("before@example.com", "background").await;
