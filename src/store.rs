@@ -10,7 +10,7 @@
 //! A storage fault (disk full, read-only, I/O error, the lock held by another process) fails
 //! writes and leaves reads working; it must not outlast its cause. Two things make sure it does
 //! not. The writer connection is replaced whenever it comes back to its pool still inside a
-//! transaction (see [`Store::connect`] for how that happens), and [`health`] tracks whether the
+//! transaction (see [`Store::connect_capped`] for how that happens), and [`health`] tracks whether the
 //! database takes writes, so that signups are refused with 503 (and `/readyz` says so) while it
 //! does not, and accepted again as soon as it does.
 //!
