@@ -45,6 +45,9 @@ pub struct DatabaseSettings {
     pub url: String,
     /// Connections for reads. Writes always go through one connection: SQLite has one writer.
     pub max_connections: u32,
+    /// The largest the database file may grow, in MiB; 0 for no cap but the disk's. At the cap,
+    /// signups are refused with 503 (reads go on) until rows are deleted or the cap is raised.
+    pub max_size_mb: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

@@ -31,6 +31,7 @@ pub mod outbox;
 pub mod secret;
 pub mod startup;
 pub mod store;
+pub mod supervise;
 pub mod telemetry;
 
 mod clock;

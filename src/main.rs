@@ -24,6 +24,7 @@ async fn main() -> anyhow::Result<ExitCode> {
 
     match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => {
+            survive_file_size_limit();
             let app = Application::build(settings).await?;
             let shutdown = app.shutdown_token();
             tokio::spawn(async move {
@@ -95,5 +96,22 @@ async fn wait_for_signal() {
     tokio::select! {
         () = ctrl_c => {},
         () = terminate => {},
+    }
+}
+
+/// A file-size limit (`ulimit -f`, systemd's `LimitFSIZE=`) must fail the write that crosses it,
+/// not kill the process, which is what SIGXFSZ does by default. Caught, the write fails with
+/// EFBIG: SQLite reports a disk I/O error, signups get 503 while it lasts, and the service takes
+/// them again once the limit is raised, like a disk that fills up and is freed. (tokio keeps the
+/// handler installed for the life of the process; the signal itself needs no answer.)
+fn survive_file_size_limit() {
+    #[cfg(any(target_os = "linux", target_os = "macos"))]
+    {
+        const SIGXFSZ: i32 = 25;
+        let caught =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::from_raw(SIGXFSZ));
+        if let Err(error) = caught {
+            tracing::warn!(%error, "cannot catch SIGXFSZ; a file-size limit would kill the process");
+        }
     }
 }

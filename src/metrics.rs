@@ -12,6 +12,8 @@
 //! - `confirmd_outbox_emails{state}`: outbox rows by state, counted when scraped;
 //! - `confirmd_smtp_up`: 1 if the SMTP server answered the last background check, 0 if not (and
 //!   until the first check has answered).
+//! - `confirmd_task_restarts_total{task}`: internal tasks (writer, worker, sweeper, SMTP check)
+//!   restarted after a panic (see `crate::supervise`).
 
 use std::time::Duration;
 
@@ -20,7 +22,7 @@ use prometheus::{
     Registry, TextEncoder, exponential_buckets,
 };
 
-use crate::store::OutboxCounts;
+use crate::{store::OutboxCounts, supervise::Tasks};
 
 /// The exposition format's content type.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -116,6 +118,17 @@ impl Metrics {
             metrics.emails.with_label_values(&[outcome]);
         }
         metrics
+    }
+
+    /// Adds `confirmd_task_restarts_total`, counted by the supervisor of `tasks`.
+    pub fn with_task_restarts(self, tasks: &Tasks) -> Metrics {
+        self.registry
+            .register(Box::new(tasks.restarts_counter()))
+            .expect("unique metric names");
+        for task in ["writer", "worker", "sweeper"] {
+            tasks.restarts_counter().with_label_values(&[task]);
+        }
+        self
     }
 
     pub fn observe_request(

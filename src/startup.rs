@@ -54,7 +54,7 @@ impl Application {
         settings: Settings,
         listener: Option<TcpListener>,
     ) -> anyhow::Result<Application> {
-        let store = Store::connect(&settings.database.url, settings.database.max_connections)
+        let store = Store::open(&settings.database)
             .await
             .with_context(|| format!("cannot open the database at {}", settings.database.url))?;
         store
@@ -84,7 +84,7 @@ impl Application {
             store.clone(),
             mailer,
             key,
-            Arc::new(Metrics::new()),
+            Arc::new(Metrics::new().with_task_restarts(store.tasks())),
             shutdown.clone(),
             tasks.clone(),
         );

@@ -7,6 +7,13 @@
 //! which takes the write lock up front: with several processes on one file (a restart while the
 //! old one drains), the busy timeout then waits for the lock instead of failing.
 //!
+//! A storage fault (disk full, read-only, I/O error, the lock held by another process) fails
+//! writes and leaves reads working; it must not outlast its cause. Two things make sure it does
+//! not. The writer connection is replaced whenever it comes back to its pool still inside a
+//! transaction (see [`Store::connect_capped`] for how that happens), and [`health`] tracks whether the
+//! database takes writes, so that signups are refused with 503 (and `/readyz` says so) while it
+//! does not, and accepted again as soon as it does.
+//!
 //! Queries are checked against the schema at compile time by `sqlx::query!`; the offline data in
 //! `.sqlx/` lets a fresh clone build with no database around (see the README to refresh it).
 
@@ -21,12 +28,20 @@ use std::{
 };
 
 use sqlx::{
-    SqliteConnection, SqlitePool,
+    Connection, SqliteConnection, SqlitePool,
     sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous},
 };
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Mutex, mpsc, oneshot};
 
-use crate::domain::{DeliveryMode, SubscriberEmail, SubscriberName, TokenHash, TokenNonce};
+use crate::{
+    config::DatabaseSettings,
+    domain::{DeliveryMode, SubscriberEmail, SubscriberName, TokenHash, TokenNonce},
+    supervise::Tasks,
+};
+
+mod health;
+
+use health::{FileIdentity, PROBE_INTERVAL, WriteHealth, is_storage_fault};
 
 /// The primary key of an `email_outbox` row: what travels through the workers' channel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -75,6 +90,14 @@ impl EmailKind {
 pub enum StoreError {
     #[error("database error")]
     Database(#[from] sqlx::Error),
+    /// A storage fault failed the transaction this signup was in (with the rest of its group),
+    /// or the last writes did and none has succeeded since.
+    #[error("the database does not take writes: {0}")]
+    Unwritable(String),
+    /// The database file was deleted or replaced under the running process: what is written
+    /// now would be lost at the next start, so nothing is.
+    #[error("the database file {path} was deleted or replaced since it was opened")]
+    FileGone { path: String },
     /// The store was closed (the process is shutting down).
     #[error("the database writer has stopped")]
     WriterStopped,
@@ -97,6 +120,32 @@ pub struct Store {
     /// Signups handed to the writer and not answered yet: queued, or in the transaction it is
     /// writing.
     pending: Arc<AtomicUsize>,
+    health: Arc<Health>,
+    /// The supervised tasks of the application, the writer first among them.
+    tasks: Tasks,
+}
+
+/// What tells whether the store can take signups (see [`health`]).
+#[derive(Debug)]
+struct Health {
+    /// The file as opened; `None` for an in-memory database.
+    file: Option<FileIdentity>,
+    writes: WriteHealth,
+}
+
+impl Health {
+    /// The file is still the one opened, and the last writes met no storage fault.
+    fn writable(&self) -> Result<(), StoreError> {
+        self.same_file()?;
+        match self.writes.fault() {
+            None => Ok(()),
+            Some(fault) => Err(StoreError::Unwritable(fault)),
+        }
+    }
+
+    fn same_file(&self) -> Result<(), StoreError> {
+        self.file.as_ref().map_or(Ok(()), FileIdentity::check)
+    }
 }
 
 /// A signup waiting for the group-commit writer, and where to send its outcome.
@@ -116,6 +165,10 @@ const MAX_GROUP: usize = 64;
 
 /// Signups waiting for the writer beyond which callers wait to hand theirs over.
 const SIGNUP_QUEUE: usize = 1024;
+
+/// SQLite's default page size, which confirmd never changes: what `database.max_size_mb` is
+/// counted in.
+const PAGE_SIZE: u64 = 4096;
 
 /// A sender's hold on an outbox row: its id and the lease it was claimed with. Outcomes are
 /// written only while the row still carries this lease, so a sender whose lease ran out (and whose
@@ -208,8 +261,41 @@ pub struct TokenOwner {
 }
 
 impl Store {
+    /// Opens the database as `database` in the settings says, its size capped at
+    /// `database.max_size_mb`. Does not migrate: see [`Store::migrate`].
+    pub async fn open(settings: &DatabaseSettings) -> Result<Store, StoreError> {
+        Store::connect_capped(
+            &settings.url,
+            settings.max_connections,
+            settings.max_size_mb,
+        )
+        .await
+    }
+
     /// Opens (and creates, with its folder) the database. Does not migrate: see [`Store::migrate`].
     pub async fn connect(url: &str, max_readers: u32) -> Result<Store, StoreError> {
+        Store::connect_capped(url, max_readers, 0).await
+    }
+
+    /// [`Store::connect`], with writes refused as "database or disk is full" once the file
+    /// holds `max_size_mb` MiB (0: no cap but the disk's). SQLite's `max_page_count` is a
+    /// setting of each connection, so it is set on every writer connection the pool opens.
+    ///
+    /// The writer pool replaces any connection that comes back to it still inside a
+    /// transaction. That is how sqlx leaves a connection whose transaction SQLite rolled back
+    /// on its own: SQLite may do so when a statement or the COMMIT fails with SQLITE_FULL,
+    /// SQLITE_IOERR or SQLITE_BUSY; the `Transaction` guard, dropped on the error, then sends a
+    /// ROLLBACK that fails ("no transaction is active"), and sqlx, which counts transactions
+    /// itself, never brings its count back to zero. Every later `BEGIN` is then refused
+    /// ("attempted to call begin_with at non-zero transaction depth") until the process
+    /// restarts. The pool pings a connection before handing it out, which runs any ROLLBACK a
+    /// dropped guard queued; if the count is still not zero, the connection is closed (which
+    /// rolls back whatever SQLite still holds) and the pool opens a fresh one.
+    pub async fn connect_capped(
+        url: &str,
+        max_readers: u32,
+        max_size_mb: u64,
+    ) -> Result<Store, StoreError> {
         let options = Store::connect_options(url)?;
         if let Some(folder) = options.get_filename().parent()
             && !folder.as_os_str().is_empty()
@@ -219,23 +305,68 @@ impl Store {
                 source,
             })?;
         }
+        let mut writer_options = options.clone();
+        if max_size_mb > 0 {
+            let pages = max_size_mb.saturating_mul(1024 * 1024) / PAGE_SIZE;
+            writer_options = writer_options.pragma("max_page_count", pages.to_string());
+        }
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
-            .connect_with(options.clone())
+            .test_before_acquire(true)
+            .before_acquire(|conn, _| {
+                Box::pin(async move {
+                    let clean = !conn.is_in_transaction();
+                    if !clean {
+                        tracing::warn!("the writer connection was left inside a failed transaction; replacing it");
+                    }
+                    Ok(clean)
+                })
+            })
+            .connect_with(writer_options)
             .await?;
         let reader = SqlitePoolOptions::new()
             .max_connections(max_readers)
-            .connect_with(options)
+            .connect_with(options.clone())
             .await?;
+        let health = Arc::new(Health {
+            file: FileIdentity::of(options.get_filename()),
+            writes: WriteHealth::default(),
+        });
         let (signups, queue) = mpsc::channel(SIGNUP_QUEUE);
+        let queue = Arc::new(Mutex::new(queue));
         let pending = Arc::new(AtomicUsize::new(0));
-        tokio::spawn(group_commit(writer.clone(), queue, pending.clone()));
+        let tasks = Tasks::new();
+        tokio::spawn(tasks.supervise("writer", {
+            let (writer, pending, health) = (writer.clone(), pending.clone(), health.clone());
+            move || {
+                let (writer, queue, pending, health) = (
+                    writer.clone(),
+                    queue.clone(),
+                    pending.clone(),
+                    health.clone(),
+                );
+                async move {
+                    // The queue outlives a run of the writer: signups waiting in it are
+                    // written by the next run after a panic.
+                    let mut queue = queue.lock().await;
+                    group_commit(&writer, &mut queue, &pending, &health).await;
+                }
+            }
+        }));
         Ok(Store {
             writer,
             reader,
             signups,
             pending,
+            health,
+            tasks,
         })
+    }
+
+    /// The supervised tasks of the application: the store's writer, and whatever else the
+    /// caller supervises with it (the delivery workers and sweeper).
+    pub fn tasks(&self) -> &Tasks {
+        &self.tasks
     }
 
     /// How every connection to the database is set up. Public so that the floor benchmark
@@ -282,6 +413,21 @@ impl Store {
         Ok(())
     }
 
+    /// Can it take signups? The file is the one opened, and writes meet no storage fault (see
+    /// [`health`]). Answers from what the writer last saw, without waiting on the write lock, so
+    /// a probe is never slower than a `stat`.
+    pub fn writable(&self) -> Result<(), StoreError> {
+        self.health.writable()
+    }
+
+    /// Passes a write's outcome through, noting a storage fault for [`Store::writable`].
+    fn wrote<T>(&self, result: Result<T, sqlx::Error>) -> Result<T, StoreError> {
+        result.map_err(|error| {
+            self.health.writes.failed(&error);
+            StoreError::Database(error)
+        })
+    }
+
     /// Writes a signup, its token and its outbox row in one transaction, so an acknowledged
     /// signup always has its email on disk. Signing up again adds a token: the links already
     /// sent keep working until they expire or the address is confirmed.
@@ -322,8 +468,14 @@ impl Store {
             now,
             lease_until
         )
-        .fetch_optional(&self.writer)
-        .await?;
+        // Stepped to the end, not just to its row: the statement commits (it runs outside a
+        // transaction) only when it completes, and a commit that fails (a full disk) then shows
+        // as an error here. Stopping at the first row would report a claim that was rolled back,
+        // and the email would be sent while its row stays queued, again at every sweep.
+        .fetch_all(&self.writer)
+        .await
+        .map(|rows| rows.into_iter().next());
+        let row = self.wrote(row)?;
         Ok(row.map(|r| ClaimedEmail {
             claim: Claim {
                 id: OutboxId(r.id),
@@ -356,6 +508,16 @@ impl Store {
         now: i64,
         link_expires_at: i64,
     ) -> Result<(), StoreError> {
+        let written = self.write_sent(claim, now, link_expires_at).await;
+        self.wrote(written)
+    }
+
+    async fn write_sent(
+        &self,
+        claim: Claim,
+        now: i64,
+        link_expires_at: i64,
+    ) -> Result<(), sqlx::Error> {
         let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
         let done = sqlx::query!(
             "UPDATE email_outbox
@@ -389,7 +551,7 @@ impl Store {
         next_attempt_at: i64,
         error: &str,
     ) -> Result<(), StoreError> {
-        sqlx::query!(
+        let done = sqlx::query!(
             "UPDATE email_outbox
              SET state = 'queued', next_attempt_at = ?2, lease_until = NULL, last_error = ?3
              WHERE id = ?1 AND state = 'sending' AND lease_until = ?4",
@@ -399,14 +561,15 @@ impl Store {
             claim.lease_until
         )
         .execute(&self.writer)
-        .await?;
+        .await;
+        self.wrote(done)?;
         Ok(())
     }
 
     /// Gave up: a permanent rejection, or out of attempts. The row and its token stay, so an
     /// operator can see why and put it back in the queue.
     pub async fn mark_failed(&self, claim: Claim, error: &str) -> Result<(), StoreError> {
-        sqlx::query!(
+        let done = sqlx::query!(
             "UPDATE email_outbox SET state = 'failed', lease_until = NULL, last_error = ?2
              WHERE id = ?1 AND state = 'sending' AND lease_until = ?3",
             claim.id.0,
@@ -414,20 +577,31 @@ impl Store {
             claim.lease_until
         )
         .execute(&self.writer)
-        .await?;
+        .await;
+        self.wrote(done)?;
         Ok(())
     }
 
     /// Takes back rows whose sender's lease ran out (the process died mid-send, most likely):
-    /// they go back to the queue, due now. Returns how many.
-    pub async fn reclaim_expired_leases(&self, now: i64) -> Result<u64, StoreError> {
+    /// they go back to the queue, due now. Rows in `except` are left alone: their sender is alive
+    /// in this process. Returns how many.
+    pub async fn reclaim_expired_leases(
+        &self,
+        now: i64,
+        except: &[OutboxId],
+    ) -> Result<u64, StoreError> {
+        let except: Vec<i64> = except.iter().map(|id| id.0).collect();
+        let except = serde_json::to_string(&except).expect("numbers serialize");
         let done = sqlx::query!(
             "UPDATE email_outbox SET state = 'queued', lease_until = NULL, next_attempt_at = ?1
-             WHERE state = 'sending' AND lease_until < ?1",
-            now
+             WHERE state = 'sending' AND lease_until < ?1
+               AND id NOT IN (SELECT value FROM json_each(?2))",
+            now,
+            except
         )
         .execute(&self.writer)
-        .await?;
+        .await;
+        let done = self.wrote(done)?;
         Ok(done.rows_affected())
     }
 
@@ -498,7 +672,8 @@ impl Store {
             owner.name
         )
         .execute(&self.writer)
-        .await?;
+        .await;
+        let done = self.wrote(done)?;
         Ok(done.rows_affected() == 1)
     }
 
@@ -672,7 +847,8 @@ impl Store {
             now
         )
         .execute(&self.writer)
-        .await?;
+        .await;
+        let done = self.wrote(done)?;
         if done.rows_affected() == 1 {
             return Ok(Requeue::Requeued);
         }
@@ -698,7 +874,8 @@ impl Store {
             now
         )
         .execute(&self.writer)
-        .await?;
+        .await;
+        let done = self.wrote(done)?;
         Ok(done.rows_affected())
     }
 }
@@ -716,31 +893,144 @@ impl Store {
 ///
 /// Signing up again (an address that has a user, or one that appears twice in a group) takes the
 /// statement-by-statement path, after the group's new users, so it sees them. A database error
-/// rolls the whole group back and each of its signups is then written in a transaction of its
-/// own, so only the one at fault gets the error.
+/// about the signups (a constraint) rolls the whole group back and each of its signups is then
+/// written in a transaction of its own, so only the one at fault gets the error. A storage fault
+/// (disk full, the lock held elsewhere, ...) fails the whole group at once: written one by one,
+/// each signup would only meet the fault again.
+///
+/// Before each group the writer checks that the database file is still the one it opened, and
+/// refuses the group if not. Once writes meet a storage fault, it refuses groups without trying
+/// them and probes every [`PROBE_INTERVAL`] instead, so that signups get the same answer as
+/// `/readyz` until the fault is gone, and it learns the fault is gone even with no signups
+/// coming in (see [`health`]).
 async fn group_commit(
-    writer: SqlitePool,
-    mut queue: mpsc::Receiver<PendingSignup>,
-    pending: Arc<AtomicUsize>,
+    writer: &SqlitePool,
+    queue: &mut mpsc::Receiver<PendingSignup>,
+    pending: &AtomicUsize,
+    health: &Health,
 ) {
     let mut group = Vec::with_capacity(MAX_GROUP);
-    while queue.recv_many(&mut group, MAX_GROUP).await > 0 {
-        let outcomes = match write_group(&writer, &group).await {
-            Ok(outcomes) => outcomes,
-            Err(_) if group.len() > 1 => {
-                let mut outcomes = Vec::with_capacity(group.len());
-                for signup in &group {
-                    outcomes.push(write_alone(&writer, &signup.new).await);
+    let mut next_probe = tokio::time::Instant::now();
+    loop {
+        let received = if health.writes.fault().is_some() {
+            tokio::select! {
+                received = queue.recv_many(&mut group, MAX_GROUP) => received,
+                () = tokio::time::sleep_until(next_probe) => {
+                    probe(writer, health).await;
+                    next_probe = tokio::time::Instant::now() + PROBE_INTERVAL;
+                    continue;
                 }
-                outcomes
             }
-            Err(error) => vec![Err(error.into())],
+        } else {
+            tokio::select! {
+                received = queue.recv_many(&mut group, MAX_GROUP) => received,
+                // Another task's write met a fault: start probing.
+                () = health.writes.fault_noticed() => continue,
+            }
         };
-        pending.fetch_sub(group.len(), Ordering::Relaxed);
+        if received == 0 {
+            break;
+        }
+        // Answered one way or another from here, even if this run panics: then the group's
+        // reply channels are dropped and each caller gets `WriterStopped`.
+        let _answered = Answered {
+            pending,
+            count: group.len(),
+        };
+        #[cfg(test)]
+        tests::panic_if_asked(&group);
+        let outcomes = write_or_refuse(writer, &group, health).await;
         for (signup, outcome) in group.drain(..).zip(outcomes) {
             // The caller may have gone (its client hung up): the signup stands regardless.
             let _ = signup.outcome.send(outcome);
         }
+    }
+}
+
+/// Takes a group off the count of signups waiting for the writer when it is answered.
+struct Answered<'a> {
+    pending: &'a AtomicUsize,
+    count: usize,
+}
+
+impl Drop for Answered<'_> {
+    fn drop(&mut self) {
+        self.pending.fetch_sub(self.count, Ordering::Relaxed);
+    }
+}
+
+/// Writes a group (see [`group_commit`]), or refuses it whole when the file is gone or the
+/// storage is at fault, and tells `health` what the write showed.
+async fn write_or_refuse(
+    writer: &SqlitePool,
+    group: &[PendingSignup],
+    health: &Health,
+) -> Vec<Result<StoredSignup, StoreError>> {
+    let refuse_all = |error: &dyn Fn() -> StoreError| group.iter().map(|_| Err(error())).collect();
+    if let Err(StoreError::FileGone { path }) = health.same_file() {
+        return refuse_all(&|| StoreError::FileGone { path: path.clone() });
+    }
+    // Refused at once while the fault lasts, rather than each group meeting it again (and a
+    // held lock's busy timeout with it): answers stay consistent with `/readyz`, and the probe
+    // says within a second when the fault is gone.
+    if let Some(fault) = health.writes.fault() {
+        return refuse_all(&|| StoreError::Unwritable(fault.clone()));
+    }
+    match write_group(writer, group).await {
+        Ok(outcomes) => {
+            // A refusal writes nothing, so only a stored signup proves there is room for one.
+            if outcomes.iter().any(Result::is_ok) {
+                health.writes.proven_writable();
+            }
+            outcomes
+        }
+        Err(error) if is_storage_fault(&error) => {
+            health.writes.failed(&error);
+            let fault = error.to_string();
+            refuse_all(&|| StoreError::Unwritable(fault.clone()))
+        }
+        Err(_) if group.len() > 1 => {
+            let mut outcomes = Vec::with_capacity(group.len());
+            for signup in group {
+                let outcome = write_alone(writer, &signup.new).await;
+                if let Err(StoreError::Database(error)) = &outcome {
+                    health.writes.failed(error);
+                }
+                outcomes.push(outcome);
+            }
+            outcomes
+        }
+        Err(error) => vec![Err(error.into())],
+    }
+}
+
+/// Bytes the probe writes: more than a signup's rows and index entries take, even when each of
+/// its B-trees splits a page, so a probe that finds room means a signup finds room too.
+const PROBE_BYTES: i64 = 64 * 1024;
+
+/// A write that needs what a signup needs: the write lock, free pages (taken from the free list
+/// or by growing the file, which `max_page_count` and a full disk refuse) and a commit.
+async fn probe(writer: &SqlitePool, health: &Health) {
+    if health.same_file().is_err() {
+        return;
+    }
+    let written: Result<(), sqlx::Error> = async {
+        let mut tx = writer.begin_with("BEGIN IMMEDIATE").await?;
+        sqlx::query!(
+            "INSERT INTO write_probe (room) VALUES (zeroblob(?1))",
+            PROBE_BYTES
+        )
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query!("DELETE FROM write_probe")
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await
+    }
+    .await;
+    match written {
+        Ok(()) => health.writes.proven_writable(),
+        Err(error) => health.writes.failed(&error),
     }
 }
 
@@ -1021,4 +1311,69 @@ async fn write_signup(
         kind,
         group_size: 1,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::domain::ConfirmationToken;
+
+    /// The address that makes the writer panic in these tests: a panic no input can cause in the
+    /// service, so it is compiled into unit tests only.
+    const PANIC_ADDRESS: &str = "panic@writer.test";
+
+    pub(super) fn panic_if_asked(group: &[PendingSignup]) {
+        if group.iter().any(|p| p.new.email.as_str() == PANIC_ADDRESS) {
+            panic!("injected writer panic");
+        }
+    }
+
+    fn signup(address: &str) -> NewSignup {
+        let token = ConfirmationToken::generate();
+        NewSignup {
+            signup_id: address.to_owned(),
+            email: SubscriberEmail::parse(address).unwrap(),
+            name: None,
+            nonce: TokenNonce::generate(),
+            token_hash: token.hash(),
+            token_expires_at: i64::MAX,
+            mode: DeliveryMode::Background,
+            request_id: None,
+            claimed_until: None,
+            resend_interval_ms: 0,
+            now: 1,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_writer_that_panics_answers_its_group_with_an_error_and_is_restarted() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}?mode=rwc", dir.path().join("db").display());
+        let store = Store::connect(&url, 2).await.unwrap();
+        store.migrate().await.unwrap();
+
+        // The signup in hand when the writer panics gets an answer, not a hang.
+        let answer = tokio::time::timeout(
+            Duration::from_secs(10),
+            store.create_signup(signup(PANIC_ADDRESS)),
+        )
+        .await
+        .expect("answered");
+        assert!(matches!(answer, Err(StoreError::WriterStopped)));
+        assert_eq!(store.tasks().restarts("writer"), 1);
+        assert_eq!(store.signups_pending(), 0);
+
+        // The next signup waits in the queue for the restarted writer and is written.
+        let stored = tokio::time::timeout(
+            Duration::from_secs(10),
+            store.create_signup(signup("ann@example.com")),
+        )
+        .await
+        .expect("answered")
+        .unwrap();
+        assert_eq!(stored.email, "ann@example.com");
+        assert!(store.tasks().down().is_empty());
+    }
 }

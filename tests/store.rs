@@ -39,7 +39,7 @@ async fn a_sender_whose_lease_expired_cannot_overwrite_the_next_senders_outcome(
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(store.reclaim_expired_leases(2_001).await.unwrap(), 1);
+    assert_eq!(store.reclaim_expired_leases(2_001, &[]).await.unwrap(), 1);
     // Sender B takes the row over with its own lease.
     let b = store
         .claim(stored.outbox_id, 2_001, 3_000)

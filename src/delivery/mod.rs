@@ -32,6 +32,7 @@
 //! Nothing here knows about HTTP: the `http` module calls [`Delivery::signup`] and maps the result.
 
 mod backlog;
+mod in_hand;
 mod recent_sends;
 mod retry;
 mod smtp_check;
@@ -51,6 +52,7 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::{Instrument, debug, info_span, warn};
 
 use backlog::Backlog;
+use in_hand::{InHand, Outcome};
 use recent_sends::RecentSends;
 pub use retry::Backoff;
 use retry::{AfterFailure, RetryPolicy};
@@ -127,6 +129,9 @@ struct Inner {
     refill: Notify,
     /// What the background SMTP check last found.
     smtp: smtp_check::LastStatus,
+    /// Rows being sent, and outcomes of sends that the database refused to record until it
+    /// takes writes again: the sweeper leaves these rows alone.
+    in_hand: InHand,
 }
 
 /// A committed signup and what became of its email so far: the same for every address, whatever
@@ -240,6 +245,7 @@ impl Delivery {
                 overflowed: AtomicBool::new(false),
                 refill: Notify::new(),
                 smtp: smtp_check::LastStatus::default(),
+                in_hand: InHand::default(),
             }),
         };
         worker::spawn_pool(
@@ -249,8 +255,16 @@ impl Delivery {
             shutdown.clone(),
             &tasks,
         );
-        tasks.spawn(smtp_check::run(delivery.clone(), shutdown.clone()));
-        tasks.spawn(sweeper::run(delivery.clone(), shutdown));
+        let smtp_check = {
+            let (delivery, shutdown) = (delivery.clone(), shutdown.clone());
+            move || smtp_check::run(delivery.clone(), shutdown.clone())
+        };
+        tasks.spawn(delivery.store().tasks().supervise("smtp_check", smtp_check));
+        let sweeper = {
+            let delivery = delivery.clone();
+            move || sweeper::run(delivery.clone(), shutdown.clone())
+        };
+        tasks.spawn(delivery.store().tasks().supervise("sweeper", sweeper));
         delivery
     }
 
@@ -355,9 +369,9 @@ impl Delivery {
                         this.hand_back(claim).await?;
                         return Ok(None);
                     };
-                    this.attempt(&permit, claim, &to, &outgoing, 1, now)
-                        .await
-                        .map(Some)
+                    Ok::<_, StoreError>(Some(
+                        this.attempt(&permit, claim, &to, &outgoing, 1, now).await,
+                    ))
                 };
                 let attempt = self
                     .inner
@@ -486,7 +500,8 @@ impl Delivery {
         outgoing: &Outgoing,
         attempts: i64,
         created_at: i64,
-    ) -> Result<Attempt, StoreError> {
+    ) -> Attempt {
+        let _sending = self.inner.in_hand.sending(claim.id);
         let started = Instant::now();
         let mailer = &self.inner.mailer;
         let message = match outgoing {
@@ -512,68 +527,71 @@ impl Delivery {
             self.inner.recent_sends.observe(took);
         }
         self.inner.recent_sends.record(&result);
-        let attempt = self.record(claim, attempts, created_at, result).await?;
+        let attempt = self.record(claim, attempts, created_at, result).await;
         let outcome = match &attempt {
             Attempt::Sent => EmailOutcome::Sent,
             Attempt::Retrying { .. } => EmailOutcome::Retried,
             Attempt::Failed { .. } => EmailOutcome::Failed,
         };
         self.inner.metrics.observe_send(took, outcome);
-        Ok(attempt)
+        attempt
     }
 
-    /// Writes what a send came to: sent, due again after a backoff, or failed for good. The
-    /// `attempts`-th attempt at an email signed up at `created_at` (Unix ms).
+    /// Writes what a send came to: sent, due again after a backoff, or failed for good. If the
+    /// database refuses the write, the outcome is kept and written later (see [`in_hand`]):
+    /// the send happened either way. The `attempts`-th attempt at an email signed up at
+    /// `created_at` (Unix ms).
     async fn record(
         &self,
         claim: Claim,
         attempts: i64,
         created_at: i64,
         result: Result<(), SendError>,
-    ) -> Result<Attempt, StoreError> {
-        let store = &self.inner.store;
+    ) -> Attempt {
         let policy = &self.inner.policy;
-        let error = match result {
-            Ok(()) => {
-                let link_expires_at = clock::ms_from_now(policy.token_ttl);
-                store
-                    .mark_sent(claim, clock::now_ms(), link_expires_at)
-                    .await?;
-                return Ok(Attempt::Sent);
+        let (attempt, outcome) = match result {
+            Ok(()) => (
+                Attempt::Sent,
+                Outcome::Sent {
+                    at: clock::now_ms(),
+                    link_expires_at: clock::ms_from_now(policy.token_ttl),
+                },
+            ),
+            Err(error) if !error.is_retryable() => {
+                let reason = error.to_string();
+                (Attempt::Failed { error }, Outcome::Failed { error: reason })
             }
-            Err(error) => error,
+            Err(error) => {
+                let now = clock::now_ms();
+                let age = Duration::from_millis(u64::try_from(now - created_at).unwrap_or(0));
+                let plural = if attempts == 1 { "" } else { "s" };
+                match policy.retry.after_failure(attempts, age) {
+                    AfterFailure::RetryIn(after) => {
+                        let outcome = Outcome::Retry {
+                            next_attempt_at: now
+                                + i64::try_from(after.as_millis()).unwrap_or(i64::MAX),
+                            error: error.to_string(),
+                        };
+                        (Attempt::Retrying { after, error }, outcome)
+                    }
+                    AfterFailure::LinkExpires => {
+                        let reason = format!(
+                            "gave up after {attempts} attempt{plural} over {}: its link expires before the next: {error}",
+                            humantime(age)
+                        );
+                        (Attempt::Failed { error }, Outcome::Failed { error: reason })
+                    }
+                    AfterFailure::OutOfAttempts => {
+                        let reason = format!("gave up after {attempts} attempt{plural}: {error}");
+                        (Attempt::Failed { error }, Outcome::Failed { error: reason })
+                    }
+                }
+            }
         };
-        if !error.is_retryable() {
-            store.mark_failed(claim, &error.to_string()).await?;
-            return Ok(Attempt::Failed { error });
+        if let Err(error) = outcome.write(&self.inner.store, claim).await {
+            self.inner.in_hand.keep(claim, outcome, &error).await;
         }
-        let now = clock::now_ms();
-        let age = Duration::from_millis(u64::try_from(now - created_at).unwrap_or(0));
-        let plural = if attempts == 1 { "" } else { "s" };
-        let after = match policy.retry.after_failure(attempts, age) {
-            AfterFailure::RetryIn(after) => after,
-            AfterFailure::LinkExpires => {
-                let reason = format!(
-                    "gave up after {attempts} attempt{plural} over {}: its link expires before the next: {error}",
-                    humantime(age)
-                );
-                store.mark_failed(claim, &reason).await?;
-                return Ok(Attempt::Failed { error });
-            }
-            AfterFailure::OutOfAttempts => {
-                let reason = format!("gave up after {attempts} attempt{plural}: {error}");
-                store.mark_failed(claim, &reason).await?;
-                return Ok(Attempt::Failed { error });
-            }
-        };
-        store
-            .mark_retry(
-                claim,
-                now + i64::try_from(after.as_millis()).unwrap_or(i64::MAX),
-                &error.to_string(),
-            )
-            .await?;
-        Ok(Attempt::Retrying { after, error })
+        attempt
     }
 }
 

@@ -1,7 +1,8 @@
 //! The sweeper: the safety net that makes the channel a mere wake-up call.
 //!
-//! At start-up and then every `worker.sweep_interval_ms` it takes back rows whose lease expired
-//! (their sender died mid-send), and offers the workers every queued row that is due: retries
+//! At start-up and then every `worker.sweep_interval_ms` it writes the outcomes of sends that the
+//! database refused to record (see `in_hand`), then takes back rows whose lease expired (their
+//! sender died mid-send; rows this process still has in hand are left alone), and offers the workers every queued row that is due: retries
 //! whose backoff has passed, rows the full channel could not take, rows left by the last run.
 //! It also counts the backlog, which the backlog cap (`worker.max_backlog`) is checked against.
 //! Between intervals it sweeps again whenever the workers have drained a channel that rows could
@@ -31,8 +32,11 @@ pub(super) async fn run(delivery: Delivery, shutdown: CancellationToken) {
 
 async fn sweep(delivery: &Delivery) -> Result<(), StoreError> {
     let store = delivery.store();
+    // A row this process still has in hand (being sent, or sent with its outcome not written
+    // yet) has a live sender, whatever its lease says: taking it back would send it again.
+    let in_hand = delivery.inner.in_hand.write_kept(store).await;
     let now = clock::now_ms();
-    let reclaimed = store.reclaim_expired_leases(now).await?;
+    let reclaimed = store.reclaim_expired_leases(now, &in_hand).await?;
     if reclaimed > 0 {
         info!(reclaimed, "took back emails whose sender's lease expired");
     }

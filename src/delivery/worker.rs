@@ -23,14 +23,15 @@ pub(super) fn spawn_pool(
 ) {
     // tokio's mpsc has one receiver; the workers take turns holding it. The lock is held only
     // while waiting for the next id, never while sending.
+    // Each worker is supervised: after a panic it starts again (its email in hand comes back
+    // when the lease runs out).
     let receiver = Arc::new(Mutex::new(receiver));
+    let supervisor = delivery.store().tasks().clone();
     for worker in 0..concurrency {
-        tasks.spawn(run(
-            worker,
-            delivery.clone(),
-            receiver.clone(),
-            shutdown.clone(),
-        ));
+        let (delivery, receiver, shutdown) = (delivery.clone(), receiver.clone(), shutdown.clone());
+        tasks.spawn(supervisor.supervise("worker", move || {
+            run(worker, delivery.clone(), receiver.clone(), shutdown.clone())
+        }));
     }
 }
 
@@ -115,20 +116,17 @@ async fn deliver(delivery: &Delivery, job: Job) {
         // Commit → SMTP accepted, the figure background mode is judged by.
         let end_to_end_ms = clock::now_ms().saturating_sub(claimed.created_at);
         match attempt {
-            Ok(Attempt::Sent) => {
+            Attempt::Sent => {
                 span.record("outcome", "sent");
                 info!(end_to_end_ms, "email sent");
             }
-            Ok(Attempt::Retrying { after, error }) => {
+            Attempt::Retrying { after, error } => {
                 span.record("outcome", "retry");
                 warn!(error = %error, retry_in_ms = after.as_millis() as u64, "send failed; will retry");
             }
-            Ok(Attempt::Failed { error }) => {
+            Attempt::Failed { error } => {
                 span.record("outcome", "failed");
                 error!(error = %error, "email failed for good");
-            }
-            Err(e) => {
-                error!(error = %e, "cannot record the outcome; the lease will bring the email back");
             }
         }
     }

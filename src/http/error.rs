@@ -61,6 +61,9 @@ pub enum Error {
     Internal(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
 
+/// When a client refused because the database is unavailable is told to come back.
+const UNAVAILABLE_RETRY_AFTER: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// The RFC 9457 body of every error. `type` is `about:blank` (RFC 9457 §4.2.1): the status and
 /// title say it all, and we do not host pages of error documentation.
 #[derive(Serialize, ToSchema)]
@@ -136,7 +139,14 @@ impl IntoResponse for Error {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/problem+json"),
         );
-        if let Error::RetryLater { retry_after, .. } = &self {
+        let retry_after = match &self {
+            Error::RetryLater { retry_after, .. } => Some(*retry_after),
+            // A storage fault (disk full, the lock held elsewhere) usually clears in seconds,
+            // and the writer notices within a second when it does.
+            Error::Unavailable(_) => Some(UNAVAILABLE_RETRY_AFTER),
+            _ => None,
+        };
+        if let Some(retry_after) = retry_after {
             // Whole seconds, rounded up: never tell a client to come back before it may.
             let seconds = retry_after.as_millis().div_ceil(1000).max(1);
             response

@@ -44,13 +44,16 @@ async fn healthz(State(ctx): State<ApiContext>) -> Json<Health> {
     })
 }
 
-/// Ready when the database answers a query. Not SMTP: see the module docs.
+/// Ready when the database can take signups (it answers a query, it is the file that was opened,
+/// and writes meet no storage fault such as a full disk or a lock held elsewhere) and the internal
+/// tasks (the signup writer, the delivery workers, the sweeper) are running. Not SMTP: see the
+/// module docs.
 #[utoipa::path(
     get,
     path = "/readyz",
     responses(
         (status = OK, body = Ready),
-        (status = SERVICE_UNAVAILABLE, description = "the database does not answer", body = Problem, content_type = "application/problem+json"),
+        (status = SERVICE_UNAVAILABLE, description = "the database cannot take signups, or an internal task is down", body = Problem, content_type = "application/problem+json"),
     )
 )]
 async fn readyz(State(ctx): State<ApiContext>) -> Result<Json<Ready>, Error> {
@@ -59,6 +62,12 @@ async fn readyz(State(ctx): State<ApiContext>) -> Result<Json<Ready>, Error> {
     let mut failing = Vec::new();
     if database.is_err() {
         failing.push("the database does not answer");
+    } else if delivery.store().writable().is_err() {
+        // Why (full, locked, read-only, file deleted) is in the log, once, when it started.
+        failing.push("the database cannot take signups");
+    }
+    if !delivery.store().tasks().down().is_empty() {
+        failing.push("an internal task is restarting after a panic");
     }
     if failing.is_empty() {
         Ok(Json(Ready {

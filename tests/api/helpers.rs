@@ -272,6 +272,11 @@ impl TestApp {
             .unwrap()
     }
 
+    /// The database file itself, for tests that break it.
+    pub fn db_path(&self) -> std::path::PathBuf {
+        self.db_dir.path().join("confirmd.db")
+    }
+
     pub async fn count(&self, table: &str) -> i64 {
         let db = self.db().await;
         let n: i64 =

@@ -20,3 +20,4 @@ mod restart;
 mod secret;
 mod signup;
 mod smtp_faults;
+mod storage_faults;
