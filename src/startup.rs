@@ -68,7 +68,7 @@ impl Application {
             Mailer::new(&settings.smtp, settings.mail_from()).context("invalid SMTP settings")?;
         let listener = match listener {
             Some(listener) => listener,
-            None => TcpListener::bind(&settings.server.listen)
+            None => server::bind(&settings.server.listen)
                 .await
                 .with_context(|| {
                     format!(

@@ -27,15 +27,41 @@
 //! connections close, and requests in flight finish; the future returns when every connection
 //! is gone, and the caller bounds that wait with the shutdown deadline.
 
-use std::{sync::Arc, time::Duration};
+use std::{io, sync::Arc, time::Duration};
 
 use axum::{Router, extract::ConnectInfo};
 use hyper::{body::Incoming, server::conn::http1, service::service_fn};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::{net::TcpListener, sync::Semaphore};
+use tokio::{
+    net::{TcpListener, TcpSocket},
+    sync::Semaphore,
+};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tower_service::Service;
 use tracing::{debug, warn};
+
+/// How many connections the kernel may hold for us, completed but not yet accepted: the
+/// waiting room while every slot is taken. std's and mio's 128 would turn a burst of more than
+/// 128 waiting clients into dropped SYNs and slow retries; the kernel caps it at
+/// `net.core.somaxconn` (4096 on current Linux).
+const LISTEN_BACKLOG: u32 = 1024;
+
+/// Binds `listen` (`host:port`) with a listen backlog of [`LISTEN_BACKLOG`].
+pub async fn bind(listen: &str) -> io::Result<TcpListener> {
+    let address = tokio::net::lookup_host(listen)
+        .await?
+        .next()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::AddrNotAvailable, "no address"))?;
+    let socket = if address.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    // As std and mio do: a restart can bind again while old connections sit in TIME_WAIT.
+    socket.set_reuseaddr(true)?;
+    socket.bind(address)?;
+    socket.listen(LISTEN_BACKLOG)
+}
 
 /// What [`serve`] needs to know beyond the router.
 #[derive(Debug, Clone, Copy)]
