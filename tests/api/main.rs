@@ -10,6 +10,7 @@ mod helpers;
 
 mod abuse;
 mod bad_input;
+mod client_limit;
 mod confirm;
 mod health;
 mod metrics;
@@ -17,4 +18,5 @@ mod openapi;
 mod outbox;
 mod restart;
 mod signup;
+mod slow_clients;
 mod smtp_faults;
