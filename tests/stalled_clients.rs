@@ -1,0 +1,175 @@
+//! Stalled clients against the real binary under the open-file limit of a default Linux login
+//! (1,024, soft and hard, so the service cannot raise it): more connections that never finish
+//! a request than the process has descriptors. The server must shed them within its header
+//! timeout, at the default settings, and keep serving normal clients, during and after.
+//!
+//! `SQLX_OFFLINE=true cargo test --test stalled_clients -- --nocapture` prints what it measured.
+
+#[path = "support/process.rs"]
+mod process;
+#[path = "support/smtp.rs"]
+mod smtp;
+
+use std::time::Duration;
+
+use confirmd::Settings;
+use reqwest::StatusCode;
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::TcpStream,
+    task::JoinSet,
+    time::Instant,
+};
+
+use process::ServiceHome;
+use smtp::SmtpServer;
+
+/// The child's open-file limit: the usual soft default.
+const FILE_LIMIT: u64 = 1024;
+
+/// Stalled connections held at once: more than the child has descriptors.
+const STALLED: usize = 1100;
+
+/// On top of a timeout, for timers and scheduling on a loaded machine.
+const SLACK: Duration = Duration::from_secs(10);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn more_stalled_connections_than_the_file_limit_are_shed_and_normal_clients_are_served() {
+    // This process holds every stalled connection: it needs more than the child's limit.
+    let ours = rlimit::increase_nofile_limit(u64::MAX).expect("the open-file limit can be read");
+    assert!(
+        ours >= STALLED as u64 + 256,
+        "this test holds {STALLED} connections, but the hard open-file limit is {ours}"
+    );
+    let header_timeout = Duration::from_millis(Settings::defaults().server.header_read_timeout_ms);
+
+    let smtp = SmtpServer::start().await;
+    // Defaults, except where the email goes.
+    let mut home = ServiceHome::new([("CONFIRMD_SMTP__PORT", smtp.port().to_string())])
+        .with_file_limit(FILE_LIMIT);
+    let service = home.start().await;
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", service.pid())).unwrap();
+    let open_files = limits
+        .lines()
+        .find(|line| line.starts_with("Max open files"))
+        .unwrap();
+    assert_eq!(
+        open_files.split_whitespace().collect::<Vec<_>>()[3..5],
+        ["1024", "1024"],
+        "{open_files}"
+    );
+    let authority = service.address.trim_start_matches("http://").to_owned();
+
+    // Open them all, then hold them: half send nothing, half the start of a head that never
+    // ends. Each watcher reports when the server closed its connection.
+    let mut watchers = JoinSet::new();
+    for i in 0..STALLED {
+        let mut stream =
+            tokio::time::timeout(Duration::from_secs(10), TcpStream::connect(&authority))
+                .await
+                .unwrap_or_else(|_| panic!("connection {i} was not even taken into the backlog"))
+                .unwrap_or_else(|e| panic!("connection {i}: {e}"));
+        let connected = Instant::now();
+        if i % 2 == 1 {
+            stream
+                .write_all(b"POST /signups HTTP/1.1\r\nHost: x\r\n")
+                .await
+                .unwrap();
+        }
+        watchers.spawn(async move {
+            let mut buf = [0u8; 1024];
+            loop {
+                match stream.read(&mut buf).await {
+                    Ok(0) | Err(_) => return (connected, Instant::now()),
+                    // hyper may answer 408 before closing.
+                    Ok(_) => {}
+                }
+            }
+        });
+    }
+    let all_held = Instant::now();
+
+    // A normal client while they are held: it may wait for a free slot, never be refused.
+    let client = reqwest::Client::builder()
+        .timeout(2 * header_timeout + SLACK)
+        .build()
+        .unwrap();
+    let during = Instant::now();
+    let response = client
+        .post(format!("{}/signups", service.address))
+        .json(&serde_json::json!({ "email": "during@example.com" }))
+        .send()
+        .await
+        .expect("a normal client is served while stalled ones are held");
+    assert_eq!(response.status(), StatusCode::ACCEPTED);
+    let during = during.elapsed();
+
+    // Every stalled connection is closed by the server, none before its header timeout. Those
+    // that waited in the backlog start their clock when accepted: two timeouts at most.
+    let deadline = all_held + 2 * header_timeout + SLACK;
+    let mut lifetimes = Vec::with_capacity(STALLED);
+    let mut first_closed = None::<Instant>;
+    while let Some(joined) = tokio::time::timeout_at(deadline, watchers.join_next())
+        .await
+        .unwrap_or_else(|_| {
+            panic!(
+                "{} of {STALLED} stalled connections were still open {:?} after all were held",
+                watchers.len(),
+                all_held.elapsed()
+            )
+        })
+    {
+        let (connected, closed) = joined.unwrap();
+        first_closed = Some(first_closed.map_or(closed, |first| first.min(closed)));
+        lifetimes.push(closed - connected);
+    }
+    let first_closed = first_closed.unwrap();
+    assert!(
+        first_closed > all_held,
+        "a stalled connection was closed before all {STALLED} were held"
+    );
+    let shortest = *lifetimes.iter().min().unwrap();
+    let longest = *lifetimes.iter().max().unwrap();
+    assert!(
+        shortest >= header_timeout.saturating_sub(Duration::from_millis(100)),
+        "a stalled connection was closed after {shortest:?}, before the header timeout: \
+         refused rather than timed out"
+    );
+
+    // Afterwards, normal clients are served at once, on fresh and kept-alive connections.
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let mut served = 0;
+    for i in 0..4 {
+        let response = client
+            .post(format!("{}/signups", service.address))
+            .json(&serde_json::json!({ "email": format!("after-{i}@example.com") }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::ACCEPTED);
+        served += 1;
+    }
+    for _ in 0..50 {
+        let response = client
+            .get(format!("{}/healthz", service.address))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        served += 1;
+    }
+    let log = service.log();
+    assert!(
+        !log.contains("Too many open files"),
+        "the service ran out of descriptors"
+    );
+    println!(
+        "under a {FILE_LIMIT} file limit: held {STALLED} stalled connections at once; the server \
+         closed each {shortest:.1?}..{longest:.1?} after it connected (header timeout \
+         {header_timeout:?}); a signup sent meanwhile answered 202 after {during:.1?}; \
+         afterwards {served}/{served} normal requests served"
+    );
+}
