@@ -106,3 +106,74 @@ pub(super) async fn read_body_within(
     next.run(Request::from_parts(parts, Body::from(bytes)))
         .await
 }
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+
+    use axum::{Router, middleware, routing::get};
+    use tokio_util::sync::CancellationToken;
+
+    use super::*;
+    use crate::http::server::{self, ServerLimits};
+
+    /// `router` with the limits' layers, served by the real server on a free port.
+    async fn serve(router: Router, timeouts: RequestTimeouts) -> (SocketAddr, CancellationToken) {
+        let router = router
+            .layer(middleware::from_fn_with_state(timeouts, read_body_within))
+            .layer(middleware::from_fn_with_state(timeouts, time_limit))
+            .layer(middleware::from_fn(require_host));
+        let listener = server::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let shutdown = CancellationToken::new();
+        let limits = ServerLimits {
+            header_read_timeout: Duration::from_secs(10),
+            max_connections: 16,
+        };
+        tokio::spawn(server::serve(listener, router, limits, shutdown.clone()));
+        (address, shutdown)
+    }
+
+    #[tokio::test]
+    async fn a_request_past_its_timeout_is_answered_503_with_retry_after_and_its_work_goes_on() {
+        let (finished_tx, finished_rx) = tokio::sync::oneshot::channel();
+        let finished_tx = std::sync::Arc::new(std::sync::Mutex::new(Some(finished_tx)));
+        let router = Router::new().route(
+            "/slow",
+            get(move || {
+                let finished_tx = finished_tx.lock().unwrap().take();
+                async move {
+                    // Work that must not be cut short runs as its own task, as a sync send does.
+                    tokio::spawn(async move {
+                        tokio::time::sleep(Duration::from_millis(600)).await;
+                        let _ = finished_tx.unwrap().send(());
+                    })
+                    .await
+                    .unwrap();
+                    "done"
+                }
+            }),
+        );
+        let timeouts = RequestTimeouts {
+            body_read: Duration::from_secs(10),
+            request: Duration::from_millis(200),
+        };
+        let (address, shutdown) = serve(router, timeouts).await;
+
+        let response = reqwest::get(format!("http://{address}/slow"))
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(response.headers()[header::RETRY_AFTER], "1");
+        assert_eq!(
+            response.headers()[header::CONTENT_TYPE],
+            "application/problem+json"
+        );
+        // The handler was dropped at the timeout; the task it started still finished.
+        tokio::time::timeout(Duration::from_secs(10), finished_rx)
+            .await
+            .expect("the spawned work finished")
+            .unwrap();
+        shutdown.cancel();
+    }
+}
