@@ -173,3 +173,56 @@ async fn more_stalled_connections_than_the_file_limit_are_shed_and_normal_client
          afterwards {served}/{served} normal requests served"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sigterm_is_not_held_up_by_stalled_connections_and_still_answers_the_request_in_flight() {
+    let smtp = SmtpServer::start().await;
+    // Slow sends: the sync signup is in flight when the SIGTERM comes.
+    smtp.set_behaviour(smtp::Behaviour::Delay(Duration::from_millis(1_000)));
+    let mut home = ServiceHome::new([("CONFIRMD_SMTP__PORT", smtp.port().to_string())]);
+    let mut service = home.start().await;
+    let authority = service.address.trim_start_matches("http://").to_owned();
+    let mut stalled = Vec::new();
+    for i in 0..50 {
+        let mut stream = TcpStream::connect(&authority).await.unwrap();
+        if i % 2 == 1 {
+            stream
+                .write_all(b"GET /healthz HTTP/1.1\r\n")
+                .await
+                .unwrap();
+        }
+        stalled.push(stream);
+    }
+    let url = format!("{}/signups?mode=sync", service.address);
+    let in_flight = tokio::spawn(async move {
+        reqwest::Client::new()
+            .post(url)
+            .json(&serde_json::json!({ "email": "in-flight@example.com" }))
+            .send()
+            .await
+            .map(|response| response.status())
+    });
+    // Wait, with a deadline, until the sync send is under way.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while home.outbox_count("sync", "sending").await == 0 {
+        assert!(Instant::now() < deadline, "the sync send never started");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let header_timeout = Duration::from_millis(Settings::defaults().server.header_read_timeout_ms);
+    let stopping = Instant::now();
+    service.sigterm();
+    let status = service.wait_exit(2 * header_timeout).await;
+    let took = stopping.elapsed();
+    assert!(status.success(), "{status}");
+    assert_eq!(in_flight.await.unwrap().unwrap(), StatusCode::CREATED);
+    // The request in flight needed about a second; a stalled connection, if waited for, the
+    // rest of its header timeout.
+    assert!(
+        took < header_timeout / 2,
+        "the stop took {took:?}: it waited for connections that had no request"
+    );
+    println!(
+        "SIGTERM with 50 stalled connections and one sync signup in flight: exited after {took:.1?}"
+    );
+}

@@ -23,13 +23,16 @@
 //!   (`http::limits`), where they can answer problem+json.
 //!
 //! Every connection gets the peer's address as axum's [`ConnectInfo`], for the per-client
-//! signup limit. Shutdown is the application's one [`CancellationToken`]: accepting stops, idle
-//! connections close, and requests in flight finish; the future returns when every connection
-//! is gone, and the caller bounds that wait with the shutdown deadline.
+//! signup limit. Shutdown is the application's one [`CancellationToken`]: accepting stops,
+//! requests in flight finish, and every connection without one closes at once, including those
+//! still sending a head, so stalled clients do not hold the process for a header timeout. The
+//! future returns when every connection is gone, and the caller bounds that wait with the
+//! shutdown deadline.
 
-use std::{io, sync::Arc, time::Duration};
+use std::{convert::Infallible, io, sync::Arc, time::Duration};
 
-use axum::{Router, extract::ConnectInfo};
+use axum::{Router, body::Body, extract::ConnectInfo};
+use http_body_util::BodyExt;
 use hyper::{body::Incoming, server::conn::http1, service::service_fn};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::{
@@ -62,6 +65,10 @@ pub async fn bind(listen: &str) -> io::Result<TcpListener> {
     socket.bind(address)?;
     socket.listen(LISTEN_BACKLOG)
 }
+
+/// A connection's request counter when no request is in flight: the connection task's clone
+/// and the service's.
+const IDLE_CLONES: usize = 2;
 
 /// What [`serve`] needs to know beyond the router.
 #[derive(Debug, Clone, Copy)]
@@ -114,10 +121,29 @@ pub async fn serve(
         // Responses are written whole; waiting for more to send (Nagle) only adds latency.
         let _ = stream.set_nodelay(true);
         let router = router.clone();
-        let service = service_fn(move |mut request: hyper::Request<Incoming>| {
-            request.extensions_mut().insert(ConnectInfo(peer));
-            router.clone().call(request)
-        });
+        // Counts, through its clones, the requests on this connection that were read and whose
+        // response is not yet fully written: one clone each, beside the two held by this loop's
+        // task and by the service. While there is none, shutdown can close the connection
+        // without losing a request.
+        let in_flight = Arc::new(());
+        let service = {
+            let in_flight = Arc::clone(&in_flight);
+            service_fn(move |mut request: hyper::Request<Incoming>| {
+                request.extensions_mut().insert(ConnectInfo(peer));
+                let guard = Arc::clone(&in_flight);
+                let response = router.clone().call(request);
+                async move {
+                    let response = response.await?;
+                    // The guard lives as long as the body, which hyper drops once written.
+                    Ok::<_, Infallible>(response.map(|body| {
+                        Body::new(body.map_frame(move |frame| {
+                            let _ = &guard;
+                            frame
+                        }))
+                    }))
+                }
+            })
+        };
         let connection = builder.serve_connection(TokioIo::new(stream), service);
         let shutdown = shutdown.clone();
         connections.spawn(async move {
@@ -127,7 +153,11 @@ pub async fn serve(
             let outcome = tokio::select! {
                 outcome = connection.as_mut() => outcome,
                 () = shutdown.cancelled() => {
-                    // Closes the connection if idle, or after the response in flight.
+                    if Arc::strong_count(&in_flight) == IDLE_CLONES {
+                        // Idle, or still sending a head: no request is lost by closing now.
+                        return;
+                    }
+                    // Closes the connection after the response in flight.
                     connection.as_mut().graceful_shutdown();
                     connection.await
                 }

@@ -147,3 +147,29 @@ async fn http_1_1_without_host_is_answered_400() {
     let response = app.get("/healthz").await;
     assert_eq!(response.status(), 200);
 }
+
+#[tokio::test]
+async fn a_kept_alive_connection_left_idle_is_closed_at_the_header_timeout() {
+    let app = spawn_app().await;
+    let timeout = app.settings.server.header_read_timeout();
+    let mut stream = connect(&app).await;
+    stream
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 4096];
+    let n = stream.read(&mut buf).await.unwrap();
+    assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+    // The response is in; the connection stays open for a next request that never comes.
+    let idle_since = Instant::now();
+    let (_, closed) = read_until_closed(&mut stream, timeout + SLACK).await;
+    let idle = idle_since.elapsed();
+    assert!(
+        closed,
+        "an idle keep-alive connection is still open after {idle:?}"
+    );
+    assert!(
+        idle >= timeout.saturating_sub(Duration::from_millis(100)),
+        "closed after {idle:?}"
+    );
+}
