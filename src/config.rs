@@ -46,7 +46,8 @@ pub struct ServerSettings {
     /// The longest from a request's head to its answer; longer than `smtp.timeout_ms`, so a
     /// sync send that keeps to its own timeout is always answered.
     pub request_timeout_ms: u64,
-    /// The most connections open at once; 0 derives it from the open-file limit.
+    /// The most connections open at once; at the cap a new one closes the oldest without a
+    /// request in flight. 0 derives it from the open-file limit.
     pub max_connections: usize,
     /// A header set by a trusted reverse proxy with the client's address (`x-forwarded-for`,
     /// `x-real-ip`); empty to use the TCP peer's address, which a client cannot forge.

@@ -1,7 +1,8 @@
 //! Stalled clients against the real binary under the open-file limit of a default Linux login
 //! (1,024, soft and hard, so the service cannot raise it): more connections that never finish
-//! a request than the process has descriptors. The server must shed them within its header
-//! timeout, at the default settings, and keep serving normal clients, during and after.
+//! a request than the process has descriptors. The server must shed them, by its header timeout
+//! or to make room for newer connections, at the default settings, never run out of
+//! descriptors, and keep serving normal clients, during and after.
 //!
 //! `SQLX_OFFLINE=true cargo test --test stalled_clients -- --nocapture` prints what it measured.
 
@@ -89,7 +90,7 @@ async fn more_stalled_connections_than_the_file_limit_are_shed_and_normal_client
     }
     let all_held = Instant::now();
 
-    // A normal client while they are held: it may wait for a free slot, never be refused.
+    // A normal client while they are held: served without waiting for them to time out.
     let client = reqwest::Client::builder()
         .timeout(2 * header_timeout + SLACK)
         .build()
@@ -103,12 +104,17 @@ async fn more_stalled_connections_than_the_file_limit_are_shed_and_normal_client
         .expect("a normal client is served while stalled ones are held");
     assert_eq!(response.status(), StatusCode::ACCEPTED);
     let during = during.elapsed();
+    // A bound with a wide margin on a loaded machine: it takes milliseconds; waiting for a
+    // slot to free would take the rest of a header timeout.
+    assert!(
+        during < header_timeout / 2,
+        "a signup sent while stalled connections held every slot took {during:?}"
+    );
 
-    // Every stalled connection is closed by the server, none before its header timeout. Those
-    // that waited in the backlog start their clock when accepted: two timeouts at most.
-    let deadline = all_held + 2 * header_timeout + SLACK;
+    // Every stalled connection is closed by the server: shed for a newer one, or at its
+    // header timeout.
+    let deadline = all_held + header_timeout + SLACK;
     let mut lifetimes = Vec::with_capacity(STALLED);
-    let mut first_closed = None::<Instant>;
     while let Some(joined) = tokio::time::timeout_at(deadline, watchers.join_next())
         .await
         .unwrap_or_else(|_| {
@@ -120,21 +126,13 @@ async fn more_stalled_connections_than_the_file_limit_are_shed_and_normal_client
         })
     {
         let (connected, closed) = joined.unwrap();
-        first_closed = Some(first_closed.map_or(closed, |first| first.min(closed)));
         lifetimes.push(closed - connected);
     }
-    let first_closed = first_closed.unwrap();
-    assert!(
-        first_closed > all_held,
-        "a stalled connection was closed before all {STALLED} were held"
-    );
-    let shortest = *lifetimes.iter().min().unwrap();
+    let shed_early = lifetimes
+        .iter()
+        .filter(|lifetime| **lifetime < header_timeout.saturating_sub(Duration::from_millis(100)))
+        .count();
     let longest = *lifetimes.iter().max().unwrap();
-    assert!(
-        shortest >= header_timeout.saturating_sub(Duration::from_millis(100)),
-        "a stalled connection was closed after {shortest:?}, before the header timeout: \
-         refused rather than timed out"
-    );
 
     // Afterwards, normal clients are served at once, on fresh and kept-alive connections.
     let client = reqwest::Client::builder()
@@ -167,10 +165,10 @@ async fn more_stalled_connections_than_the_file_limit_are_shed_and_normal_client
         "the service ran out of descriptors"
     );
     println!(
-        "under a {FILE_LIMIT} file limit: held {STALLED} stalled connections at once; the server \
-         closed each {shortest:.1?}..{longest:.1?} after it connected (header timeout \
-         {header_timeout:?}); a signup sent meanwhile answered 202 after {during:.1?}; \
-         afterwards {served}/{served} normal requests served"
+        "under a {FILE_LIMIT} file limit: opened {STALLED} stalled connections; the server shed \
+         {shed_early} to make room and timed the rest out, the last {longest:.1?} after it \
+         connected (header timeout {header_timeout:?}); a signup sent meanwhile answered 202 \
+         after {during:.1?}; afterwards {served}/{served} normal requests served"
     );
 }
 

@@ -13,12 +13,17 @@
 //!   keep-alive idle timeout: an idle connection is closed once it has waited that long for its
 //!   next request. A client trickling its head byte by byte is cut off the same way.
 //! - **Open connections are capped** below the file limit (`server.max_connections`, derived
-//!   from the limit by default; see [`file_limit`]). When the cap is reached the server stops
-//!   *accepting* until a connection closes, as Go's `netutil.LimitListener` and mini-redis do,
-//!   rather than accepting and closing at once. A waiting client sits in the kernel's listen
-//!   backlog, which costs this process no descriptor; as soon as a stalled connection is shed
-//!   the next one is accepted and served. Accept-and-close would turn a flood of stalled
-//!   clients into refusals for every normal client instead of a wait of at most one timeout.
+//!   from the limit by default; see [`file_limit`]). When every slot is taken, the next
+//!   connection is accepted and the *oldest connection without a request in flight* (idle
+//!   between requests, or still sending its head) is closed to make room. Only when every
+//!   connection is busy with a request does the newcomer wait for one to finish, and those after
+//!   it wait in the kernel's listen backlog, which costs this process no descriptor. So a flood
+//!   of stalled connections evicts itself, and a normal client, whose head arrives at once, is
+//!   served at once. The alternatives were worse for it: closing the newcomer refuses every
+//!   normal client during a flood, and not accepting until a slot frees (Go's
+//!   `netutil.LimitListener`, mini-redis) made it wait for a stalled connection's header
+//!   timeout, 9.9 s in the test. Closing a connection without a request in flight loses nothing
+//!   the server had begun.
 //! - The body-read and per-request timeouts and the `Host` check are middleware in the router
 //!   (`http::limits`), where they can answer problem+json.
 //!
@@ -29,7 +34,13 @@
 //! future returns when every connection is gone, and the caller bounds that wait with the
 //! shutdown deadline.
 
-use std::{convert::Infallible, io, sync::Arc, time::Duration};
+use std::{
+    collections::VecDeque,
+    convert::Infallible,
+    io,
+    sync::{Arc, Weak},
+    time::{Duration, Instant},
+};
 
 use axum::{Router, body::Body, extract::ConnectInfo};
 use http_body_util::BodyExt;
@@ -66,7 +77,7 @@ pub async fn bind(listen: &str) -> io::Result<TcpListener> {
     socket.listen(LISTEN_BACKLOG)
 }
 
-/// A connection's request counter when no request is in flight: the connection task's clone
+/// A connection's request counter when no request is in flight: the [`OpenConnection`]'s clone
 /// and the service's.
 const IDLE_CLONES: usize = 2;
 
@@ -85,6 +96,56 @@ pub struct ServerLimits {
 /// does not spin a core.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
 
+/// While every slot stays taken, say so in the log at most this often.
+const FULL_WARNING_INTERVAL: Duration = Duration::from_secs(60);
+
+/// What the accept loop keeps of each open connection, to shed it when every slot is taken.
+struct OpenConnection {
+    /// Cloned once per request on this connection that was read and whose response is not yet
+    /// fully written, beside the clones held here and by the service ([`IDLE_CLONES`]).
+    in_flight: Arc<()>,
+    /// Cancelled to close the connection: at once if no request is in flight, else after it.
+    close: CancellationToken,
+}
+
+impl OpenConnection {
+    fn is_idle(&self) -> bool {
+        Arc::strong_count(&self.in_flight) == IDLE_CLONES
+    }
+}
+
+/// Open connections, oldest first; closed ones are dropped lazily.
+#[derive(Default)]
+struct OpenConnections(VecDeque<Weak<OpenConnection>>);
+
+impl OpenConnections {
+    fn push(&mut self, connection: &Arc<OpenConnection>, cap: usize) {
+        self.0.push_back(Arc::downgrade(connection));
+        if self.0.len() > 2 * cap {
+            self.0.retain(|c| c.strong_count() > 0);
+        }
+    }
+
+    /// Closes the oldest connection that has no request in flight (idle between requests, or
+    /// still sending its head); false if every connection is busy.
+    fn shed_oldest_idle(&mut self) -> bool {
+        while self.0.front().is_some_and(|c| c.strong_count() == 0) {
+            self.0.pop_front();
+        }
+        let oldest_idle = self
+            .0
+            .iter()
+            .position(|c| c.upgrade().is_some_and(|c| c.is_idle()));
+        match oldest_idle.and_then(|i| self.0.remove(i)?.upgrade()) {
+            Some(connection) => {
+                connection.close.cancel();
+                true
+            }
+            None => false,
+        }
+    }
+}
+
 /// Serves `router` on `listener` until `shutdown` is cancelled and every connection has closed.
 pub async fn serve(
     listener: TcpListener,
@@ -93,6 +154,8 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) {
     let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let mut open = OpenConnections::default();
+    let mut warned_full_at = None::<Instant>;
     let connections = TaskTracker::new();
     let mut builder = http1::Builder::new();
     builder
@@ -100,13 +163,6 @@ pub async fn serve(
         .header_read_timeout(limits.header_read_timeout);
 
     loop {
-        // Take a slot first: while every slot is in use, new clients wait in the listen backlog.
-        let permit = tokio::select! {
-            permit = Arc::clone(&slots).acquire_owned() => {
-                permit.expect("the semaphore is never closed")
-            }
-            () = shutdown.cancelled() => break,
-        };
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
@@ -118,16 +174,38 @@ pub async fn serve(
             },
             () = shutdown.cancelled() => break,
         };
+        let permit = match Arc::clone(&slots).try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(_) => {
+                // Every slot is taken: make room by closing the oldest connection that has no
+                // request, or wait for one to finish if every connection is busy.
+                let shed = open.shed_oldest_idle();
+                if warned_full_at.is_none_or(|at| at.elapsed() >= FULL_WARNING_INTERVAL) {
+                    warned_full_at = Some(Instant::now());
+                    warn!(
+                        max_connections = limits.max_connections,
+                        shed_idle = shed,
+                        "every connection slot is taken (server.max_connections)"
+                    );
+                }
+                tokio::select! {
+                    permit = Arc::clone(&slots).acquire_owned() => {
+                        permit.expect("the semaphore is never closed")
+                    }
+                    () = shutdown.cancelled() => break,
+                }
+            }
+        };
         // Responses are written whole; waiting for more to send (Nagle) only adds latency.
         let _ = stream.set_nodelay(true);
+        let record = Arc::new(OpenConnection {
+            in_flight: Arc::new(()),
+            close: shutdown.child_token(),
+        });
+        open.push(&record, limits.max_connections);
         let router = router.clone();
-        // Counts, through its clones, the requests on this connection that were read and whose
-        // response is not yet fully written: one clone each, beside the two held by this loop's
-        // task and by the service. While there is none, shutdown can close the connection
-        // without losing a request.
-        let in_flight = Arc::new(());
         let service = {
-            let in_flight = Arc::clone(&in_flight);
+            let in_flight = Arc::clone(&record.in_flight);
             service_fn(move |mut request: hyper::Request<Incoming>| {
                 request.extensions_mut().insert(ConnectInfo(peer));
                 let guard = Arc::clone(&in_flight);
@@ -145,15 +223,15 @@ pub async fn serve(
             })
         };
         let connection = builder.serve_connection(TokioIo::new(stream), service);
-        let shutdown = shutdown.clone();
         connections.spawn(async move {
             // Held for the connection's whole life: dropping it frees the slot.
             let _permit = permit;
             tokio::pin!(connection);
             let outcome = tokio::select! {
                 outcome = connection.as_mut() => outcome,
-                () = shutdown.cancelled() => {
-                    if Arc::strong_count(&in_flight) == IDLE_CLONES {
+                // Shutdown, or shed to make room.
+                () = record.close.cancelled() => {
+                    if record.is_idle() {
                         // Idle, or still sending a head: no request is lost by closing now.
                         return;
                     }
@@ -172,6 +250,47 @@ pub async fn serve(
     drop(listener);
     connections.close();
     connections.wait().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn open_connection() -> (Arc<OpenConnection>, Arc<()>) {
+        let record = Arc::new(OpenConnection {
+            in_flight: Arc::new(()),
+            close: CancellationToken::new(),
+        });
+        // The service's clone.
+        let service = Arc::clone(&record.in_flight);
+        (record, service)
+    }
+
+    #[test]
+    fn shedding_closes_the_oldest_connection_without_a_request_and_spares_busy_ones() {
+        let mut open = OpenConnections::default();
+        let (closed, _s0) = open_connection();
+        let (busy, _s1) = open_connection();
+        let (idle_old, _s2) = open_connection();
+        let (idle_new, _s3) = open_connection();
+        for record in [&closed, &busy, &idle_old, &idle_new] {
+            open.push(record, 16);
+        }
+        drop(closed);
+        let request = Arc::clone(&busy.in_flight);
+
+        assert!(open.shed_oldest_idle());
+        assert!(idle_old.close.is_cancelled());
+        assert!(!busy.close.is_cancelled() && !idle_new.close.is_cancelled());
+        assert!(open.shed_oldest_idle());
+        assert!(idle_new.close.is_cancelled());
+        // Only the busy one is left.
+        assert!(!open.shed_oldest_idle());
+        assert!(!busy.close.is_cancelled());
+        drop(request);
+        assert!(open.shed_oldest_idle());
+        assert!(busy.close.is_cancelled());
+    }
 }
 
 /// The process's open-file limit: raised at start, and the default connection cap derived
