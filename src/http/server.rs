@@ -38,12 +38,18 @@ use std::{
     collections::VecDeque,
     convert::Infallible,
     io,
+    pin::Pin,
     sync::{Arc, Weak},
+    task::{Context, Poll},
     time::{Duration, Instant},
 };
 
-use axum::{Router, body::Body, extract::ConnectInfo};
-use http_body_util::BodyExt;
+use axum::{
+    Router,
+    body::{Body, Bytes, HttpBody},
+    extract::ConnectInfo,
+};
+use hyper::body::{Frame, SizeHint};
 use hyper::{body::Incoming, server::conn::http1, service::service_fn};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::{
@@ -146,6 +152,33 @@ impl OpenConnections {
     }
 }
 
+/// A response body that counts its request as in flight until hyper has written it whole and
+/// dropped it. It passes the body's size on, so that hyper still sends `Content-Length`.
+struct InFlightBody {
+    body: Body,
+    _guard: Arc<()>,
+}
+
+impl HttpBody for InFlightBody {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+        Pin::new(&mut self.get_mut().body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
 /// Serves `router` on `listener` until `shutdown` is cancelled and every connection has closed.
 pub async fn serve(
     listener: TcpListener,
@@ -212,12 +245,9 @@ pub async fn serve(
                 let response = router.clone().call(request);
                 async move {
                     let response = response.await?;
-                    // The guard lives as long as the body, which hyper drops once written.
-                    Ok::<_, Infallible>(response.map(|body| {
-                        Body::new(body.map_frame(move |frame| {
-                            let _ = &guard;
-                            frame
-                        }))
+                    Ok::<_, Infallible>(response.map(|body| InFlightBody {
+                        body,
+                        _guard: guard,
                     }))
                 }
             })
