@@ -7,7 +7,11 @@
 //!
 //! Every response, errors included, passes through [`observe`]: it gives the request an id
 //! (`x-request-id`), runs it inside a `request` span, adds `Server-Timing`, and logs one line
-//! with the method, route, mode, status and latency in milliseconds.
+//! with the method, route, mode, status and latency in milliseconds. Inside it, [`limits`]
+//! refuses a request without `Host`, one whose body is too slow, and one not answered in time.
+//!
+//! [`server`] runs the router over TCP with hyper: the header timeout, the connection cap and
+//! the client's address for [`client_limit`], the per-client signup bucket.
 
 mod client_limit;
 mod confirm;

@@ -27,6 +27,10 @@
 //! - The body-read and per-request timeouts and the `Host` check are middleware in the router
 //!   (`http::limits`), where they can answer problem+json.
 //!
+//! HTTP/1.1 only: `axum::serve` also answered cleartext HTTP/2 (h2c) to clients that open with
+//! its preface. None of this project's clients, benchmarks or tests do, and behind a
+//! TLS-terminating proxy it is the proxy that speaks HTTP/2 to browsers.
+//!
 //! Every connection gets the peer's address as axum's [`ConnectInfo`], for the per-client
 //! signup limit. Shutdown is the application's one [`CancellationToken`]: accepting stops,
 //! requests in flight finish, and every connection without one closes at once, including those
