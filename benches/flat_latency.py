@@ -43,7 +43,9 @@ class Service:
                    CONFIRMD_SERVER__LISTEN=f"127.0.0.1:{self.port}",
                    CONFIRMD_DATABASE__URL=f"sqlite://{database}?mode=rwc",
                    CONFIRMD_SMTP__HOST="127.0.0.1",
-                   CONFIRMD_SMTP__PORT=str(smtp_port))
+                   CONFIRMD_SMTP__PORT=str(smtp_port),
+                   # One client drives every signup: the per-client limit is off.
+                   CONFIRMD_SIGNUP__PER_CLIENT_PER_MINUTE="0")
         self.process = subprocess.Popen([binary, "serve"], env=env, stdout=subprocess.DEVNULL)
         self.url = f"http://127.0.0.1:{self.port}"
         deadline = time.monotonic() + 60

@@ -362,6 +362,8 @@ fn start_confirmd(dir: &Path, smtp: SocketAddr, idle_workers: bool) -> anyhow::R
         // default cap would turn the last rounds into 503s (back-pressure, measured elsewhere)
         // instead of measuring the signup path.
         .env("CONFIRMD_WORKER__MAX_BACKLOG", "10000000")
+        // wrk is one client: the per-client signup limit would answer nearly all of it 429.
+        .env("CONFIRMD_SIGNUP__PER_CLIENT_PER_MINUTE", "0")
         // With --idle-workers the catcher holds each email for an hour: no send may time out.
         .envs(
             idle_workers
@@ -369,6 +371,7 @@ fn start_confirmd(dir: &Path, smtp: SocketAddr, idle_workers: bool) -> anyhow::R
                     ("CONFIRMD_SMTP__TIMEOUT_MS", "7200000"),
                     ("CONFIRMD_WORKER__LEASE_MS", "7300000"),
                     ("CONFIRMD_WORKER__SHUTDOWN_TIMEOUT_MS", "7250000"),
+                    ("CONFIRMD_SERVER__REQUEST_TIMEOUT_MS", "7250000"),
                 ])
                 .into_iter()
                 .flatten(),

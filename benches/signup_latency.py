@@ -8,6 +8,8 @@ Each mode gets N signups with fresh addresses, sent over keep-alive connections 
 as a user would feel it) and the status codes seen. Then it waits until every email is sent
 and reports, from `GET /signups/{id}`, the time from signup to SMTP accepted (`sent_at -
 created_at`): for background mode, the wait the user no longer sees but still has.
+The service must run with CONFIRMD_SIGNUP__PER_CLIENT_PER_MINUTE=0: this is one client, and the
+per-client limit would answer all but its first few signups 429.
 Standard library only.
 """
 

@@ -22,6 +22,10 @@
 //! and this client together, on one machine. Answers other than 201/202 are counted by status,
 //! requests that got no answer as connection errors; neither stops the run, and only answered
 //! requests have a latency.
+//!
+//! The bench is one client, so the service it drives must run without the per-client signup
+//! limit (`CONFIRMD_SIGNUP__PER_CLIENT_PER_MINUTE=0`); otherwise all but the first few signups
+//! are 429s, and the report says so.
 
 use std::{
     collections::{BTreeMap, VecDeque},
@@ -583,6 +587,14 @@ impl Report {
                 statuses.push(format!("connection error × {}", mode.connection_errors));
             }
             let _ = writeln!(out, "  {:<15} {}", "statuses", statuses.join(", "));
+            if mode.statuses.contains_key(&429) {
+                let _ = writeln!(
+                    out,
+                    "  {:<15} 429s: the service limits signups per client; run it with \
+                     CONFIRMD_SIGNUP__PER_CLIENT_PER_MINUTE=0 to measure the signup path",
+                    ""
+                );
+            }
         }
         out
     }

@@ -10,6 +10,7 @@
 
 use std::{path::Path, time::Duration};
 
+use axum::http::HeaderName;
 use config::{Config, Environment, File, FileFormat};
 use lettre::message::Mailbox;
 use serde::Deserialize;
@@ -37,6 +38,37 @@ pub struct Settings {
 pub struct ServerSettings {
     /// `host:port` to listen on; port 0 picks a free port (the tests do).
     pub listen: String,
+    /// The longest a client may take to send a request head, from the connection's opening or
+    /// from the end of the previous response: also the keep-alive idle timeout.
+    pub header_read_timeout_ms: u64,
+    /// The longest a request body may take to arrive once its head has.
+    pub body_read_timeout_ms: u64,
+    /// The longest from a request's head to its answer; longer than `smtp.timeout_ms`, so a
+    /// sync send that keeps to its own timeout is always answered.
+    pub request_timeout_ms: u64,
+    /// The most connections open at once; at the cap a new one closes the oldest without a
+    /// request in flight. 0 derives it from the open-file limit.
+    pub max_connections: usize,
+    /// A header set by a trusted reverse proxy with the client's address (`x-forwarded-for`,
+    /// `x-real-ip`); empty to use the TCP peer's address, which a client cannot forge.
+    pub client_ip_header: String,
+}
+
+impl ServerSettings {
+    pub fn header_read_timeout(&self) -> Duration {
+        Duration::from_millis(self.header_read_timeout_ms)
+    }
+    pub fn body_read_timeout(&self) -> Duration {
+        Duration::from_millis(self.body_read_timeout_ms)
+    }
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_millis(self.request_timeout_ms)
+    }
+    /// The parsed `client_ip_header`, `None` when empty.
+    pub fn client_ip_header(&self) -> Option<HeaderName> {
+        let name = self.client_ip_header.trim();
+        (!name.is_empty()).then(|| name.parse().expect("validated at load"))
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -136,6 +168,9 @@ pub struct DeliverySettings {
 pub struct SignupSettings {
     /// The least time between two emails to one pending address.
     pub resend_interval_s: u64,
+    /// Signups one client address may make per minute, all at once or spread out; 0 for no
+    /// limit (benchmarks and load tests).
+    pub per_client_per_minute: u32,
 }
 
 impl SignupSettings {
@@ -266,7 +301,16 @@ impl Settings {
                 "must be set together with smtp.username",
             ));
         }
-        let positive: [(&'static str, u64); 10] = [
+        let positive: [(&'static str, u64); 13] = [
+            (
+                "server.header_read_timeout_ms",
+                self.server.header_read_timeout_ms,
+            ),
+            (
+                "server.body_read_timeout_ms",
+                self.server.body_read_timeout_ms,
+            ),
+            ("server.request_timeout_ms", self.server.request_timeout_ms),
             ("smtp.timeout_ms", self.smtp.timeout_ms),
             ("smtp.check_interval_ms", self.smtp.check_interval_ms),
             ("smtp.pool_size", self.smtp.pool_size.into()),
@@ -325,6 +369,19 @@ impl Settings {
                     "must be at least {} characters",
                     crate::secret::MIN_SECRET_LEN
                 ),
+            ));
+        }
+        if self.server.request_timeout_ms <= self.smtp.timeout_ms + self.smtp.acquire_timeout_ms {
+            return Err(invalid(
+                "server.request_timeout_ms",
+                "must be longer than smtp.timeout_ms + smtp.acquire_timeout_ms, or a sync signup whose email is on its way would be answered 503",
+            ));
+        }
+        let header = self.server.client_ip_header.trim();
+        if !header.is_empty() && header.parse::<HeaderName>().is_err() {
+            return Err(invalid(
+                "server.client_ip_header",
+                "must be a header name such as x-forwarded-for, or empty",
             ));
         }
         if self.token.ttl_hours > 24 * 365 {
@@ -426,6 +483,26 @@ mod tests {
                 .unwrap_err()
                 .to_string()
                 .contains("worker.lease_ms")
+        );
+
+        let mut settings = Settings::defaults();
+        settings.server.request_timeout_ms = settings.smtp.timeout_ms;
+        assert!(
+            settings
+                .validated()
+                .unwrap_err()
+                .to_string()
+                .contains("server.request_timeout_ms")
+        );
+
+        let mut settings = Settings::defaults();
+        settings.server.client_ip_header = "x forwarded for".into();
+        assert!(
+            settings
+                .validated()
+                .unwrap_err()
+                .to_string()
+                .contains("server.client_ip_header")
         );
     }
 

@@ -188,6 +188,9 @@ fn demo_settings(
     let outlast = settings.smtp.timeout_ms + 1_000;
     settings.worker.lease_ms = settings.worker.lease_ms.max(outlast);
     settings.worker.shutdown_timeout_ms = settings.worker.shutdown_timeout_ms.max(outlast);
+    settings.server.request_timeout_ms = settings.server.request_timeout_ms.max(outlast);
+    // The bench is one client sending hundreds of signups: the per-client limit is off.
+    settings.signup.per_client_per_minute = 0;
     Ok(settings.validated()?)
 }
 

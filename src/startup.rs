@@ -15,7 +15,10 @@ use tracing::{info, warn};
 use crate::{
     config::Settings,
     delivery::Delivery,
-    http::{self, ApiContext},
+    http::{
+        self, ApiContext, ClientLimit, RequestTimeouts,
+        server::{self, ServerLimits, file_limit},
+    },
     mail::Mailer,
     metrics::Metrics,
     secret::TokenKey,
@@ -25,6 +28,7 @@ use crate::{
 pub struct Application {
     listener: TcpListener,
     router: axum::Router,
+    server_limits: ServerLimits,
     store: Store,
     shutdown: CancellationToken,
     tasks: TaskTracker,
@@ -67,7 +71,7 @@ impl Application {
             .context("cannot load the token secret")?;
         let listener = match listener {
             Some(listener) => listener,
-            None => TcpListener::bind(&settings.server.listen)
+            None => server::bind(&settings.server.listen)
                 .await
                 .with_context(|| {
                     format!(
@@ -76,6 +80,30 @@ impl Application {
                     )
                 })?,
         };
+
+        // Before anything else opens files: every connection, SQLite file and SMTP socket
+        // counts against this limit.
+        let file_limit = file_limit::raise();
+        let server_limits = ServerLimits {
+            header_read_timeout: settings.server.header_read_timeout(),
+            max_connections: match settings.server.max_connections {
+                0 => file_limit::default_max_connections(file_limit),
+                configured => configured,
+            },
+        };
+        if server_limits.max_connections as u64 + file_limit::RESERVED > file_limit {
+            warn!(
+                max_connections = server_limits.max_connections,
+                file_limit,
+                "server.max_connections leaves little room below the open-file limit; \
+                 accepts may fail with 'Too many open files'"
+            );
+        }
+        info!(
+            file_limit,
+            max_connections = server_limits.max_connections,
+            "connection limits"
+        );
 
         let shutdown = CancellationToken::new();
         let tasks = TaskTracker::new();
@@ -91,10 +119,19 @@ impl Application {
         let router = http::router(ApiContext {
             delivery,
             default_mode: settings.delivery.default_mode,
+            client_limit: ClientLimit::new(
+                settings.signup.per_client_per_minute,
+                settings.server.client_ip_header(),
+            ),
+            timeouts: RequestTimeouts {
+                body_read: settings.server.body_read_timeout(),
+                request: settings.server.request_timeout(),
+            },
         });
         Ok(Application {
             listener,
             router,
+            server_limits,
             store,
             shutdown,
             tasks,
@@ -123,9 +160,7 @@ impl Application {
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
         info!(address = %self.local_addr(), "listening");
         let shutdown = self.shutdown.clone();
-        let server = axum::serve(self.listener, self.router)
-            .with_graceful_shutdown(async move { shutdown.cancelled().await })
-            .into_future();
+        let server = server::serve(self.listener, self.router, self.server_limits, shutdown);
         // One deadline for the whole drain, counted from the shutdown signal: a client that
         // trickles its request must not hold the process open.
         let deadline = async {
@@ -134,9 +169,8 @@ impl Application {
         };
         tokio::pin!(server, deadline);
         let deadline = tokio::select! {
-            result = &mut server => {
-                result.context("the HTTP server failed")?;
-                // Stopped without a signal (the listener failed): stop the workers too.
+            () = &mut server => {
+                // Stopped without a signal (it cannot today; kept for safety): stop the workers.
                 self.shutdown.cancel();
                 tokio::time::Instant::now() + self.shutdown_timeout
             }

@@ -35,6 +35,8 @@ async fn spawn_app() -> RunningApp {
         db_dir.path().join("confirmd.db").display()
     );
     settings.smtp.port = smtp.port();
+    // The bench is one client sending many signups.
+    settings.signup.per_client_per_minute = 0;
     let settings = settings.validated().expect("test settings are valid");
     let app = Application::build(settings).await.expect("the app builds");
     let url = format!("http://127.0.0.1:{}", app.port());

@@ -38,6 +38,9 @@ pub enum Error {
     Conflict(String),
     #[error("{0}")]
     Gone(String),
+    /// 408: the client took too long to send its request.
+    #[error("{0}")]
+    RequestTimeout(String),
     /// 429 or 503 with `Retry-After`: come back later, nothing is wrong with the request.
     #[error("{detail}")]
     RetryLater {
@@ -95,6 +98,7 @@ impl Error {
             Error::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             Error::Conflict(_) => StatusCode::CONFLICT,
             Error::Gone(_) => StatusCode::GONE,
+            Error::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             Error::RetryLater { status, .. } => *status,
             Error::Smtp { status, .. } => *status,
             Error::NotReady(_) | Error::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,

@@ -7,12 +7,19 @@
 //!
 //! Every response, errors included, passes through [`observe`]: it gives the request an id
 //! (`x-request-id`), runs it inside a `request` span, adds `Server-Timing`, and logs one line
-//! with the method, route, mode, status and latency in milliseconds.
+//! with the method, route, mode, status and latency in milliseconds. Inside it, [`limits`]
+//! refuses a request without `Host`, one whose body is too slow, and one not answered in time.
+//!
+//! [`server`] runs the router over TCP with hyper: the header timeout, the connection cap and
+//! the client's address for [`client_limit`], the per-client signup bucket.
 
+mod client_limit;
 mod confirm;
 mod error;
 mod health;
+mod limits;
 mod metrics;
+pub mod server;
 mod signups;
 
 use std::{
@@ -35,7 +42,9 @@ use tracing::{Instrument, field, info, info_span};
 use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 
+pub use client_limit::ClientLimit;
 pub use error::Error;
+pub use limits::RequestTimeouts;
 
 use crate::{delivery::Delivery, domain::DeliveryMode};
 
@@ -50,6 +59,10 @@ const SERVER_TIMING: HeaderName = HeaderName::from_static("server-timing");
 pub struct ApiContext {
     pub delivery: Delivery,
     pub default_mode: DeliveryMode,
+    /// The per-client signup bucket (`signup.per_client_per_minute`).
+    pub client_limit: ClientLimit,
+    /// The body-read and whole-request timeouts (`server.*`).
+    pub timeouts: RequestTimeouts,
 }
 
 #[derive(OpenApi)]
@@ -85,6 +98,16 @@ pub fn router(ctx: ApiContext) -> Router {
             Error::MethodNotAllowed("This path does not accept that method.".into())
         })
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        // Outermost last: `observe` sees every answer, the limits' refusals included.
+        .layer(middleware::from_fn_with_state(
+            ctx.timeouts,
+            limits::read_body_within,
+        ))
+        .layer(middleware::from_fn_with_state(
+            ctx.timeouts,
+            limits::time_limit,
+        ))
+        .layer(middleware::from_fn(limits::require_host))
         .layer(middleware::from_fn_with_state(ctx.clone(), observe))
         .with_state(ctx)
 }

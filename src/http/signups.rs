@@ -18,7 +18,10 @@ use tracing::Span;
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::{router::OpenApiRouter, routes};
 
-use super::{ApiContext, Error, JsonBody, RequestId, ServerTiming, error::Problem};
+use super::{
+    ApiContext, Error, JsonBody, RequestId, ServerTiming, client_limit::WithinClientLimit,
+    error::Problem,
+};
 use crate::{
     clock,
     delivery::SignupReceipt,
@@ -111,14 +114,18 @@ struct DeliverySummary {
         (status = UNSUPPORTED_MEDIA_TYPE, description = "the body is not sent as application/json", body = Problem, content_type = "application/problem+json"),
         (status = UNPROCESSABLE_ENTITY, description = "invalid email, name or mode; or (sync) the mail server refused the address",
          body = Problem, content_type = "application/problem+json"),
+        (status = REQUEST_TIMEOUT, description = "the body did not arrive within `server.body_read_timeout_ms`", body = Problem, content_type = "application/problem+json"),
+        (status = TOO_MANY_REQUESTS, description = "this client sent more than `signup.per_client_per_minute` signups in the last minute (never about the address)",
+         body = Problem, content_type = "application/problem+json", headers(("retry-after" = u64, description = "seconds"))),
         (status = BAD_GATEWAY, description = "sync: SMTP failed; the signup is stored and its email queued", body = Problem, content_type = "application/problem+json"),
-        (status = SERVICE_UNAVAILABLE, description = "the database is unavailable, or `worker.max_backlog` emails already wait to be sent",
-         body = Problem, content_type = "application/problem+json"),
+        (status = SERVICE_UNAVAILABLE, description = "the database is unavailable, `worker.max_backlog` emails already wait to be sent, (sync) every SMTP connection stayed busy for `smtp.acquire_timeout_ms`, or the request took longer than `server.request_timeout_ms`",
+         body = Problem, content_type = "application/problem+json", headers(("retry-after" = u64, description = "seconds"))),
         (status = GATEWAY_TIMEOUT, description = "sync: SMTP timed out; the signup is stored and its email queued", body = Problem, content_type = "application/problem+json"),
     )
 )]
 async fn create(
     State(ctx): State<ApiContext>,
+    _: WithinClientLimit,
     Extension(RequestId(request_id)): Extension<RequestId>,
     params: Result<Query<SignupParams>, QueryRejection>,
     JsonBody(body): JsonBody<SignupRequest>,

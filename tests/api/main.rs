@@ -10,6 +10,7 @@ mod helpers;
 
 mod abuse;
 mod bad_input;
+mod client_limit;
 mod confirm;
 mod health;
 mod metrics;
@@ -19,5 +20,6 @@ mod privacy;
 mod restart;
 mod secret;
 mod signup;
+mod slow_clients;
 mod smtp_faults;
 mod storage_faults;

@@ -42,6 +42,8 @@ pub struct ServiceHome {
     env: Vec<(String, String)>,
     /// How many processes were started here, to give each its own log file.
     runs: usize,
+    /// The open-file limit, soft and hard, that every run starts under; `None` inherits ours.
+    file_limit: Option<u64>,
 }
 
 impl ServiceHome {
@@ -55,7 +57,15 @@ impl ServiceHome {
             dir: tempfile::tempdir().expect("a temporary folder"),
             env: env.into_iter().map(|(k, v)| (k.into(), v.into())).collect(),
             runs: 0,
+            file_limit: None,
         }
+    }
+
+    /// Every run starts with `limit` as both its soft and hard open-file limit, so that the
+    /// service cannot raise it: the 1,024 of a default Linux login, for instance.
+    pub fn with_file_limit(mut self, limit: u64) -> ServiceHome {
+        self.file_limit = Some(limit);
+        self
     }
 
     pub fn database_url(&self) -> String {
@@ -82,6 +92,14 @@ impl ServiceHome {
             .arg("--config")
             .arg(self.dir.path().join("no-config"))
             .arg("serve");
+        if let Some(limit) = self.file_limit {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: between fork and exec only setrlimit(2) runs, which is async-signal-safe
+            // and touches no memory of the parent's.
+            unsafe {
+                command.pre_exec(move || rlimit::setrlimit(rlimit::Resource::NOFILE, limit, limit));
+            }
+        }
         // Settings from the environment running the tests (CI's, a developer's) stay out too.
         for (key, _) in std::env::vars() {
             if key.starts_with("CONFIRMD_") {
