@@ -103,24 +103,24 @@ impl System {
     }
 }
 
-/// One queue under test, on its own fresh database.
+/// One queue under test, on its own fresh database. Both are boxed: each is hundreds of bytes.
 enum Subject {
-    Confirmd(Outbox),
-    Apalis(Peer),
+    Confirmd(Box<Outbox>),
+    Apalis(Box<Peer>),
 }
 
 impl Subject {
     async fn create(system: System, args: &Args) -> anyhow::Result<Subject> {
         Ok(match system {
-            System::Confirmd => Subject::Confirmd(
+            System::Confirmd => Subject::Confirmd(Box::new(
                 Outbox::create(&OutboxSettings {
                     smtp: args.smtp.clone(),
                     workers: args.workers,
                     queue_capacity: args.queue_capacity,
                 })
                 .await?,
-            ),
-            System::Apalis(polling) => Subject::Apalis(Peer::create(polling).await?),
+            )),
+            System::Apalis(polling) => Subject::Apalis(Box::new(Peer::create(polling).await?)),
         })
     }
 
