@@ -1,16 +1,28 @@
-//! The command line: `confirmd [serve]`, `confirmd migrate`, `confirmd outbox`, `confirmd bench`,
-//! `confirmd demo`.
+//! The command line: `confirmd [serve]`, `confirmd migrate`, `confirmd outbox`, and with the
+//! default `tools` feature `confirmd bench` and `confirmd demo`. A build without it
+//! (`--no-default-features`, the production image) has no such commands: clap refuses them as
+//! unknown, and `--help` says where they went.
 
-use std::{path::PathBuf, time::Duration};
+use std::path::PathBuf;
+#[cfg(feature = "tools")]
+use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
+#[cfg(feature = "tools")]
 use crate::domain::DeliveryMode;
 
 /// confirmd: sign users up and send their confirmation email inline (sync) or from a durable
 /// background outbox, to measure the difference.
 #[derive(Debug, Parser)]
 #[command(version, about, long_about = None)]
+#[cfg_attr(
+    not(feature = "tools"),
+    command(
+        after_help = "This build has no `bench` or `demo` command: they come with the \
+        default `tools` feature, which a production build (--no-default-features) leaves out."
+    )
+)]
 pub struct Cli {
     /// Folder with `default.toml` and `<CONFIRMD_ENV>.toml` to layer over the built-in defaults.
     /// Environment variables `CONFIRMD_<SECTION>__<KEY>` override both.
@@ -33,10 +45,12 @@ pub enum Command {
     Outbox(OutboxArgs),
     /// Measure a running service: send signups in each mode, then print response latency
     /// percentiles, throughput, statuses and the time from signup to email sent.
+    #[cfg(feature = "tools")]
     Bench(BenchArgs),
     /// The whole comparison in one command, with nothing else to install: start a mail catcher
     /// and the service in this process (temporary database), bench both modes, follow one
     /// confirmation link, print what it means, and clean up.
+    #[cfg(feature = "tools")]
     Demo(DemoArgs),
 }
 
@@ -69,6 +83,7 @@ pub enum OutboxCommand {
     },
 }
 
+#[cfg(feature = "tools")]
 #[derive(Debug, Args)]
 pub struct BenchArgs {
     /// Where the service to measure listens (plain HTTP, as `confirmd serve` does).
@@ -102,6 +117,7 @@ pub struct BenchArgs {
     pub delivery_timeout_s: u64,
 }
 
+#[cfg(feature = "tools")]
 #[derive(Debug, Args)]
 pub struct DemoArgs {
     /// Signups to send in each mode, each to a fresh address.
@@ -128,6 +144,7 @@ pub struct DemoArgs {
 }
 
 /// A count of one or more.
+#[cfg(feature = "tools")]
 fn at_least_one(value: &str) -> Result<u64, String> {
     match value.parse::<u64>() {
         Ok(0) => Err("must be at least 1".into()),
@@ -138,6 +155,7 @@ fn at_least_one(value: &str) -> Result<u64, String> {
 
 /// A duration written as a number and a unit, `ms` or `s` (`150ms`, `1.5s`), or `0`; at most a
 /// minute, since every sync request waits this long.
+#[cfg(feature = "tools")]
 fn smtp_latency(value: &str) -> Result<Duration, String> {
     const EXPECTED: &str = "expected a duration such as 150ms, 1.5s or 0";
     let value = value.trim();
@@ -169,6 +187,7 @@ fn smtp_latency(value: &str) -> Result<Duration, String> {
 }
 
 /// An `http://` base URL, without a trailing slash so that paths can be appended.
+#[cfg(feature = "tools")]
 fn http_url(value: &str) -> Result<String, String> {
     let rest = value
         .strip_prefix("http://")
@@ -179,7 +198,7 @@ fn http_url(value: &str) -> Result<String, String> {
     Ok(value.trim_end_matches('/').to_owned())
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "tools"))]
 mod tests {
     use super::*;
 

@@ -14,14 +14,19 @@
 //! and the worker pool and uses [`store`] (every SQL statement of the project) and [`mail`] (the
 //! message and the SMTP transport). [`startup`] wires them together for `main` and for the tests.
 //!
-//! [`bench`](mod@bench) measures a running service; [`demo`] runs the whole comparison in one
-//! process, against the [`catcher`], an SMTP server that can answer as slowly as a real provider.
+//! The tooling is the default `tools` feature, which a production build leaves out
+//! (`--no-default-features`): [`bench`](mod@bench) measures a running service; [`demo`] runs the
+//! whole comparison in one process, against the [`catcher`], an SMTP server that can answer as
+//! slowly as a real provider.
 
+#[cfg(feature = "tools")]
 pub mod bench;
+#[cfg(feature = "tools")]
 pub mod catcher;
 pub mod cli;
 pub mod config;
 pub mod delivery;
+#[cfg(feature = "tools")]
 pub mod demo;
 pub mod domain;
 pub mod http;

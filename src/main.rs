@@ -16,8 +16,11 @@ async fn main() -> anyhow::Result<ExitCode> {
     let settings = Settings::load(&cli.config)?;
     let (logs, default_filter) = match cli.command {
         // The service runs inside the demo: only its warnings, not a line per request.
+        #[cfg(feature = "tools")]
         Some(Command::Demo(_)) => (LogOutput::Stderr, "warn"),
-        Some(Command::Outbox(_) | Command::Bench(_)) => (LogOutput::Stderr, "info"),
+        #[cfg(feature = "tools")]
+        Some(Command::Bench(_)) => (LogOutput::Stderr, "info"),
+        Some(Command::Outbox(_)) => (LogOutput::Stderr, "info"),
         _ => (LogOutput::Stdout, "info"),
     };
     telemetry::init(settings.telemetry.format, logs, default_filter);
@@ -54,10 +57,12 @@ async fn main() -> anyhow::Result<ExitCode> {
             store.close().await;
             outcome
         }
+        #[cfg(feature = "tools")]
         Command::Bench(args) => {
             confirmd::bench::run(args).await?;
             Ok(ExitCode::SUCCESS)
         }
+        #[cfg(feature = "tools")]
         Command::Demo(args) => {
             confirmd::demo::run(args, settings).await?;
             Ok(ExitCode::SUCCESS)

@@ -10,20 +10,38 @@ fn help_documents_every_command() {
     let output = confirmd(&["--help"], &[]);
     assert!(output.status.success());
     let help = String::from_utf8(output.stdout).unwrap();
-    for needle in [
-        "serve",
-        "migrate",
-        "outbox",
-        "bench",
-        "demo",
-        "--config",
-        "CONFIRMD_",
-    ] {
+    let tools = if cfg!(feature = "tools") {
+        ["bench", "demo"].as_slice()
+    } else {
+        [].as_slice()
+    };
+    for needle in ["serve", "migrate", "outbox", "--config", "CONFIRMD_"]
+        .iter()
+        .chain(tools)
+    {
         assert!(
             help.contains(needle),
             "--help should mention {needle}:\n{help}"
         );
     }
+}
+
+/// The production build (`--no-default-features`) leaves the tooling out: `bench` and `demo` are
+/// unknown commands there, and its help says which feature brings them.
+#[cfg(not(feature = "tools"))]
+#[test]
+fn a_build_without_tools_has_no_bench_or_demo() {
+    for command in ["bench", "demo"] {
+        let output = confirmd(&[command], &[]);
+        assert_eq!(output.status.code(), Some(2), "{command}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            stderr.contains(&format!("unrecognized subcommand '{command}'")),
+            "{stderr}"
+        );
+    }
+    let help = String::from_utf8(confirmd(&["--help"], &[]).stdout).unwrap();
+    assert!(help.contains("`tools` feature"), "{help}");
 }
 
 #[test]
