@@ -65,7 +65,7 @@ use crate::{
     mail::{ConfirmationEmail, ConnectionPermit, Mailer, SendError},
     metrics::{EmailOutcome, Metrics},
     secret::TokenKey,
-    store::{Claim, ClaimedEmail, EmailKind, NewSignup, OutboxId, Store, StoreError},
+    store::{Claim, ClaimedEmail, EmailKind, NewSignup, OutboxId, OutboxState, Store, StoreError},
 };
 
 /// What a worker is told: which row, and enough context to report how long it waited.
@@ -143,7 +143,7 @@ pub struct SignupReceipt {
     pub email: String,
     pub mode: DeliveryMode,
     /// The outbox state as the request leaves it: `sent` (sync) or `queued` (background).
-    pub state: &'static str,
+    pub state: OutboxState,
     /// Time in the signup transaction.
     pub db_time: Duration,
     /// Time waiting for SMTP (sync mode only).
@@ -333,7 +333,7 @@ impl Delivery {
             signup_id: stored.signup_id,
             email: stored.email,
             mode,
-            state: "queued",
+            state: OutboxState::Queued,
             db_time,
             smtp_time: None,
         };
@@ -388,7 +388,7 @@ impl Delivery {
                 };
                 match attempt {
                     Attempt::Sent => {
-                        receipt.state = "sent";
+                        receipt.state = OutboxState::Sent;
                         Ok(receipt)
                     }
                     Attempt::Retrying { error, .. } => Err(SignupError::SendFailed {

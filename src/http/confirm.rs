@@ -24,7 +24,7 @@ use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::{router::OpenApiRouter, routes};
 
 use super::{ApiContext, Error, JsonBody, error::Problem};
-use crate::{clock, domain::ConfirmationToken, templates};
+use crate::{clock, domain::ConfirmationToken, store::UserStatus, templates};
 
 pub(super) fn router() -> OpenApiRouter<ApiContext> {
     OpenApiRouter::new().routes(routes!(open_link, confirm))
@@ -199,8 +199,9 @@ async fn look_up(
     let Some(owner) = store.token_owner(&token.hash()).await? else {
         return Ok(Outcome::Unknown);
     };
-    if owner.status == "confirmed" {
-        return Ok(Outcome::Confirmed { already: true });
+    match owner.status {
+        UserStatus::Confirmed => return Ok(Outcome::Confirmed { already: true }),
+        UserStatus::Pending => {}
     }
     if owner.expires_at < clock::now_ms() {
         return Ok(Outcome::Expired);

@@ -40,7 +40,7 @@ pub use records::{
     SignupView, StoredSignup, TokenOwner,
 };
 pub use sqlite::SqliteStore;
-pub use state::EmailKind;
+pub use state::{EmailKind, OutboxState, UnknownState, UserStatus};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -57,6 +57,10 @@ pub enum StoreError {
     /// The store was closed (the process is shutting down).
     #[error("the database writer has stopped")]
     WriterStopped,
+    /// A row holds a state this build does not know: the database was written by a newer
+    /// version, or by hand.
+    #[error(transparent)]
+    UnknownState(#[from] UnknownState),
     #[error("database migration failed")]
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("cannot create the database folder {path}")]

@@ -3,7 +3,7 @@
 
 use crate::domain::{DeliveryMode, SubscriberEmail, SubscriberName, TokenHash, TokenNonce};
 
-use super::state::EmailKind;
+use super::state::{EmailKind, OutboxState, UserStatus};
 
 /// The primary key of an `email_outbox` row: what travels through the workers' channel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -87,8 +87,8 @@ pub struct ClaimedEmail {
 pub struct SignupView {
     pub id: String,
     pub created_at: i64,
-    pub mode: String,
-    pub state: String,
+    pub mode: DeliveryMode,
+    pub state: OutboxState,
     pub attempts: i64,
     pub next_attempt_at: i64,
     pub sent_at: Option<i64>,
@@ -99,7 +99,7 @@ pub struct SignupView {
 pub struct TokenOwner {
     pub user_id: String,
     pub email: String,
-    pub status: String,
+    pub status: UserStatus,
     pub expires_at: i64,
     /// The name the token's request gave, applied when this link confirms the address.
     pub name: Option<String>,
@@ -144,8 +144,8 @@ pub enum Requeue {
     /// Only failed emails of pending users go back in the queue; this one is in `state`, its
     /// user `status`.
     NotFailed {
-        state: String,
-        status: String,
+        state: OutboxState,
+        status: UserStatus,
     },
     Unknown,
 }

@@ -3,7 +3,7 @@
 
 use super::SqliteStore;
 use crate::store::{
-    EmailKind, FailedEmail, KindCounts, OutboxCounts, OutboxId, Requeue, StoreError,
+    EmailKind, FailedEmail, KindCounts, OutboxCounts, OutboxId, OutboxState, Requeue, StoreError,
 };
 
 impl SqliteStore {
@@ -16,14 +16,12 @@ impl SqliteStore {
         .await?;
         let mut counts = OutboxCounts::default();
         for row in rows {
-            let slot = match row.state.as_str() {
-                "queued" => &mut counts.queued,
-                "sending" => &mut counts.sending,
-                "sent" => &mut counts.sent,
-                "failed" => &mut counts.failed,
-                "superseded" => &mut counts.superseded,
-                // The schema's CHECK constraint allows no other state.
-                _ => continue,
+            let slot = match row.state.parse()? {
+                OutboxState::Queued => &mut counts.queued,
+                OutboxState::Sending => &mut counts.sending,
+                OutboxState::Sent => &mut counts.sent,
+                OutboxState::Failed => &mut counts.failed,
+                OutboxState::Superseded => &mut counts.superseded,
             };
             *slot = row.count;
         }
@@ -47,7 +45,7 @@ impl SqliteStore {
             ..KindCounts::default()
         };
         for row in rows {
-            let slot = match EmailKind::parse(&row.kind) {
+            let slot = match row.kind.parse()? {
                 EmailKind::Confirmation => continue,
                 EmailKind::AccountNotice => &mut counts.account_notice,
                 EmailKind::Suppressed => &mut counts.suppressed,
@@ -78,17 +76,18 @@ impl SqliteStore {
         )
         .fetch_all(&self.reader)
         .await?;
-        Ok(rows
-            .into_iter()
-            .map(|r| FailedEmail {
-                id: OutboxId(r.id),
-                kind: EmailKind::parse(&r.kind),
-                recipient: r.recipient,
-                attempts: r.attempts,
-                created_at: r.created_at,
-                last_error: r.last_error,
+        rows.into_iter()
+            .map(|r| {
+                Ok(FailedEmail {
+                    id: OutboxId(r.id),
+                    kind: r.kind.parse()?,
+                    recipient: r.recipient,
+                    attempts: r.attempts,
+                    created_at: r.created_at,
+                    last_error: r.last_error,
+                })
             })
-            .collect())
+            .collect()
     }
 
     /// Puts one failed email back in the queue with a fresh set of attempts, due now. A running
@@ -114,10 +113,13 @@ impl SqliteStore {
         )
         .fetch_optional(&self.reader)
         .await?;
-        Ok(row.map_or(Requeue::Unknown, |r| Requeue::NotFailed {
-            state: r.state,
-            status: r.status,
-        }))
+        Ok(match row {
+            None => Requeue::Unknown,
+            Some(r) => Requeue::NotFailed {
+                state: r.state.parse()?,
+                status: r.status.parse()?,
+            },
+        })
     }
 
     /// Puts every failed email of a pending user back in the queue; returns how many.

@@ -8,7 +8,7 @@
 use super::SqliteStore;
 use crate::{
     domain::{TokenHash, TokenNonce},
-    store::{Claim, ClaimedEmail, EmailKind, OutboxId, StoreError},
+    store::{Claim, ClaimedEmail, OutboxId, StoreError},
 };
 
 impl SqliteStore {
@@ -39,26 +39,29 @@ impl SqliteStore {
         .await
         .map(|rows| rows.into_iter().next());
         let row = self.wrote(row)?;
-        Ok(row.map(|r| ClaimedEmail {
-            claim: Claim {
-                id: OutboxId(r.id),
-                lease_until,
-            },
-            kind: EmailKind::parse(&r.kind),
-            recipient: r.recipient,
-            nonce: r
-                .nonce
-                .and_then(|n| <[u8; 32]>::try_from(n).ok())
-                .map(TokenNonce),
-            legacy_token: r.token,
-            token_hash: r
-                .token_hash
-                .and_then(|h| <[u8; 32]>::try_from(h).ok())
-                .map(TokenHash),
-            attempts: r.attempts,
-            request_id: r.request_id,
-            created_at: r.created_at,
-        }))
+        row.map(|r| {
+            Ok(ClaimedEmail {
+                claim: Claim {
+                    id: OutboxId(r.id),
+                    lease_until,
+                },
+                kind: r.kind.parse()?,
+                recipient: r.recipient,
+                nonce: r
+                    .nonce
+                    .and_then(|n| <[u8; 32]>::try_from(n).ok())
+                    .map(TokenNonce),
+                legacy_token: r.token,
+                token_hash: r
+                    .token_hash
+                    .and_then(|h| <[u8; 32]>::try_from(h).ok())
+                    .map(TokenHash),
+                attempts: r.attempts,
+                request_id: r.request_id,
+                created_at: r.created_at,
+            })
+        })
+        .transpose()
     }
 
     /// The SMTP server accepted the email. The outbox forgets the nonce (and a legacy raw

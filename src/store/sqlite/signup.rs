@@ -11,7 +11,10 @@ use sqlx::SqliteConnection;
 use super::SqliteStore;
 use crate::{
     domain::{SubscriberName, TokenHash},
-    store::{EmailKind, NewSignup, OutboxId, SignupView, StoreError, StoredSignup, TokenOwner},
+    store::{
+        EmailKind, NewSignup, OutboxId, OutboxState, SignupView, StoreError, StoredSignup,
+        TokenOwner, UnknownState, UserStatus,
+    },
 };
 
 /// A row of [`insert_new_users`], as JSON for `json_each`.
@@ -60,7 +63,7 @@ pub(super) async fn insert_new_users(
                 token_hash: hex(&new.token_hash.0),
                 token_expires_at: new.token_expires_at,
                 mode: new.mode.as_str(),
-                state,
+                state: state.as_str(),
                 attempts,
                 claimed_until: new.claimed_until,
                 request_id: new.request_id.as_deref(),
@@ -117,10 +120,10 @@ pub(super) async fn insert_new_users(
 }
 
 /// The state an outbox row starts in: sync rows are written already claimed by their request.
-fn outbox_start(new: &NewSignup) -> (&'static str, i64) {
+fn outbox_start(new: &NewSignup) -> (OutboxState, i64) {
     match new.claimed_until {
-        Some(_) => ("sending", 1),
-        None => ("queued", 0),
+        Some(_) => (OutboxState::Sending, 1),
+        None => (OutboxState::Queued, 0),
     }
 }
 
@@ -165,10 +168,10 @@ pub(super) async fn write_signup(
     .await?;
     let too_soon =
         last_email_at.is_some_and(|last| last.saturating_add(new.resend_interval_ms) > new.now);
-    let kind = match (too_soon, user.status.as_str()) {
+    let kind = match (too_soon, user.status.parse()?) {
         (true, _) => EmailKind::Suppressed,
-        (false, "confirmed") => EmailKind::AccountNotice,
-        (false, _) => EmailKind::Confirmation,
+        (false, UserStatus::Confirmed) => EmailKind::AccountNotice,
+        (false, UserStatus::Pending) => EmailKind::Confirmation,
     };
 
     let (nonce, token_hash) = match kind {
@@ -195,6 +198,7 @@ pub(super) async fn write_signup(
 
     let (mode, kind_name) = (new.mode.as_str(), kind.as_str());
     let (state, attempts) = outbox_start(new);
+    let state = state.as_str();
     let outbox_id = sqlx::query_scalar!(
         r#"INSERT INTO email_outbox
              (signup_id, user_id, kind, recipient, nonce, token_hash, mode, state, attempts,
@@ -230,8 +234,7 @@ pub(super) async fn write_signup(
 impl SqliteStore {
     /// A signup request, by the id its sender was given.
     pub async fn signup(&self, signup_id: &str) -> Result<Option<SignupView>, StoreError> {
-        let row = sqlx::query_as!(
-            SignupView,
+        let row = sqlx::query!(
             r#"SELECT signup_id AS "id!", created_at AS "created_at!", mode AS "mode!",
                       state AS "state!", attempts AS "attempts!",
                       next_attempt_at AS "next_attempt_at!", sent_at
@@ -240,14 +243,27 @@ impl SqliteStore {
         )
         .fetch_optional(&self.reader)
         .await?;
-        Ok(row)
+        row.map(|r| {
+            Ok(SignupView {
+                id: r.id,
+                created_at: r.created_at,
+                mode: r
+                    .mode
+                    .parse()
+                    .map_err(|_| UnknownState::new("delivery mode", &r.mode))?,
+                state: r.state.parse()?,
+                attempts: r.attempts,
+                next_attempt_at: r.next_attempt_at,
+                sent_at: r.sent_at,
+            })
+        })
+        .transpose()
     }
 
     /// Who a token belongs to, if anyone.
     pub async fn token_owner(&self, hash: &TokenHash) -> Result<Option<TokenOwner>, StoreError> {
         let hash = &hash.0[..];
-        let row = sqlx::query_as!(
-            TokenOwner,
+        let row = sqlx::query!(
             r#"SELECT u.id AS "user_id!", u.email AS "email!", u.status AS "status!",
                       t.expires_at AS "expires_at!", t.name
                FROM confirmation_tokens t JOIN users u ON u.id = t.user_id
@@ -256,7 +272,16 @@ impl SqliteStore {
         )
         .fetch_optional(&self.reader)
         .await?;
-        Ok(row)
+        row.map(|r| {
+            Ok(TokenOwner {
+                user_id: r.user_id,
+                email: r.email,
+                status: r.status.parse()?,
+                expires_at: r.expires_at,
+                name: r.name,
+            })
+        })
+        .transpose()
     }
 
     /// Confirms the pending user a token belongs to, who takes the name that token's request
