@@ -29,13 +29,17 @@
 //! the server secret ([`crate::secret`]) when the email is built, by the worker or the sync
 //! request.
 //!
-//! Nothing here knows about HTTP: the `http` module calls [`Delivery::signup`] and maps the result.
+//! Nothing here knows about HTTP: the `http` module calls the core's verbs ([`Delivery::signup`],
+//! [`Delivery::confirm`], [`Delivery::show`], [`Delivery::readiness`], ...) and renders what they
+//! return. It never reaches past them to the store or the mailer.
 
 mod backlog;
+mod confirm;
 mod in_hand;
 mod recent_sends;
 mod retry;
 mod smtp_check;
+mod status;
 mod sweeper;
 mod worker;
 
@@ -52,11 +56,13 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::{Instrument, debug, info_span, warn};
 
 use backlog::Backlog;
+pub use confirm::LinkState;
 use in_hand::{InHand, Outcome};
 use recent_sends::RecentSends;
 pub use retry::Backoff;
 use retry::{AfterFailure, RetryPolicy};
 pub use smtp_check::SmtpStatus;
+pub use status::Readiness;
 
 use crate::{
     clock,
@@ -268,15 +274,15 @@ impl Delivery {
         delivery
     }
 
-    pub fn store(&self) -> &Store {
+    fn store(&self) -> &Store {
         &self.inner.store
     }
 
-    pub fn mailer(&self) -> &Mailer {
+    fn mailer(&self) -> &Mailer {
         &self.inner.mailer
     }
 
-    pub fn metrics(&self) -> &Metrics {
+    fn metrics(&self) -> &Metrics {
         &self.inner.metrics
     }
 

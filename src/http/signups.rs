@@ -229,8 +229,7 @@ async fn show(
 ) -> Result<Json<SignupDetails>, Error> {
     let view = ctx
         .delivery
-        .store()
-        .signup(&id)
+        .show(&id)
         .await?
         .ok_or_else(|| Error::NotFound("There is no signup with this id.".into()))?;
     // Only a queued email has a next attempt: the others are being sent, or done.
