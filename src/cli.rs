@@ -1,5 +1,7 @@
 //! The command line: `confirmd [serve]`, `confirmd migrate`, `confirmd outbox`, `confirmd bench`,
-//! `confirmd demo`.
+//! `confirmd demo`. The operator's `confirmd outbox` runs in [`outbox`].
+
+pub mod outbox;
 
 use std::{path::PathBuf, time::Duration};
 

@@ -14,8 +14,8 @@ use std::{process::ExitCode, time::Duration};
 
 use serde_json::json;
 
+use super::OutboxCommand;
 use crate::{
-    cli::OutboxCommand,
     clock,
     store::{OutboxId, OutboxState, Requeue, Store},
 };
