@@ -200,9 +200,14 @@ impl SqliteStore {
             .is_file())
     }
 
-    /// Applies the migrations embedded in the binary from `migrations/`.
+    /// Applies the migrations embedded in the binary from `migrations/sqlite/`. A migration's
+    /// version is its file name's prefix and its checksum its content, so the folder's name is
+    /// free to change: databases that applied these files before they moved here see no
+    /// difference.
     pub async fn migrate(&self) -> Result<(), StoreError> {
-        sqlx::migrate!("./migrations").run(&self.writer).await?;
+        sqlx::migrate!("./migrations/sqlite")
+            .run(&self.writer)
+            .await?;
         Ok(())
     }
 
