@@ -10,14 +10,14 @@
 //! # Why an enum and not a trait
 //!
 //! [`Store`] is an enum with one variant per backend, and each of its methods matches on the
-//! variant and calls the backend's method of the same name (the [`backend!`] macro writes that
+//! variant and calls the backend's method of the same name (the `backend!` macro writes that
 //! match). The alternative, a `trait Backend` that each engine implements, would need either a
 //! type parameter on everything that holds a store (`Delivery<B>`, `ApiContext<B>`, the handlers,
 //! the workers) or a `dyn Backend`. Native `async fn` in traits is not dyn-compatible, so the
 //! second means boxing every future (`async-trait` or hand-written `Pin<Box<dyn Future>>`), on
 //! the request path, for a choice made once at start-up. The enum keeps every call statically
 //! dispatched, keeps `async fn` plain, and makes adding a backend a checklist the compiler
-//! enforces: a variant here, an arm in [`backend!`], and the same method names in its module.
+//! enforces: a variant here, an arm in `backend!`, and the same method names in its module.
 //! What a trait would give in return (backends outside this crate) confirmd does not need.
 //!
 //! # What crosses the seam
@@ -70,7 +70,7 @@ pub enum StoreError {
     },
 }
 
-/// The database, whichever engine holds it. Cheap to clone: every backend shares its pools.
+/// The database, whichever engine holds it. Cheap to clone: a clone shares the pools.
 #[derive(Clone, Debug)]
 pub enum Store {
     /// One SQLite file: a single writer with group commit, readers beside it (see [`sqlite`]).
@@ -105,7 +105,8 @@ impl Store {
     }
 
     /// [`Store::connect`], with writes refused as "database or disk is full" once the database
-    /// holds `max_size_mb` MiB (0: no cap but the disk's). The URL's scheme picks the backend.
+    /// holds `max_size_mb` MiB (0: no cap but the disk's). Every URL is a SQLite one today; a
+    /// second backend is picked here, by the URL's scheme.
     pub async fn connect_capped(
         url: &str,
         max_readers: u32,

@@ -46,7 +46,8 @@ use super::{NewSignup, StoreError, StoredSignup};
 use crate::supervise::Tasks;
 
 /// How every connection to the database is set up. Public so that the floor benchmark
-/// (`benches/floor.rs`) measures a bare handler on exactly these settings.
+/// (`benches/floor.rs`) measures a bare handler on exactly these settings, and so that the token
+/// secret (`crate::secret`) can find the database file's folder.
 pub fn connect_options(url: &str) -> Result<SqliteConnectOptions, StoreError> {
     Ok(SqliteConnectOptions::from_str(url)?
         .journal_mode(SqliteJournalMode::Wal)
