@@ -3,7 +3,7 @@
 //!
 //! The floor is the least a signup endpoint can do on axum + sqlx + SQLite: parse the JSON body
 //! and run one `INSERT` into `users`, on the same connection settings as confirmd
-//! ([`Store::connect_options`]: WAL, `synchronous = NORMAL`, one writer connection) and the same
+//! ([`sqlite::connect_options`]: WAL, `synchronous = NORMAL`, one writer connection) and the same
 //! schema. confirmd's background signup does more: it reads the address, writes the user, the
 //! token and the outbox row in one transaction, hands the row to the workers, and those workers
 //! send the emails to a real SMTP catcher while the load runs.
@@ -36,7 +36,10 @@ use std::{
 
 use anyhow::{Context, bail};
 use axum::{Json, Router, extract::State, http::StatusCode, routing::post};
-use confirmd::{catcher::Catcher, store::Store};
+use confirmd::{
+    catcher::Catcher,
+    store::{Store, sqlite},
+};
 use serde::Deserialize;
 use sqlx::{SqlitePool, sqlite::SqlitePoolOptions};
 
@@ -135,7 +138,7 @@ async fn serve_floor(database: &str) -> anyhow::Result<()> {
     store.close().await;
     let pool = SqlitePoolOptions::new()
         .max_connections(1)
-        .connect_with(Store::connect_options(database)?)
+        .connect_with(sqlite::connect_options(database)?)
         .await?;
     let app = Router::new()
         .route("/signups", post(insert_user))

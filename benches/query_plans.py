@@ -4,7 +4,7 @@
     python3 benches/query_plans.py /path/to/confirmd.db
 
 The queries are read from `.sqlx/` (the offline data of `sqlx::query!`, one file per statement
-of src/store.rs), so the list is complete and cannot drift from the code. Each is explained with
+of src/store/sqlite/), so the list is complete and cannot drift from the code. Each is explained with
 EXPLAIN QUERY PLAN against the given database, parameters bound to NULL (the plan depends on
 the indexes, not on the values). A line with `SCAN <table>` over a real table means the
 statement reads the whole table; `SCAN json_each` is the JSON array of a group commit's rows,

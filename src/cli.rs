@@ -2,6 +2,9 @@
 //! default `tools` feature `confirmd bench` and `confirmd demo`. A build without it
 //! (`--no-default-features`, the production image) has no such commands: clap refuses them as
 //! unknown, and `--help` says where they went.
+//! The operator's `confirmd outbox` runs in [`outbox`].
+
+pub mod outbox;
 
 use std::path::PathBuf;
 #[cfg(feature = "tools")]

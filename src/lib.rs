@@ -32,7 +32,6 @@ pub mod domain;
 pub mod http;
 pub mod mail;
 pub mod metrics;
-pub mod outbox;
 pub mod secret;
 pub mod startup;
 pub mod store;

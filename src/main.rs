@@ -4,8 +4,7 @@ use anyhow::Context;
 use clap::Parser;
 use confirmd::{
     Application, Settings,
-    cli::{Cli, Command, OutboxCommand},
-    outbox,
+    cli::{Cli, Command, OutboxCommand, outbox},
     store::Store,
     telemetry::{self, LogOutput},
 };

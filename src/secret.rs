@@ -28,7 +28,7 @@ use sha2::Sha256;
 use crate::{
     config::TokenSettings,
     domain::{ConfirmationToken, TokenNonce},
-    store::Store,
+    store::sqlite,
 };
 
 /// The shortest secret accepted: 32 characters, as many bytes as the HMAC's output.
@@ -128,7 +128,7 @@ fn secret_path(settings: &TokenSettings, database_url: &str) -> PathBuf {
     if !settings.secret_file.trim().is_empty() {
         return PathBuf::from(settings.secret_file.trim());
     }
-    let database = Store::connect_options(database_url)
+    let database = sqlite::connect_options(database_url)
         .map(|options| options.get_filename().to_path_buf())
         .unwrap_or_default();
     database.parent().unwrap_or(Path::new("")).join(SECRET_FILE)

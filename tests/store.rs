@@ -58,12 +58,12 @@ async fn a_sender_whose_lease_expired_cannot_overwrite_the_next_senders_outcome(
         .await
         .unwrap();
     let view = store.signup(&stored.signup_id).await.unwrap().unwrap();
-    assert_eq!(view.state, "sending", "B still holds the row");
+    assert_eq!(view.state.as_str(), "sending", "B still holds the row");
 
     // B's outcome is the one recorded, and the link is valid for a full TTL from the send.
     store.mark_sent(b.claim, 2_500, 50_000).await.unwrap();
     let view = store.signup(&stored.signup_id).await.unwrap().unwrap();
-    assert_eq!(view.state, "sent");
+    assert_eq!(view.state.as_str(), "sent");
     assert_eq!(view.sent_at, Some(2_500));
     let owner = store.token_owner(&token_hash).await.unwrap().unwrap();
     assert_eq!(owner.expires_at, 50_000);
@@ -199,7 +199,7 @@ async fn a_signup_again_in_a_group_gets_the_email_its_address_calls_for() {
     for written in &outcomes {
         let written = written.as_ref().unwrap();
         let view = store.signup(&written.signup_id).await.unwrap().unwrap();
-        assert_eq!(view.state, "queued");
+        assert_eq!(view.state.as_str(), "queued");
     }
     // Ann's first email and the four of the group: each request has its row.
     assert_eq!(store.outbox_counts().await.unwrap().queued, 5);
@@ -242,4 +242,38 @@ async fn a_database_error_in_a_group_fails_only_the_signup_at_fault() {
         assert!(store.signup(&written.signup_id).await.unwrap().is_some());
     }
     assert_eq!(store.outbox_counts().await.unwrap().queued, 2);
+}
+
+/// States are parsed where a row is read: a state this build does not know (a database written
+/// by a newer version, or edited by hand) is an error there, not a string that flows on.
+#[tokio::test]
+async fn a_state_the_code_does_not_know_is_an_error_where_the_row_is_read() {
+    let (dir, store) = store().await;
+    let stored = store
+        .create_signup(signup("ann@example.com", 1_000))
+        .await
+        .unwrap();
+    let url = format!("sqlite://{}", dir.path().join("db.sqlite").display());
+    let mut conn = SqliteConnection::connect(&url).await.unwrap();
+    // The schema's CHECK constraint would refuse it: this is the hand edit.
+    sqlx::query("PRAGMA ignore_check_constraints = ON")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE email_outbox SET state = 'archived' WHERE id = ?1")
+        .bind(stored.outbox_id.0)
+        .execute(&mut conn)
+        .await
+        .unwrap();
+
+    let error = store.signup(&stored.signup_id).await.unwrap_err();
+    assert!(
+        matches!(error, StoreError::UnknownState(_)),
+        "got {error:?}"
+    );
+    assert!(error.to_string().contains("archived"), "{error}");
+    assert!(matches!(
+        store.outbox_counts().await,
+        Err(StoreError::UnknownState(_))
+    ));
 }

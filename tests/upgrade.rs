@@ -27,7 +27,7 @@ async fn an_email_queued_before_the_upgrade_is_sent_with_its_old_link_which_work
     let old = dir.path().join("old-migrations");
     std::fs::create_dir(&old).unwrap();
     for name in OLD_MIGRATIONS {
-        std::fs::copy(format!("migrations/{name}"), old.join(name)).unwrap();
+        std::fs::copy(format!("migrations/sqlite/{name}"), old.join(name)).unwrap();
     }
     let mut conn = SqliteConnection::connect(&url).await.unwrap();
     sqlx::migrate::Migrator::new(old.as_path())
@@ -111,4 +111,20 @@ async fn an_email_queued_before_the_upgrade_is_sent_with_its_old_link_which_work
     conn.close().await.unwrap();
     shutdown.cancel();
     server.await.unwrap().unwrap();
+}
+
+/// Each backend has its own migrations folder, and `sqlx::migrate!` embeds only that folder: a
+/// migration left in `migrations/` itself would never run anywhere.
+#[test]
+fn every_migration_is_in_a_backends_folder() {
+    let stray: Vec<_> = std::fs::read_dir("migrations")
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| path.is_file())
+        .collect();
+    assert!(
+        stray.is_empty(),
+        "migrations outside migrations/<backend>/: {stray:?}"
+    );
+    assert!(std::path::Path::new("migrations/sqlite").is_dir());
 }

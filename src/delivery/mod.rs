@@ -29,13 +29,17 @@
 //! the server secret ([`crate::secret`]) when the email is built, by the worker or the sync
 //! request.
 //!
-//! Nothing here knows about HTTP: the `http` module calls [`Delivery::signup`] and maps the result.
+//! Nothing here knows about HTTP: the `http` module calls the core's verbs ([`Delivery::signup`],
+//! [`Delivery::confirm`], [`Delivery::show`], [`Delivery::readiness`], ...) and renders what they
+//! return. It never reaches past them to the store or the mailer.
 
 mod backlog;
+mod confirm;
 mod in_hand;
 mod recent_sends;
 mod retry;
 mod smtp_check;
+mod status;
 mod sweeper;
 mod worker;
 
@@ -52,11 +56,13 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::{Instrument, debug, info_span, warn};
 
 use backlog::Backlog;
+pub use confirm::LinkState;
 use in_hand::{InHand, Outcome};
 use recent_sends::RecentSends;
 pub use retry::Backoff;
 use retry::{AfterFailure, RetryPolicy};
 pub use smtp_check::SmtpStatus;
+pub use status::Readiness;
 
 use crate::{
     clock,
@@ -65,7 +71,7 @@ use crate::{
     mail::{ConfirmationEmail, ConnectionPermit, Mailer, SendError},
     metrics::{EmailOutcome, Metrics},
     secret::TokenKey,
-    store::{Claim, ClaimedEmail, EmailKind, NewSignup, OutboxId, Store, StoreError},
+    store::{Claim, ClaimedEmail, EmailKind, NewSignup, OutboxId, OutboxState, Store, StoreError},
 };
 
 /// What a worker is told: which row, and enough context to report how long it waited.
@@ -143,7 +149,7 @@ pub struct SignupReceipt {
     pub email: String,
     pub mode: DeliveryMode,
     /// The outbox state as the request leaves it: `sent` (sync) or `queued` (background).
-    pub state: &'static str,
+    pub state: OutboxState,
     /// Time in the signup transaction.
     pub db_time: Duration,
     /// Time waiting for SMTP (sync mode only).
@@ -268,15 +274,15 @@ impl Delivery {
         delivery
     }
 
-    pub fn store(&self) -> &Store {
+    fn store(&self) -> &Store {
         &self.inner.store
     }
 
-    pub fn mailer(&self) -> &Mailer {
+    fn mailer(&self) -> &Mailer {
         &self.inner.mailer
     }
 
-    pub fn metrics(&self) -> &Metrics {
+    fn metrics(&self) -> &Metrics {
         &self.inner.metrics
     }
 
@@ -333,7 +339,7 @@ impl Delivery {
             signup_id: stored.signup_id,
             email: stored.email,
             mode,
-            state: "queued",
+            state: OutboxState::Queued,
             db_time,
             smtp_time: None,
         };
@@ -388,7 +394,7 @@ impl Delivery {
                 };
                 match attempt {
                     Attempt::Sent => {
-                        receipt.state = "sent";
+                        receipt.state = OutboxState::Sent;
                         Ok(receipt)
                     }
                     Attempt::Retrying { error, .. } => Err(SignupError::SendFailed {

@@ -24,7 +24,7 @@ use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::{router::OpenApiRouter, routes};
 
 use super::{ApiContext, Error, JsonBody, error::Problem};
-use crate::{clock, domain::ConfirmationToken, templates};
+use crate::{delivery::LinkState, domain::ConfirmationToken, templates};
 
 pub(super) fn router() -> OpenApiRouter<ApiContext> {
     OpenApiRouter::new().routes(routes!(open_link, confirm))
@@ -189,29 +189,23 @@ fn parse(token: Option<String>) -> Result<ConfirmationToken, Outcome> {
     ConfirmationToken::parse(&token).map_err(|e| Outcome::Malformed(e.to_string()))
 }
 
-/// Where the link stands; with `confirm`, a valid unused link confirms its address.
+/// Where the link stands, by the core's rules (see `crate::delivery::LinkState`); with
+/// `confirm`, a valid unused link confirms its address.
 async fn look_up(
     ctx: &ApiContext,
     token: ConfirmationToken,
     confirm: bool,
 ) -> Result<Outcome, Error> {
-    let store = ctx.delivery.store();
-    let Some(owner) = store.token_owner(&token.hash()).await? else {
-        return Ok(Outcome::Unknown);
+    let state = if confirm {
+        ctx.delivery.confirm(&token).await?
+    } else {
+        ctx.delivery.link_status(&token).await?
     };
-    if owner.status == "confirmed" {
-        return Ok(Outcome::Confirmed { already: true });
-    }
-    if owner.expires_at < clock::now_ms() {
-        return Ok(Outcome::Expired);
-    }
-    if !confirm {
-        return Ok(Outcome::Ask(token));
-    }
-    // Two clicks racing on one link: one confirms, the other finds it done. Both succeed.
-    let confirmed_now = store.confirm(&owner, clock::now_ms()).await?;
-    Ok(Outcome::Confirmed {
-        already: !confirmed_now,
+    Ok(match state {
+        LinkState::Pending => Outcome::Ask(token),
+        LinkState::Confirmed { already } => Outcome::Confirmed { already },
+        LinkState::Expired => Outcome::Expired,
+        LinkState::Unknown => Outcome::Unknown,
     })
 }
 

@@ -283,6 +283,8 @@ impl From<SignupError> for Error {
                 ),
                 retry_after,
             },
+            // A row the code cannot read is a bug or a hand edit, not an outage.
+            SignupError::Store(StoreError::UnknownState(e)) => Error::Internal(e.into()),
             SignupError::Store(e) => Error::Unavailable(e),
             SignupError::Internal(e) => Error::Internal(e.into()),
         }
@@ -304,7 +306,7 @@ mod tests {
                 signup_id: "u".into(),
                 email: "ann@example.com".into(),
                 mode: DeliveryMode::Sync,
-                state: "failed",
+                state: crate::store::OutboxState::Failed,
                 db_time: std::time::Duration::ZERO,
                 smtp_time: None,
             },

@@ -57,19 +57,18 @@ async fn healthz(State(ctx): State<ApiContext>) -> Json<Health> {
     )
 )]
 async fn readyz(State(ctx): State<ApiContext>) -> Result<Json<Ready>, Error> {
-    let delivery = &ctx.delivery;
-    let database = delivery.store().ping().await;
+    let readiness = ctx.delivery.readiness().await;
     let mut failing = Vec::new();
-    if database.is_err() {
+    if !readiness.database_answers {
         failing.push("the database does not answer");
-    } else if delivery.store().writable().is_err() {
+    } else if !readiness.database_writable {
         // Why (full, locked, read-only, file deleted) is in the log, once, when it started.
         failing.push("the database cannot take signups");
     }
-    if !delivery.store().tasks().down().is_empty() {
+    if readiness.task_restarting {
         failing.push("an internal task is restarting after a panic");
     }
-    if failing.is_empty() {
+    if readiness.is_ready() {
         Ok(Json(Ready {
             status: "ready",
             database: "ok",

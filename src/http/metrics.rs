@@ -25,8 +25,7 @@ pub(super) fn router() -> OpenApiRouter<ApiContext> {
     )
 )]
 async fn metrics(State(ctx): State<ApiContext>) -> Result<Response, Error> {
-    let counts = ctx.delivery.store().outbox_counts().await?;
-    let body = ctx.delivery.metrics().render(&counts);
+    let body = ctx.delivery.metrics_text().await?;
     let mut response = body.into_response();
     response
         .headers_mut()

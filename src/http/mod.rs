@@ -172,7 +172,6 @@ async fn observe(State(ctx): State<ApiContext>, mut request: Request, next: Next
         .get::<DeliveryMode>()
         .map_or("", |mode| mode.as_str());
     ctx.delivery
-        .metrics()
         .observe_request(method.as_str(), &route, mode, status, total);
 
     let mut timing = response

@@ -26,6 +26,7 @@ use crate::{
     clock,
     delivery::SignupReceipt,
     domain::{DeliveryMode, SubscriberEmail, SubscriberName},
+    store::OutboxState,
 };
 
 pub(super) fn router() -> OpenApiRouter<ApiContext> {
@@ -177,7 +178,7 @@ fn created(receipt: SignupReceipt) -> Response {
         email: receipt.email,
         delivery: DeliverySummary {
             mode: receipt.mode.as_str(),
-            state: receipt.state,
+            state: receipt.state.as_str(),
         },
     };
     let mut response = (status, Json(body)).into_response();
@@ -201,9 +202,9 @@ struct SignupDetails {
 #[derive(Serialize, ToSchema)]
 struct DeliveryDetails {
     /// `sync` or `background`.
-    mode: String,
+    mode: &'static str,
     /// `queued`, `sending`, `sent` or `failed`.
-    state: String,
+    state: &'static str,
     attempts: i64,
     /// When the next attempt is due, while the email waits in the queue: the retry schedule.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -228,17 +229,23 @@ async fn show(
 ) -> Result<Json<SignupDetails>, Error> {
     let view = ctx
         .delivery
-        .store()
-        .signup(&id)
+        .show(&id)
         .await?
         .ok_or_else(|| Error::NotFound("There is no signup with this id.".into()))?;
-    let next_attempt_at = (view.state == "queued").then(|| clock::rfc3339(view.next_attempt_at));
+    // Only a queued email has a next attempt: the others are being sent, or done.
+    let next_attempt_at = match view.state {
+        OutboxState::Queued => Some(clock::rfc3339(view.next_attempt_at)),
+        OutboxState::Sending
+        | OutboxState::Sent
+        | OutboxState::Failed
+        | OutboxState::Superseded => None,
+    };
     Ok(Json(SignupDetails {
         id: view.id,
         created_at: clock::rfc3339(view.created_at),
         delivery: DeliveryDetails {
-            mode: view.mode,
-            state: view.state,
+            mode: view.mode.as_str(),
+            state: view.state.as_str(),
             attempts: view.attempts,
             next_attempt_at,
             sent_at: view.sent_at.map(clock::rfc3339),

@@ -108,7 +108,7 @@ impl Peer {
         let options = SqliteConnectOptions::new()
             .filename(dir.path().join("apalis.db"))
             .create_if_missing(true)
-            // confirmd's settings (src/store.rs, Store::connect).
+            // confirmd's settings (src/store/sqlite/mod.rs, connect_options).
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(Duration::from_secs(5))

@@ -14,10 +14,10 @@ use std::{process::ExitCode, time::Duration};
 
 use serde_json::json;
 
+use super::OutboxCommand;
 use crate::{
-    cli::OutboxCommand,
     clock,
-    store::{OutboxId, Requeue, Store},
+    store::{OutboxId, OutboxState, Requeue, Store},
 };
 
 /// How many failed emails `status` lists.
@@ -144,7 +144,10 @@ async fn retry(
                 continue;
             }
             Requeue::Unknown => "unknown".to_owned(),
-            Requeue::NotFailed { state, status } if state == "failed" => {
+            Requeue::NotFailed {
+                state: OutboxState::Failed,
+                status,
+            } => {
                 format!("its address is already {status}, left alone")
             }
             Requeue::NotFailed { state, .. } => format!("not failed (state {state}), left alone"),

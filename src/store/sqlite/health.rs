@@ -25,7 +25,7 @@ use std::{
 
 use tokio::sync::Notify;
 
-use super::StoreError;
+use crate::store::StoreError;
 
 /// While the store is unwritable, how often the writer tries a probe write.
 pub(super) const PROBE_INTERVAL: Duration = Duration::from_secs(1);

@@ -1,0 +1,151 @@
+//! The values that cross the store's seam: what a signup writes, what a sender claims, what the
+//! handlers and the operator read. Backend-neutral: each backend builds them from its own rows.
+
+use crate::domain::{DeliveryMode, SubscriberEmail, SubscriberName, TokenHash, TokenNonce};
+
+use super::state::{EmailKind, OutboxState, UserStatus};
+
+/// The primary key of an `email_outbox` row: what travels through the workers' channel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct OutboxId(pub i64);
+
+impl std::fmt::Display for OutboxId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// A sender's hold on an outbox row: its id and the lease it was claimed with. Outcomes are
+/// written only while the row still carries this lease, so a sender whose lease ran out (and whose
+/// row the sweeper gave to another sender) cannot overwrite the newer sender's outcome.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Claim {
+    pub id: OutboxId,
+    pub lease_until: i64,
+}
+
+/// What a signup writes, already parsed. Owned, because it travels to the group-commit writer.
+/// It carries no token: the outbox row keeps the nonce the token is derived from, and the user's
+/// side the token's hash.
+pub struct NewSignup {
+    /// The signup request's public id (a random UUID): what its sender is told, and all it can
+    /// ask about.
+    pub signup_id: String,
+    pub email: SubscriberEmail,
+    /// Kept with the token, and given to the user only when that token's link is confirmed.
+    pub name: Option<SubscriberName>,
+    pub nonce: TokenNonce,
+    pub token_hash: TokenHash,
+    pub token_expires_at: i64,
+    pub mode: DeliveryMode,
+    pub request_id: Option<String>,
+    /// For sync mode: the row is written already claimed by the request, leased until then, so
+    /// no worker or sweeper sends it at the same time.
+    pub claimed_until: Option<i64>,
+    /// An address gets no new email sooner than this after its last one.
+    pub resend_interval_ms: i64,
+    pub now: i64,
+}
+
+/// What a committed signup is known by.
+#[derive(Debug, Clone)]
+pub struct StoredSignup {
+    pub signup_id: String,
+    pub user_id: String,
+    pub outbox_id: OutboxId,
+    pub email: String,
+    /// What its outbox row sends (for the operator's logs and for sync mode; never for the
+    /// requester).
+    pub kind: EmailKind,
+    /// How many signups were committed in the same transaction, this one included.
+    pub group_size: usize,
+}
+
+/// An outbox row claimed for sending: everything needed to build and send the email.
+/// (No `Debug`: a row written before tokens were derived may hold a raw token.)
+#[derive(Clone)]
+pub struct ClaimedEmail {
+    pub claim: Claim,
+    pub kind: EmailKind,
+    pub recipient: String,
+    /// What the link's token is derived from.
+    pub nonce: Option<TokenNonce>,
+    /// A raw token, on rows queued before tokens were derived (erased once sent).
+    pub legacy_token: Option<String>,
+    /// The hash stored for this row's link: if the secret changed since the signup, the new
+    /// token's hash replaces it before the email goes out.
+    pub token_hash: Option<TokenHash>,
+    /// Attempts including this one.
+    pub attempts: i64,
+    pub request_id: Option<String>,
+    pub created_at: i64,
+}
+
+/// A signup request as its sender may see it, for `GET /signups/{id}`: its own email's delivery,
+/// and nothing about the account (no name, no status, no error text, no kind).
+#[derive(Debug, Clone)]
+pub struct SignupView {
+    pub id: String,
+    pub created_at: i64,
+    pub mode: DeliveryMode,
+    pub state: OutboxState,
+    pub attempts: i64,
+    pub next_attempt_at: i64,
+    pub sent_at: Option<i64>,
+}
+
+/// The user a token belongs to, for `GET /confirm`.
+#[derive(Debug, Clone)]
+pub struct TokenOwner {
+    pub user_id: String,
+    pub email: String,
+    pub status: UserStatus,
+    pub expires_at: i64,
+    /// The name the token's request gave, applied when this link confirms the address.
+    pub name: Option<String>,
+}
+
+// The operator's view of the outbox, for `confirmd outbox`: what the queue holds,
+// which emails failed and why, and putting failed emails back in the queue.
+
+/// The queue as an operator sees it (`confirmd outbox`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OutboxCounts {
+    pub queued: i64,
+    pub sending: i64,
+    pub sent: i64,
+    pub failed: i64,
+    pub superseded: i64,
+}
+
+/// What the outbox's rows send, for the operator: the requesters are never told.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KindCounts {
+    pub confirmation: i64,
+    pub account_notice: i64,
+    pub suppressed: i64,
+}
+
+/// An email that will not be sent unless someone puts it back in the queue.
+#[derive(Debug, Clone)]
+pub struct FailedEmail {
+    pub id: OutboxId,
+    pub kind: EmailKind,
+    pub recipient: String,
+    pub attempts: i64,
+    pub created_at: i64,
+    pub last_error: Option<String>,
+}
+
+/// What `requeue` did with one id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Requeue {
+    Requeued,
+    /// Only failed emails of pending users go back in the queue; this one is in `state`, its
+    /// user `status`.
+    NotFailed {
+        state: OutboxState,
+        status: UserStatus,
+    },
+    Unknown,
+}
