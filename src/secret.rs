@@ -38,7 +38,7 @@ pub const MIN_SECRET_LEN: usize = 32;
 const SECRET_FILE: &str = "confirmd.secret";
 
 /// The key that turns a nonce into a token. A `SecretSlice`, so `Debug` prints it redacted and
-/// its bytes are wiped when the last copy is dropped.
+/// each copy's bytes are wiped when it is dropped.
 #[derive(Debug, Clone)]
 pub struct TokenKey(SecretSlice<u8>);
 
