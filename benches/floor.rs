@@ -36,6 +36,7 @@ use std::{
 
 use anyhow::{Context, bail};
 use axum::{Json, Router, extract::State, http::StatusCode, routing::post};
+use clap::{Parser, Subcommand};
 use confirmd::{
     catcher::Catcher,
     store::{Store, sqlite},
@@ -71,53 +72,46 @@ end
 "#;
 
 fn main() -> anyhow::Result<()> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    if args.first().map(String::as_str) == Some("serve-floor") {
-        let database = args.get(1).context("serve-floor DATABASE_URL")?;
-        return serve_floor(database);
+    let options = Options::parse();
+    match &options.internal {
+        Some(Internal::ServeFloor { database }) => serve_floor(database),
+        None => compare(&options),
     }
-    let options = Options::parse(&args)?;
-    compare(&options)
 }
 
+/// Drive confirmd's background signups and the bare floor server with wrk, side by side.
+#[derive(Parser)]
+#[command(bin_name = "cargo bench --bench floor --")]
 struct Options {
+    /// wrk's open connections to each server.
+    #[arg(long, default_value_t = 32)]
     connections: u32,
+    /// Length of each measured wrk run.
+    #[arg(long, default_value_t = 10)]
     seconds: u32,
+    /// Rounds per server, alternating between them; the median round is reported.
+    #[arg(long, default_value_t = 3)]
     rounds: u32,
     /// A running mail catcher; without one, the driver starts its own.
+    #[arg(long, value_name = "HOST:PORT")]
     smtp: Option<SocketAddr>,
     /// Make the driver's catcher hold every email for an hour, so that confirmd's workers sit
     /// idle and the rounds measure the signup path and the hand-off alone.
+    #[arg(long, conflicts_with = "smtp")]
     idle_workers: bool,
+    /// `cargo bench` passes this to every benchmark.
+    #[arg(long, hide = true)]
+    bench: bool,
+    #[command(subcommand)]
+    internal: Option<Internal>,
 }
 
-impl Options {
-    fn parse(args: &[String]) -> anyhow::Result<Options> {
-        let mut options = Options {
-            connections: 32,
-            seconds: 10,
-            rounds: 3,
-            smtp: None,
-            idle_workers: false,
-        };
-        let mut args = args.iter();
-        while let Some(arg) = args.next() {
-            let mut value = || args.next().with_context(|| format!("{arg} needs a value"));
-            match arg.as_str() {
-                // `cargo bench` passes this to every benchmark.
-                "--bench" => {}
-                "--connections" => options.connections = value()?.parse()?,
-                "--seconds" => options.seconds = value()?.parse()?,
-                "--rounds" => options.rounds = value()?.parse()?,
-                "--smtp" => options.smtp = Some(value()?.parse()?),
-                "--idle-workers" => options.idle_workers = true,
-                other => bail!(
-                    "unknown argument {other:?}; expected --connections, --seconds, --rounds, --smtp, --idle-workers"
-                ),
-            }
-        }
-        Ok(options)
-    }
+/// What the driver runs itself as.
+#[derive(Subcommand)]
+enum Internal {
+    /// The floor server, in a process of its own.
+    #[command(hide = true)]
+    ServeFloor { database: String },
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -238,9 +232,6 @@ fn compare(options: &Options) -> anyhow::Result<()> {
     std::fs::write(&script, WRK_SCRIPT)?;
 
     let floor = start_floor(dir.path())?;
-    if options.idle_workers && options.smtp.is_some() {
-        bail!("--idle-workers needs the driver's own catcher: leave out --smtp");
-    }
     let confirmd = start_confirmd(dir.path(), smtp, options.idle_workers)?;
     let mut targets = [floor, confirmd];
 

@@ -13,6 +13,7 @@ use std::{path::Path, time::Duration};
 use axum::http::HeaderName;
 use config::{Config, Environment, File, FileFormat};
 use lettre::message::Mailbox;
+use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
 use crate::domain::DeliveryMode;
@@ -93,7 +94,7 @@ pub enum SmtpTls {
     Tls,
 }
 
-#[derive(Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SmtpSettings {
     pub host: String,
@@ -101,7 +102,8 @@ pub struct SmtpSettings {
     pub tls: SmtpTls,
     /// Empty means no authentication.
     pub username: String,
-    pub password: String,
+    /// A `SecretString`, so that `Debug` (and so any log of the settings) prints it redacted.
+    pub password: SecretString,
     /// The longest one send may take, connection included, before it counts as failed.
     pub timeout_ms: u64,
     /// How many SMTP connections may be open at once, in use or idle for reuse.
@@ -112,22 +114,6 @@ pub struct SmtpSettings {
     /// How often a background task checks that the SMTP server answers (`/healthz`, the
     /// `confirmd_smtp_up` gauge). Never part of readiness.
     pub check_interval_ms: u64,
-}
-
-impl std::fmt::Debug for SmtpSettings {
-    /// Hand-written so the password never reaches a log.
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SmtpSettings")
-            .field("host", &self.host)
-            .field("port", &self.port)
-            .field("tls", &self.tls)
-            .field("username", &self.username)
-            .field("timeout_ms", &self.timeout_ms)
-            .field("pool_size", &self.pool_size)
-            .field("acquire_timeout_ms", &self.acquire_timeout_ms)
-            .field("check_interval_ms", &self.check_interval_ms)
-            .finish_non_exhaustive()
-    }
 }
 
 impl SmtpSettings {
@@ -194,13 +180,13 @@ pub struct WorkerSettings {
     pub max_backlog: u64,
 }
 
-#[derive(Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TokenSettings {
     pub ttl_hours: u64,
     /// The server secret tokens are derived from (see `secret.rs`); empty means read it from
-    /// `secret_file`.
-    pub secret: String,
+    /// `secret_file`. A `SecretString`, so that `Debug` prints it redacted.
+    pub secret: SecretString,
     /// Where the secret is kept when `secret` is empty; empty means `confirmd.secret` next to the
     /// database file.
     pub secret_file: String,
@@ -208,17 +194,6 @@ pub struct TokenSettings {
     /// a secret that appears by itself on an ephemeral disk would change at every deploy and
     /// differ between instances.
     pub generate_secret: bool,
-}
-
-impl std::fmt::Debug for TokenSettings {
-    /// Hand-written so the secret never reaches a log.
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TokenSettings")
-            .field("ttl_hours", &self.ttl_hours)
-            .field("secret_file", &self.secret_file)
-            .field("generate_secret", &self.generate_secret)
-            .finish_non_exhaustive()
-    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -295,7 +270,7 @@ impl Settings {
         if self.smtp.host.trim().is_empty() {
             return Err(invalid("smtp.host", "must not be empty"));
         }
-        if self.smtp.username.is_empty() != self.smtp.password.is_empty() {
+        if self.smtp.username.is_empty() != self.smtp.password.expose_secret().is_empty() {
             return Err(invalid(
                 "smtp.password",
                 "must be set together with smtp.username",
@@ -361,7 +336,7 @@ impl Settings {
                 "must be longer than smtp.timeout_ms, or shutdown could cut a send in the middle",
             ));
         }
-        let secret = self.token.secret.trim();
+        let secret = self.token.secret.expose_secret().trim();
         if !secret.is_empty() && secret.len() < crate::secret::MIN_SECRET_LEN {
             return Err(invalid(
                 "token.secret",
@@ -517,6 +492,17 @@ mod tests {
         settings.token.secret = "a-long-enough-secret-of-32-chars".into();
         let settings = settings.validated().unwrap();
         assert!(!format!("{settings:?}").contains("a-long-enough"));
+    }
+
+    #[test]
+    fn the_smtp_password_is_never_printed() {
+        let mut settings = Settings::defaults();
+        settings.smtp.username = "postmaster".into();
+        settings.smtp.password = "hunter2-smtp-password".into();
+        let settings = settings.validated().unwrap();
+        let printed = format!("{settings:?}");
+        assert!(printed.contains("postmaster"), "{printed}");
+        assert!(!printed.contains("hunter2"), "{printed}");
     }
 
     #[test]

@@ -174,7 +174,7 @@ fn demo_settings(
     settings.smtp.port = catcher.port();
     settings.smtp.tls = SmtpTls::None;
     settings.smtp.username.clear();
-    settings.smtp.password.clear();
+    settings.smtp.password = "".into();
     let workers = u32::try_from(workers).context("too many workers")?;
     settings.smtp.pool_size = workers;
     settings.worker.concurrency = workers as usize;

@@ -16,13 +16,13 @@
 //!    local run needs no set-up and keeps its links working across restarts.
 
 use std::{
-    fmt,
     io::Write,
     path::{Path, PathBuf},
 };
 
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use hmac::{KeyInit, Mac};
+use secrecy::{ExposeSecret, SecretSlice};
 use sha2::Sha256;
 
 use crate::{
@@ -37,9 +37,10 @@ pub const MIN_SECRET_LEN: usize = 32;
 /// The file name of a generated secret, next to the database file.
 const SECRET_FILE: &str = "confirmd.secret";
 
-/// The key that turns a nonce into a token. `Debug` does not print it.
-#[derive(Clone)]
-pub struct TokenKey(Vec<u8>);
+/// The key that turns a nonce into a token. A `SecretSlice`, so `Debug` prints it redacted and
+/// each copy's bytes are wiped when it is dropped.
+#[derive(Debug, Clone)]
+pub struct TokenKey(SecretSlice<u8>);
 
 #[derive(Debug, thiserror::Error)]
 pub enum SecretError {
@@ -60,21 +61,22 @@ impl TokenKey {
     /// A key from configured text (at least [`MIN_SECRET_LEN`] characters, checked by the
     /// configuration).
     pub fn new(secret: &str) -> TokenKey {
-        TokenKey(secret.trim().as_bytes().to_vec())
+        TokenKey(secret.trim().as_bytes().to_vec().into())
     }
 
     /// The token that the row with this nonce links to.
     pub fn token_for(&self, nonce: &TokenNonce) -> ConfirmationToken {
-        let mut mac =
-            <hmac::Hmac<Sha256>>::new_from_slice(&self.0).expect("HMAC takes a key of any length");
+        let mut mac = <hmac::Hmac<Sha256>>::new_from_slice(self.0.expose_secret())
+            .expect("HMAC takes a key of any length");
         mac.update(&nonce.0);
         ConfirmationToken::from_bytes(&mac.finalize().into_bytes().into())
     }
 
     /// The key as configured, or read from (or generated into) its file: see the module docs.
     pub fn load(settings: &TokenSettings, database_url: &str) -> Result<TokenKey, SecretError> {
-        if !settings.secret.trim().is_empty() {
-            return Ok(TokenKey::new(&settings.secret));
+        let configured = settings.secret.expose_secret();
+        if !configured.trim().is_empty() {
+            return Ok(TokenKey::new(configured));
         }
         let path = secret_path(settings, database_url);
         let shown = path.display().to_string();
@@ -114,12 +116,6 @@ impl TokenKey {
             }
             Err(e) => Err(io(e)),
         }
-    }
-}
-
-impl fmt::Debug for TokenKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("TokenKey(..)")
     }
 }
 
@@ -193,7 +189,7 @@ mod tests {
         assert!(matches!(error, SecretError::Missing { .. }), "{error}");
         assert!(!dir.path().join("confirmd.secret").exists());
 
-        settings.secret = "s".repeat(32);
+        settings.secret = "s".repeat(32).into();
         assert!(TokenKey::load(&settings, &url(dir.path())).is_ok());
     }
 }

@@ -4,16 +4,15 @@
 //! is derived from it when the email is built: `HMAC-SHA256(server secret, nonce)` (see
 //! [`crate::secret`]). The user's side keeps the [`TokenHash`], to look a clicked link up.
 
-use std::fmt;
-
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
+use secrecy::{ExposeSecret, SecretString};
 use sha2::{Digest, Sha256};
 
 /// A confirmation token: 256 bits from the operating system's CSPRNG, written as 43 characters
 /// of unpadded base64url so it sits in a URL untouched. Only its [`TokenHash`] is stored with the
-/// user. `Debug` does not print it, so it cannot leak into logs by accident.
-#[derive(Clone, PartialEq, Eq)]
-pub struct ConfirmationToken(String);
+/// user. A `SecretString`, so `Debug` prints it redacted and it cannot leak into logs by accident.
+#[derive(Debug, Clone)]
+pub struct ConfirmationToken(SecretString);
 
 /// SHA-256 of a token: what the database keeps and looks up. A fast hash is enough here (unlike
 /// passwords) because the token has 256 bits of entropy: there is nothing to brute-force.
@@ -35,7 +34,7 @@ impl ConfirmationToken {
 
     /// The token for 32 bytes of key material (a MAC, or random bytes).
     pub(crate) fn from_bytes(bytes: &[u8; 32]) -> Self {
-        ConfirmationToken(URL_SAFE_NO_PAD.encode(bytes))
+        ConfirmationToken(URL_SAFE_NO_PAD.encode(bytes).into())
     }
 
     /// Accepts only what [`generate`](Self::generate) can produce, so a malformed link is told
@@ -45,18 +44,18 @@ impl ConfirmationToken {
             return Err(MalformedToken);
         }
         match URL_SAFE_NO_PAD.decode(input) {
-            Ok(bytes) if bytes.len() == 32 => Ok(ConfirmationToken(input.to_owned())),
+            Ok(bytes) if bytes.len() == 32 => Ok(ConfirmationToken(input.into())),
             _ => Err(MalformedToken),
         }
     }
 
     pub fn hash(&self) -> TokenHash {
-        TokenHash(Sha256::digest(self.0.as_bytes()).into())
+        TokenHash(Sha256::digest(self.expose().as_bytes()).into())
     }
 
     /// The token itself, for the one place it is needed: the link in the email.
     pub fn expose(&self) -> &str {
-        &self.0
+        self.0.expose_secret()
     }
 }
 
@@ -73,11 +72,14 @@ impl TokenNonce {
     }
 }
 
-impl fmt::Debug for ConfirmationToken {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("ConfirmationToken(..)")
+// `SecretString` has no `PartialEq` of its own, on purpose: comparing is an exposure.
+impl PartialEq for ConfirmationToken {
+    fn eq(&self, other: &Self) -> bool {
+        self.expose() == other.expose()
     }
 }
+
+impl Eq for ConfirmationToken {}
 
 #[cfg(test)]
 mod tests {

@@ -1,5 +1,6 @@
-//! Per-request limits, as router middleware so that each refusal is a problem+json answer that
-//! [`observe`](super::observe) logs and counts like any other:
+//! Per-request limits, as router middleware inside the request span and
+//! [`observe`](super::observe), so that each refusal is a problem+json answer logged and counted
+//! like any other:
 //!
 //! - [`require_host`]: HTTP/1.1 requires a `Host` header (RFC 9112 §3.2); hyper does not
 //!   check, so a request without one is answered 400 here.

@@ -5,10 +5,18 @@
 //! `GET /openapi.json` is built from the same handlers and annotations as the router itself and
 //! cannot drift from it.
 //!
-//! Every response, errors included, passes through [`observe`]: it gives the request an id
-//! (`x-request-id`), runs it inside a `request` span, adds `Server-Timing`, and logs one line
-//! with the method, route, mode, status and latency in milliseconds. Inside it, [`limits`]
-//! refuses a request without `Host`, one whose body is too slow, and one not answered in time.
+//! Every response, errors included, passes through the same layers, outermost first:
+//!
+//! 1. the request id: a well-formed incoming `x-request-id` is kept, any other is replaced by a
+//!    fresh UUIDv7 (tower-http's `SetRequestIdLayer`), and the answer carries it back
+//!    (`PropagateRequestIdLayer`);
+//! 2. a `request` span with the method, route, request id, mode, status and latency in
+//!    milliseconds, closed by one log line per request (tower-http's `TraceLayer`);
+//! 3. [`observe`], ours: `Server-Timing` and the per-mode request metrics;
+//! 4. a panic in a handler answered as a problem+json 500 rather than a dropped connection
+//!    (tower-http's `CatchPanicLayer`);
+//! 5. [`limits`], ours: a request without `Host`, one whose body is too slow, and one not
+//!    answered in time are refused as problem+json.
 //!
 //! [`server`] runs the router over TCP with hyper: the header timeout, the connection cap and
 //! the client's address for [`client_limit`], the per-client signup bucket.
@@ -23,7 +31,7 @@ pub mod server;
 mod signups;
 
 use std::{
-    panic::AssertUnwindSafe,
+    any::Any,
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -36,9 +44,13 @@ use axum::{
     response::{IntoResponse, Response},
     routing::get,
 };
-use futures_util::FutureExt;
 use serde::de::DeserializeOwned;
-use tracing::{Instrument, field, info, info_span};
+use tower_http::{
+    catch_panic::CatchPanicLayer,
+    request_id::{MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer},
+    trace::TraceLayer,
+};
+use tracing::{Span, field, info, info_span};
 use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 
@@ -88,7 +100,7 @@ fn routes() -> OpenApiRouter<ApiContext> {
 pub fn router(ctx: ApiContext) -> Router {
     let (router, api) = routes().split_for_parts();
     let api = Arc::new(api);
-    router
+    let router = router
         .route(
             "/openapi.json",
             get(move || async move { Json(api.as_ref().clone()) }),
@@ -96,9 +108,15 @@ pub fn router(ctx: ApiContext) -> Router {
         .fallback(|| async { Error::NotFound("There is nothing at this path.".into()) })
         .method_not_allowed_fallback(|| async {
             Error::MethodNotAllowed("This path does not accept that method.".into())
-        })
+        });
+    with_layers(router, ctx)
+}
+
+/// The layers every answer passes through: see the module docs.
+fn with_layers(router: Router<ApiContext>, ctx: ApiContext) -> Router {
+    router
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
-        // Outermost last: `observe` sees every answer, the limits' refusals included.
+        // Each layer wraps the ones above it, so the outermost comes last. See the module docs.
         .layer(middleware::from_fn_with_state(
             ctx.timeouts,
             limits::read_body_within,
@@ -108,71 +126,116 @@ pub fn router(ctx: ApiContext) -> Router {
             limits::time_limit,
         ))
         .layer(middleware::from_fn(limits::require_host))
+        .layer(CatchPanicLayer::custom(answer_panic))
         .layer(middleware::from_fn_with_state(ctx.clone(), observe))
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(request_span)
+                .on_request(())
+                .on_response(log_finished)
+                // A 5xx is logged once, by `log_finished` and, with its cause, by `Error`.
+                .on_failure(()),
+        )
+        .layer(PropagateRequestIdLayer::new(REQUEST_ID))
+        .layer(SetRequestIdLayer::new(REQUEST_ID, NewRequestId))
+        // `SetRequestIdLayer` keeps any incoming id: drop the malformed ones before it.
+        .layer(middleware::map_request(drop_malformed_request_id))
         .with_state(ctx)
 }
-
-/// The request's id, from a well-formed incoming `x-request-id` or freshly made.
-#[derive(Clone, Debug)]
-pub struct RequestId(pub String);
 
 /// Durations a handler measured, for the `Server-Timing` header; `total` is added by [`observe`].
 #[derive(Clone, Debug, Default)]
 pub struct ServerTiming(pub Vec<(&'static str, Duration)>);
 
-async fn observe(State(ctx): State<ApiContext>, mut request: Request, next: Next) -> Response {
-    let started = Instant::now();
-    let method = request.method().clone();
-    let request_id = request
-        .headers()
-        .get(&REQUEST_ID)
-        .and_then(|v| v.to_str().ok())
-        .filter(|id| is_valid_request_id(id))
-        .map_or_else(|| uuid::Uuid::now_v7().simple().to_string(), str::to_owned);
-    let route = request
+/// The id of a request that came without a well-formed one: a UUIDv7 (time-ordered) as 32 hex
+/// digits.
+#[derive(Clone, Copy)]
+struct NewRequestId;
+
+impl MakeRequestId for NewRequestId {
+    fn make_request_id<B>(&mut self, _: &axum::http::Request<B>) -> Option<RequestId> {
+        let id = uuid::Uuid::now_v7().simple().to_string();
+        HeaderValue::try_from(id).ok().map(RequestId::new)
+    }
+}
+
+/// Incoming ids are echoed into headers and logs, so only short, plain ones are kept.
+async fn drop_malformed_request_id(mut request: Request) -> Request {
+    let plain = |b: &u8| b.is_ascii_alphanumeric() || b"-_.".contains(b);
+    if let Some(id) = request.headers().get(&REQUEST_ID)
+        && !((1..=64).contains(&id.len()) && id.as_bytes().iter().all(plain))
+    {
+        request.headers_mut().remove(&REQUEST_ID);
+    }
+    request
+}
+
+/// The request's id as text; `SetRequestIdLayer` has given every request a well-formed one.
+fn request_id_str(id: &RequestId) -> &str {
+    id.header_value().to_str().unwrap_or_default()
+}
+
+/// The route's pattern (`/signups`), not its path: a path would carry the token of
+/// `/confirm?token=..` into the log, and make a metrics series per id.
+fn route_of<B>(request: &axum::http::Request<B>) -> &str {
+    request
         .extensions()
         .get::<MatchedPath>()
         .map_or("unmatched", |p| p.as_str())
-        .to_owned();
-    let span = info_span!(
+}
+
+fn request_span<B>(request: &axum::http::Request<B>) -> Span {
+    let request_id = request
+        .extensions()
+        .get::<RequestId>()
+        .map_or("", request_id_str);
+    info_span!(
         "request",
-        method = %method,
-        route,
+        method = %request.method(),
+        route = route_of(request),
         request_id,
         mode = field::Empty,
         status = field::Empty,
         latency_ms = field::Empty,
-    );
-    request
-        .extensions_mut()
-        .insert(RequestId(request_id.clone()));
+    )
+}
 
-    // A panic in a handler is a bug, but it must still answer (500, problem+json) and be logged
-    // rather than drop the connection.
-    let mut response = AssertUnwindSafe(next.run(request).instrument(span.clone()))
-        .catch_unwind()
-        .await
-        .unwrap_or_else(|panic| {
-            let message = panic
-                .downcast_ref::<&str>()
-                .map(|s| (*s).to_owned())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_default();
-            let _guard = span.enter();
-            Error::Internal(format!("handler panicked: {message}").into()).into_response()
-        });
+/// The one log line per request, in its span.
+fn log_finished<B>(response: &axum::http::Response<B>, latency: Duration, span: &Span) {
+    span.record("status", response.status().as_u16());
+    span.record("latency_ms", crate::telemetry::millis(latency));
+    info!("request finished");
+}
 
+/// A panic in a handler is a bug, but it must still answer (500, problem+json) and be logged.
+fn answer_panic(panic: Box<dyn Any + Send + 'static>) -> Response {
+    let message = panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or_default();
+    Error::Internal(format!("handler panicked: {message}").into()).into_response()
+}
+
+/// Ours, on every answer: the request's sample in the per-mode metrics, and `Server-Timing`.
+async fn observe(State(ctx): State<ApiContext>, request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let method = request.method().clone();
+    let route = route_of(&request).to_owned();
+    let mut response = next.run(request).await;
     let total = started.elapsed();
-    let status = response.status().as_u16();
-    span.record("status", status);
-    span.record("latency_ms", crate::telemetry::millis(total));
-    span.in_scope(|| info!("request finished"));
+
     let mode = response
         .extensions()
         .get::<DeliveryMode>()
         .map_or("", |mode| mode.as_str());
-    ctx.delivery
-        .observe_request(method.as_str(), &route, mode, status, total);
+    ctx.delivery.observe_request(
+        method.as_str(),
+        &route,
+        mode,
+        response.status().as_u16(),
+        total,
+    );
 
     let mut timing = response
         .extensions_mut()
@@ -185,22 +248,10 @@ async fn observe(State(ctx): State<ApiContext>, mut request: Request, next: Next
         .map(|(name, d)| format!("{name};dur={:.1}", d.as_secs_f64() * 1000.0))
         .collect::<Vec<_>>()
         .join(", ");
-    let headers = response.headers_mut();
     if let Ok(value) = HeaderValue::from_str(&header) {
-        headers.insert(SERVER_TIMING, value);
-    }
-    if let Ok(value) = HeaderValue::from_str(&request_id) {
-        headers.insert(REQUEST_ID, value);
+        response.headers_mut().insert(SERVER_TIMING, value);
     }
     response
-}
-
-/// Incoming ids are echoed into headers and logs, so only short, plain ones are kept.
-fn is_valid_request_id(id: &str) -> bool {
-    (1..=64).contains(&id.len())
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
 }
 
 /// `axum::Json`, but its rejections become our problem+json errors (415, 400, 422, 413).
@@ -216,5 +267,77 @@ where
     async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
         let axum::Json(value) = axum::Json::<T>::from_request(request, state).await?;
         Ok(JsonBody(value))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::{body::Body, http::StatusCode};
+    use tokio_util::{sync::CancellationToken, task::TaskTracker};
+    use tower_service::Service;
+
+    use super::*;
+    use crate::{config::Settings, mail::Mailer, metrics::Metrics, secret::TokenKey, store::Store};
+
+    /// A real delivery core on a temporary database; its SMTP server is never reached.
+    async fn context(dir: &std::path::Path) -> (ApiContext, CancellationToken) {
+        let mut settings = Settings::defaults();
+        settings.database.url = format!("sqlite://{}?mode=rwc", dir.join("db").display());
+        let store = Store::open(&settings.database).await.unwrap();
+        store.migrate().await.unwrap();
+        let mailer = Mailer::new(&settings.smtp, settings.mail_from()).unwrap();
+        let shutdown = CancellationToken::new();
+        let delivery = Delivery::start(
+            &settings,
+            store,
+            mailer,
+            TokenKey::new(&"k".repeat(32)),
+            Arc::new(Metrics::new()),
+            shutdown.clone(),
+            TaskTracker::new(),
+        );
+        let ctx = ApiContext {
+            delivery,
+            default_mode: DeliveryMode::Sync,
+            client_limit: ClientLimit::new(0, None),
+            timeouts: RequestTimeouts {
+                body_read: Duration::from_secs(10),
+                request: Duration::from_secs(10),
+            },
+        };
+        (ctx, shutdown)
+    }
+
+    #[tokio::test]
+    async fn a_panicking_handler_is_answered_500_problem_json_and_still_observed() {
+        let dir = tempfile::tempdir().unwrap();
+        let (ctx, shutdown) = context(dir.path()).await;
+        async fn panics() -> &'static str {
+            panic!("boom")
+        }
+        let panics = Router::new().route("/panic", get(panics));
+        let mut app = with_layers(panics, ctx);
+
+        let request = Request::get("/panic")
+            .header("host", "localhost")
+            .header("x-request-id", "trace-1")
+            .body(Body::empty())
+            .unwrap();
+        let response = app.call(request).await.unwrap();
+        assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(
+            response.headers()["content-type"],
+            "application/problem+json"
+        );
+        assert_eq!(response.headers()["x-request-id"], "trace-1");
+        assert!(
+            response.headers()["server-timing"]
+                .to_str()
+                .unwrap()
+                .starts_with("total;dur="),
+            "{:?}",
+            response.headers()
+        );
+        shutdown.cancel();
     }
 }

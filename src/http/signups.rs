@@ -20,7 +20,7 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 
 use super::{
     ApiContext, Error, JsonBody, RequestId, ServerTiming, client_limit::WithinClientLimit,
-    error::Problem,
+    error::Problem, request_id_str,
 };
 use crate::{
     clock,
@@ -127,7 +127,7 @@ struct DeliverySummary {
 async fn create(
     State(ctx): State<ApiContext>,
     _: WithinClientLimit,
-    Extension(RequestId(request_id)): Extension<RequestId>,
+    Extension(request_id): Extension<RequestId>,
     params: Result<Query<SignupParams>, QueryRejection>,
     JsonBody(body): JsonBody<SignupRequest>,
 ) -> Result<Response, Error> {
@@ -137,7 +137,7 @@ async fn create(
         Some(mode) => mode.parse::<DeliveryMode>()?,
     };
     Span::current().record("mode", mode.as_str());
-    let mut response = match sign_up(&ctx, body, mode, &request_id).await {
+    let mut response = match sign_up(&ctx, body, mode, request_id_str(&request_id)).await {
         Ok(receipt) => created(receipt),
         Err(error) => error.into_response(),
     };

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 use lettre::{address::Envelope, transport::smtp::authentication::Credentials};
+use secrecy::ExposeSecret;
 
 use super::{
     MailError, SendError, describe,
@@ -40,8 +41,12 @@ pub struct SmtpTransport {
 
 impl SmtpTransport {
     pub fn new(settings: &SmtpSettings) -> Result<SmtpTransport, MailError> {
-        let credentials = (!settings.username.is_empty())
-            .then(|| Credentials::new(settings.username.clone(), settings.password.clone()));
+        let credentials = (!settings.username.is_empty()).then(|| {
+            Credentials::new(
+                settings.username.clone(),
+                settings.password.expose_secret().to_owned(),
+            )
+        });
         let pool = SmtpPool::new(PoolSettings {
             host: settings.host.clone(),
             port: settings.port,

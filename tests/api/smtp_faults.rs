@@ -47,10 +47,14 @@ async fn background_with_smtp_down_is_acknowledged_and_delivered_once_smtp_is_ba
                 .await,
         );
     }
-    // The workers are failing and rescheduling: the retry schedule shows in the API.
+    // The workers are failing and rescheduling: the retry schedule shows in the API. Wait for a
+    // moment between attempts: during one, the row is claimed (`sending`) with its count
+    // already raised.
     let retried = poll(PATIENCE, || async {
         let details = app.signup_details(&ids[0]).await;
-        if details["delivery"]["attempts"].as_i64().unwrap() >= 2 {
+        if details["delivery"]["attempts"].as_i64().unwrap() >= 2
+            && details["delivery"]["state"] == "queued"
+        {
             Ok(details)
         } else {
             Err(details)
