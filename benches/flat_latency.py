@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Does a signup cost the same with a million users in the database? (Issue 4, target 4.)
+"""Does a signup cost the same with a million users in the database? (The signup path must stay flat as the tables grow.)
 
     cargo build --release
     python3 benches/flat_latency.py --smtp-port 1025 [--users 1000000] [--requests 2000]

@@ -1,5 +1,5 @@
 //! The floor: how many signups per second can *any* handler on this stack write, and does
-//! confirmd's background mode reach it? (Issue 4, targets 2 and 5.)
+//! confirmd's background mode reach it, with its workers idle and with them sending?
 //!
 //! The floor is the least a signup endpoint can do on axum + sqlx + SQLite: parse the JSON body
 //! and run one `INSERT` into `users`, on the same connection settings as confirmd

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""The raw client of target 1: Python's smtplib sending N emails over one persistent connection.
+"""The raw client that confirmd's SMTP send is measured against: Python's smtplib sending N emails over one persistent connection.
 
     python3 benches/raw_smtp.py --port 1025 --emails 200
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Fills a confirmd database with N users who signed up in the past (issue 4, target 4).
+"""Fills a confirmd database with N users who signed up in the past (for the flat-latency benchmark).
 
     python3 benches/seed_users.py --users 1000000 /path/to/confirmd.db
 

@@ -1,6 +1,6 @@
 //! The worker pool: `concurrency` tokio tasks sharing one channel receiver.
 //!
-//! Each worker is one of the "waiters" of the README: it takes an id, waits for a free SMTP
+//! Each worker is one of the "waiters" of docs/sync-vs-background.md: it takes an id, waits for a free SMTP
 //! connection (`smtp.pool_size` in all, shared with sync signups), claims the row, waits on
 //! the SMTP server, records the outcome and takes the next. While one waits on the network the
 //! others run; that is concurrency on a handful of threads, not one thread per email.

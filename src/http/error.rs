@@ -6,7 +6,7 @@
 
 use axum::{
     Json,
-    extract::rejection::{JsonRejection, QueryRejection},
+    extract::rejection::{JsonRejection, PathRejection, QueryRejection},
     http::{HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
 };
@@ -196,6 +196,14 @@ impl From<JsonRejection> for Error {
 
 impl From<QueryRejection> for Error {
     fn from(rejection: QueryRejection) -> Self {
+        Error::BadRequest(rejection.body_text())
+    }
+}
+
+/// A path segment that is not what the route takes (say, bytes that are not UTF-8 once
+/// percent-decoded): axum would answer a plain-text 400, and every error here is problem+json.
+impl From<PathRejection> for Error {
+    fn from(rejection: PathRejection) -> Self {
         Error::BadRequest(rejection.body_text())
     }
 }

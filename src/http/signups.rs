@@ -9,7 +9,10 @@
 
 use axum::{
     Extension, Json,
-    extract::{Path, Query, State, rejection::QueryRejection},
+    extract::{
+        Path, Query, State,
+        rejection::{PathRejection, QueryRejection},
+    },
     http::{HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
 };
@@ -219,14 +222,16 @@ struct DeliveryDetails {
     params(("id" = String, Path, description = "The id returned by POST /signups")),
     responses(
         (status = OK, body = SignupDetails),
+        (status = BAD_REQUEST, description = "the id is not valid UTF-8 once percent-decoded", body = Problem, content_type = "application/problem+json"),
         (status = NOT_FOUND, description = "no signup request has this id", body = Problem, content_type = "application/problem+json"),
         (status = SERVICE_UNAVAILABLE, description = "the database is unavailable", body = Problem, content_type = "application/problem+json"),
     )
 )]
 async fn show(
     State(ctx): State<ApiContext>,
-    Path(id): Path<String>,
+    id: Result<Path<String>, PathRejection>,
 ) -> Result<Json<SignupDetails>, Error> {
+    let Path(id) = id?;
     let view = ctx
         .delivery
         .show(&id)

@@ -157,6 +157,8 @@ async fn unknown_paths_ids_and_methods_answer_in_the_same_shape() {
         StatusCode::NOT_FOUND,
     )
     .await;
+    // Not UTF-8 once decoded: axum's own answer was a text/plain 400.
+    assert_problem(app.get("/signups/%FF").await, StatusCode::BAD_REQUEST).await;
     let delete = app
         .client
         .delete(format!("{}/signups", app.address))

@@ -1,4 +1,4 @@
-//! Rotating the token secret: what the README promises about the links in flight.
+//! Rotating the token secret: what docs/how-it-works.md promises about the links in flight.
 
 use reqwest::StatusCode;
 

@@ -4,11 +4,11 @@
 //! measured against. They are programs that print numbers, not tests: nothing here passes or
 //! fails on a threshold, and a shared or busy machine moves every figure.
 //!
-//! - `drain` (target 3): from a backlog of queued emails, how fast do confirmd's outbox workers
+//! - `drain` (does the outbox drain as fast as a bare SMTP client?): from a backlog of queued emails, how fast do confirmd's outbox workers
 //!   deliver to an SMTP catcher, against a raw sender at the same concurrency: lettre's own
 //!   pooled transport, and confirmd's `Mailer` used directly with no database (the strict
 //!   baseline: what is left is the outbox's own cost).
-//! - `peer` (target 6): confirmd's outbox against apalis with apalis-sqlite 1.0, on the same
+//! - `peer` (is confirmd's outbox at least as quick as the best Rust job queue?): confirmd's outbox against apalis with apalis-sqlite 1.0, on the same
 //!   SQLite settings and worker count: enqueue-to-pick-up latency under a steady trickle, and
 //!   drain rate from a backlog, for jobs that do nothing and jobs that send the email.
 //!
