@@ -1,0 +1,184 @@
+//! One attempt at one email: what a claimed row sends, the send itself on a pooled connection,
+//! and what it came to, written to the outbox (or kept in hand while the database refuses it).
+//! Both the sync request and the workers come through here, so the two modes send, retry and
+//! give up by the same rules.
+
+use std::time::{Duration, Instant};
+
+use super::{Delivery, in_hand::Outcome, retry::AfterFailure};
+use crate::{
+    clock,
+    domain::ConfirmationToken,
+    mail::{ConfirmationEmail, ConnectionPermit, SendError},
+    metrics::EmailOutcome,
+    store::{Claim, ClaimedEmail, EmailKind, StoreError},
+};
+
+/// What a claimed row sends, built from its kind.
+pub(crate) enum Outgoing {
+    /// The confirmation email with this link.
+    Confirmation { link: String },
+    /// The fixed "you already have an account" notice.
+    AccountNotice,
+    /// Nothing, for about as long as a send takes.
+    Nothing,
+}
+
+/// What one attempt at sending a claimed row came to; the worker logs it.
+#[derive(Debug)]
+pub(crate) enum Attempt {
+    Sent,
+    Retrying { after: Duration, error: SendError },
+    Failed { error: SendError },
+}
+
+impl Delivery {
+    /// What a claimed row sends. A confirmation's token is derived here from the row's nonce;
+    /// if the secret changed since the signup, the new token's hash replaces the stored one
+    /// first, so the link that goes out is the one that works.
+    pub(crate) async fn outgoing(&self, claimed: &ClaimedEmail) -> Result<Outgoing, StoreError> {
+        let token = match claimed.kind {
+            EmailKind::AccountNotice => return Ok(Outgoing::AccountNotice),
+            EmailKind::Suppressed => return Ok(Outgoing::Nothing),
+            EmailKind::Confirmation => match (&claimed.nonce, &claimed.legacy_token) {
+                (Some(nonce), _) => self.inner.key.token_for(nonce),
+                (None, Some(legacy)) => match ConfirmationToken::parse(legacy) {
+                    Ok(token) => token,
+                    Err(_) => return Ok(Outgoing::Nothing),
+                },
+                // A confirmation row keeps its nonce until it is sent; one without is a row
+                // from before tokens were derived that has nothing left to send.
+                (None, None) => return Ok(Outgoing::Nothing),
+            },
+        };
+        let hash = token.hash();
+        if let Some(stored) = &claimed.token_hash
+            && *stored != hash
+        {
+            self.inner
+                .store
+                .rehash_token(claimed.claim.id, stored, &hash)
+                .await?;
+        }
+        Ok(Outgoing::Confirmation {
+            link: self.link(token.expose()),
+        })
+    }
+
+    /// Sends a claimed row once, on the connection `permit` stands for, and records the outcome:
+    /// sent, retry later, or failed for good. A row that sends nothing waits about as long as a
+    /// send and ends as the last real send did (sent, or retried during an outage): its
+    /// requester cannot tell it from one that sent.
+    pub(super) async fn attempt(
+        &self,
+        permit: &ConnectionPermit,
+        claim: Claim,
+        to: &str,
+        outgoing: &Outgoing,
+        attempts: i64,
+        created_at: i64,
+    ) -> Attempt {
+        let _sending = self.inner.in_hand.sending(claim.id);
+        let started = Instant::now();
+        let mailer = &self.inner.mailer;
+        let message = match outgoing {
+            Outgoing::Nothing => {
+                let policy = &self.inner.policy;
+                tokio::time::sleep(self.inner.recent_sends.estimate(policy.send_timeout)).await;
+                let outcome = self.inner.recent_sends.outcome();
+                return self.record(claim, attempts, created_at, outcome).await;
+            }
+            Outgoing::Confirmation { link } => mailer.confirmation(&ConfirmationEmail {
+                id: claim.id.0,
+                to_address: to,
+                link,
+            }),
+            Outgoing::AccountNotice => mailer.account_notice(claim.id.0, to),
+        };
+        let result = match message {
+            Ok(message) => mailer.send_on(permit, message).await,
+            Err(e) => Err(SendError::Unbuildable(e.to_string())),
+        };
+        let took = started.elapsed();
+        if result.is_ok() {
+            self.inner.recent_sends.observe(took);
+        }
+        self.inner.recent_sends.record(&result);
+        let attempt = self.record(claim, attempts, created_at, result).await;
+        let outcome = match &attempt {
+            Attempt::Sent => EmailOutcome::Sent,
+            Attempt::Retrying { .. } => EmailOutcome::Retried,
+            Attempt::Failed { .. } => EmailOutcome::Failed,
+        };
+        self.inner.metrics.observe_send(took, outcome);
+        attempt
+    }
+
+    /// Writes what a send came to: sent, due again after a backoff, or failed for good. If the
+    /// database refuses the write, the outcome is kept and written later (see [`in_hand`]):
+    /// the send happened either way. The `attempts`-th attempt at an email signed up at
+    /// `created_at` (Unix ms).
+    async fn record(
+        &self,
+        claim: Claim,
+        attempts: i64,
+        created_at: i64,
+        result: Result<(), SendError>,
+    ) -> Attempt {
+        let policy = &self.inner.policy;
+        let (attempt, outcome) = match result {
+            Ok(()) => (
+                Attempt::Sent,
+                Outcome::Sent {
+                    at: clock::now_ms(),
+                    link_expires_at: clock::ms_from_now(policy.token_ttl),
+                },
+            ),
+            Err(error) if !error.is_retryable() => {
+                let reason = error.to_string();
+                (Attempt::Failed { error }, Outcome::Failed { error: reason })
+            }
+            Err(error) => {
+                let now = clock::now_ms();
+                let age = Duration::from_millis(u64::try_from(now - created_at).unwrap_or(0));
+                let plural = if attempts == 1 { "" } else { "s" };
+                match policy.retry.after_failure(attempts, age) {
+                    AfterFailure::RetryIn(after) => {
+                        let outcome = Outcome::Retry {
+                            next_attempt_at: now
+                                + i64::try_from(after.as_millis()).unwrap_or(i64::MAX),
+                            error: error.to_string(),
+                        };
+                        (Attempt::Retrying { after, error }, outcome)
+                    }
+                    AfterFailure::LinkExpires => {
+                        let reason = format!(
+                            "gave up after {attempts} attempt{plural} over {}: its link expires before the next: {error}",
+                            humantime(age)
+                        );
+                        (Attempt::Failed { error }, Outcome::Failed { error: reason })
+                    }
+                    AfterFailure::OutOfAttempts => {
+                        let reason = format!("gave up after {attempts} attempt{plural}: {error}");
+                        (Attempt::Failed { error }, Outcome::Failed { error: reason })
+                    }
+                }
+            }
+        };
+        if let Err(error) = outcome.write(&self.inner.store, claim).await {
+            self.inner.in_hand.keep(claim, outcome, &error).await;
+        }
+        attempt
+    }
+}
+
+/// A duration for a person: "23h 52m", "4m 10s", "850ms".
+fn humantime(d: Duration) -> String {
+    let secs = d.as_secs();
+    match secs {
+        0 => format!("{}ms", d.as_millis()),
+        1..60 => format!("{secs}s"),
+        60..3600 => format!("{}m {}s", secs / 60, secs % 60),
+        _ => format!("{}h {}m", secs / 3600, secs % 3600 / 60),
+    }
+}
