@@ -281,3 +281,18 @@ async fn one_mailbox_is_one_user_whatever_the_spelling_of_its_domain_or_case() {
     let first = app.smtp().received().into_iter().nth(2).unwrap();
     assert_eq!(first.to, ["Ünï@example.com"], "sent as typed");
 }
+
+/// The users table keeps an address's comparison key (lower-cased); every email still goes to
+/// the address as typed, a re-signup's too (a worker reads it back from the outbox).
+#[tokio::test]
+async fn a_re_signup_is_mailed_to_the_address_as_typed_not_its_key() {
+    let app = spawn_app().await;
+    app.signup_ok("Ann.Lee@example.com", "sync").await;
+    app.signup_ok("Ann.Lee@example.com", "background").await;
+    let mail = app.smtp().wait_for_mail(2, PATIENCE).await;
+    let recipients: Vec<Vec<String>> = mail.into_iter().map(|m| m.to).collect();
+    assert_eq!(
+        recipients,
+        [["Ann.Lee@example.com"], ["Ann.Lee@example.com"]]
+    );
+}

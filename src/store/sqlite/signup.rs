@@ -208,7 +208,8 @@ pub(super) async fn write_signup(
         new.signup_id,
         user.id,
         kind_name,
-        user.email,
+        // The address as this request typed it: `users.email` holds only its comparison key.
+        email,
         nonce,
         token_hash,
         mode,
