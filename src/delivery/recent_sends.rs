@@ -8,8 +8,9 @@
 //! SMTP together), which follows a mail server that slows down without keeping its outliers.
 //!
 //! During an outage a real send fails (sync mode answers 502 or 504, and the email is retried),
-//! so a row that sends nothing fails the same way, with the same error, while the last real send
-//! failed for a reason that may heal.
+//! so a row that sends nothing fails the same way, with the same error, and after as long as that
+//! failed send took (a refused connection fails at once, a silent server at the SMTP timeout),
+//! while the last real send failed for a reason that may heal.
 
 use std::{
     sync::{
@@ -32,31 +33,34 @@ const SHIFT: u32 = 3;
 pub(super) struct RecentSends {
     /// Microseconds; 0 until the first send.
     average: AtomicU64,
-    /// The error of the last real send, if it failed for a reason that may heal.
-    outage: Mutex<Option<SendError>>,
+    /// The error of the last real send, if it failed for a reason that may heal, and how long
+    /// that send took to fail.
+    outage: Mutex<Option<(SendError, Duration)>>,
 }
 
 impl RecentSends {
     /// How a real send ended: an error worth retrying means the mail server is (still) out;
     /// a success or a refusal of one address means it answers.
-    pub(super) fn record(&self, result: &Result<(), SendError>) {
+    pub(super) fn record(&self, result: &Result<(), SendError>, took: Duration) {
         let outage = match result {
-            Err(error) if error.is_retryable() => Some(error.clone()),
+            Err(error) if error.is_retryable() => Some((error.clone(), took)),
             _ => None,
         };
         *self.outage.lock().expect("no panic while holding it") = outage;
     }
 
-    /// What a send would meet now: the outage's error, or success.
-    pub(super) fn outcome(&self) -> Result<(), SendError> {
+    /// What a send would meet now, and how long it would take to meet it (at most `cap`, the
+    /// SMTP timeout): the outage's error after as long as its send took, or success after as
+    /// long as sends take lately.
+    pub(super) fn mimic(&self, cap: Duration) -> (Duration, Result<(), SendError>) {
         match self
             .outage
             .lock()
             .expect("no panic while holding it")
             .clone()
         {
-            Some(error) => Err(error),
-            None => Ok(()),
+            Some((error, took)) => (took.min(cap), Err(error)),
+            None => (self.estimate(cap), Ok(())),
         }
     }
 
@@ -106,13 +110,30 @@ mod tests {
     #[test]
     fn an_outage_lasts_until_a_send_gets_an_answer() {
         let time = RecentSends::default();
-        assert!(time.outcome().is_ok());
-        time.record(&Err(SendError::Transient("connection refused".into())));
-        assert!(matches!(time.outcome(), Err(SendError::Transient(_))));
-        time.record(&Err(SendError::RecipientRefused("550".into())));
-        assert!(time.outcome().is_ok(), "the server answered");
-        time.record(&Err(SendError::Timeout(Duration::from_secs(5))));
-        time.record(&Ok(()));
-        assert!(time.outcome().is_ok());
+        let (cap, fast) = (Duration::from_secs(5), Duration::from_millis(1));
+        assert!(time.mimic(cap).1.is_ok());
+        time.record(
+            &Err(SendError::Transient("connection refused".into())),
+            fast,
+        );
+        assert!(matches!(time.mimic(cap), (d, Err(SendError::Transient(_))) if d == fast));
+        time.record(&Err(SendError::RecipientRefused("550".into())), fast);
+        assert!(time.mimic(cap).1.is_ok(), "the server answered");
+        time.record(&Err(SendError::Timeout(cap)), cap);
+        time.record(&Ok(()), fast);
+        assert!(time.mimic(cap).1.is_ok());
+    }
+
+    /// A silent server fails a send only at the SMTP timeout: a row that sends nothing meanwhile
+    /// must take as long, or its quick 504 would tell the requester that it sent nothing.
+    #[test]
+    fn during_an_outage_nothing_takes_as_long_as_the_failed_send() {
+        let time = RecentSends::default();
+        let cap = Duration::from_secs(5);
+        time.observe(Duration::from_millis(40));
+        time.record(&Err(SendError::Timeout(cap)), cap);
+        let (wait, outcome) = time.mimic(cap);
+        assert_eq!(wait, cap);
+        assert!(matches!(outcome, Err(SendError::Timeout(_))));
     }
 }

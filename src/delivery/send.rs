@@ -52,7 +52,10 @@ impl Delivery {
             },
         };
         let hash = token.hash();
+        // Only a derived token can change with the secret; a legacy row's raw token is what its
+        // stored hash was made from.
         if let Some(stored) = &claimed.token_hash
+            && claimed.nonce.is_some()
             && *stored != hash
         {
             self.inner
@@ -83,9 +86,11 @@ impl Delivery {
         let mailer = &self.inner.mailer;
         let message = match outgoing {
             Outgoing::Nothing => {
-                let policy = &self.inner.policy;
-                tokio::time::sleep(self.inner.recent_sends.estimate(policy.send_timeout)).await;
-                let outcome = self.inner.recent_sends.outcome();
+                let (wait, outcome) = self
+                    .inner
+                    .recent_sends
+                    .mimic(self.inner.policy.send_timeout);
+                tokio::time::sleep(wait).await;
                 return self.record(claim, attempts, created_at, outcome).await;
             }
             Outgoing::Confirmation { link } => mailer.confirmation(&ConfirmationEmail {
@@ -103,7 +108,7 @@ impl Delivery {
         if result.is_ok() {
             self.inner.recent_sends.observe(took);
         }
-        self.inner.recent_sends.record(&result);
+        self.inner.recent_sends.record(&result, took);
         let attempt = self.record(claim, attempts, created_at, result).await;
         let outcome = match &attempt {
             Attempt::Sent => EmailOutcome::Sent,
@@ -154,7 +159,7 @@ impl Delivery {
                     AfterFailure::LinkExpires => {
                         let reason = format!(
                             "gave up after {attempts} attempt{plural} over {}: its link expires before the next: {error}",
-                            humantime(age)
+                            readable(age)
                         );
                         (Attempt::Failed { error }, Outcome::Failed { error: reason })
                     }
@@ -172,13 +177,7 @@ impl Delivery {
     }
 }
 
-/// A duration for a person: "23h 52m", "4m 10s", "850ms".
-fn humantime(d: Duration) -> String {
-    let secs = d.as_secs();
-    match secs {
-        0 => format!("{}ms", d.as_millis()),
-        1..60 => format!("{secs}s"),
-        60..3600 => format!("{}m {}s", secs / 60, secs % 60),
-        _ => format!("{}h {}m", secs / 3600, secs % 3600 / 60),
-    }
+/// A duration for a person, to the second: "23h 52m 10s".
+fn readable(d: Duration) -> String {
+    humantime::format_duration(Duration::from_secs(d.as_secs())).to_string()
 }

@@ -88,7 +88,7 @@ enum Outcome {
             (Problem = "application/problem+json"),
             (String = "text/html"),
         )),
-        (status = NOT_FOUND, description = "unknown token, or one a newer signup replaced", content(
+        (status = NOT_FOUND, description = "unknown token", content(
             (Problem = "application/problem+json"),
             (String = "text/html"),
         )),
@@ -133,7 +133,7 @@ async fn open_link(
             (Problem = "application/problem+json"),
             (String = "text/html"),
         )),
-        (status = NOT_FOUND, description = "unknown token, or one a newer signup replaced", content(
+        (status = NOT_FOUND, description = "unknown token", content(
             (Problem = "application/problem+json"),
             (String = "text/html"),
         )),
@@ -241,7 +241,7 @@ fn respond(outcome: Outcome, json: bool) -> Response {
 }
 
 const EXPIRED: &str = "This link has expired; sign up again to get a new one.";
-const UNKNOWN: &str = "This link is unknown, or a newer one has replaced it.";
+const UNKNOWN: &str = "This link is unknown.";
 
 fn page(outcome: Outcome) -> Response {
     let (status, title, message, token) = match &outcome {
@@ -272,7 +272,7 @@ fn page(outcome: Outcome) -> Response {
         Outcome::Unknown => (
             StatusCode::NOT_FOUND,
             "This link is not valid",
-            "It may be mistyped, or a newer email has replaced it. Open the link in the newest email, or sign up again to get a new one.",
+            "It may be mistyped or cut short. Open the link in the email again, or sign up again to get a new one.",
             None,
         ),
         Outcome::Malformed(_) => (

@@ -190,14 +190,6 @@ impl Mailer {
         tokio::time::timeout(wait, self.connection()).await.ok()
     }
 
-    /// A free connection right now, if there is one.
-    pub fn try_connection(&self) -> Option<ConnectionPermit> {
-        Arc::clone(&self.connections)
-            .try_acquire_owned()
-            .ok()
-            .map(ConnectionPermit)
-    }
-
     /// Builds the multipart (text + HTML) confirmation message.
     pub fn confirmation(&self, email: &ConfirmationEmail<'_>) -> Result<Message, MailError> {
         let address = email

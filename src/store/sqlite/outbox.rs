@@ -203,22 +203,25 @@ impl SqliteStore {
         new: &TokenHash,
     ) -> Result<(), StoreError> {
         let (old, new) = (&old.0[..], &new.0[..]);
-        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
-        sqlx::query!(
-            "UPDATE confirmation_tokens SET token_hash = ?2 WHERE token_hash = ?1",
-            old,
-            new
-        )
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query!(
-            "UPDATE email_outbox SET token_hash = ?2 WHERE id = ?1",
-            id.0,
-            new
-        )
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok(())
+        // A storage fault here is noted for readiness like any other write's.
+        let rehashed = async {
+            let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
+            sqlx::query!(
+                "UPDATE confirmation_tokens SET token_hash = ?2 WHERE token_hash = ?1",
+                old,
+                new
+            )
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query!(
+                "UPDATE email_outbox SET token_hash = ?2 WHERE id = ?1",
+                id.0,
+                new
+            )
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await
+        };
+        self.wrote(rehashed.await)
     }
 }
