@@ -85,13 +85,7 @@ impl ReceivedMail {
     /// whitespace.
     pub fn confirmation_link(&self) -> String {
         let text = self.text_body();
-        let link = text
-            .match_indices("http")
-            .map(|(start, _)| &text[start..])
-            .filter(|rest| rest.starts_with("http://") || rest.starts_with("https://"))
-            .map(|rest| &rest[..rest.find(char::is_whitespace).unwrap_or(rest.len())])
-            .find(|url| url.contains("/confirm?token="));
-        match link {
+        match super::links::confirmation_link_in(&text) {
             Some(link) => link.to_owned(),
             None => panic!(
                 "no http(s) URL containing \"/confirm?token=\" in the text/plain part of the \
