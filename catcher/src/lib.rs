@@ -864,6 +864,67 @@ mod tests {
         assert_eq!(catcher.received(), 0);
     }
 
+    /// The tests' fault knob reaches a connection that is already open, at the command it
+    /// names, and a dropped catcher closes the connection at once, as a server that goes away.
+    #[tokio::test]
+    async fn the_behaviour_applies_to_open_connections_and_drop_closes_them() {
+        let catcher = Catcher::start(Duration::ZERO).await.unwrap();
+        let mut client = Raw::connect(&catcher).await;
+        assert!(client.say("EHLO client.example").await.starts_with("250"));
+        assert!(
+            client
+                .say("MAIL FROM:<a@example.com>")
+                .await
+                .starts_with("250")
+        );
+
+        catcher.set_behaviour(Behaviour::RejectPermanent);
+        let refused = client.say("RCPT TO:<b@example.com>").await;
+        assert!(refused.starts_with("550 5.1.1"), "{refused}");
+        catcher.set_behaviour(Behaviour::Accept);
+        assert!(
+            client
+                .say("RCPT TO:<b@example.com>")
+                .await
+                .starts_with("250")
+        );
+        assert!(client.say("DATA").await.starts_with("354"));
+        catcher.set_behaviour(Behaviour::RejectPolicy);
+        let refused = client.say("Subject: hi\r\n\r\nbody\r\n.").await;
+        assert!(refused.starts_with("554 5.7.1"), "{refused}");
+        assert_eq!(catcher.received(), 0);
+        assert_eq!(
+            (catcher.connections(), catcher.most_connections_at_once()),
+            (1, 1)
+        );
+
+        catcher.set_behaviour(Behaviour::Hang);
+        assert!(
+            client
+                .say("MAIL FROM:<a@example.com>")
+                .await
+                .starts_with("250")
+        );
+        assert!(
+            client
+                .say("RCPT TO:<b@example.com>")
+                .await
+                .starts_with("250")
+        );
+        assert!(client.say("DATA").await.starts_with("354"));
+        client
+            .writer
+            .write_all(b"Subject: hi\r\n\r\nbody\r\n.\r\n")
+            .await
+            .unwrap();
+        drop(catcher);
+        // No answer to the hung message: the connection ends instead.
+        let closed = tokio::time::timeout(Duration::from_secs(5), client.reply())
+            .await
+            .expect("a dropped catcher closes its connections");
+        assert_eq!(closed, "");
+    }
+
     #[tokio::test]
     async fn stop_closes_idle_connections_with_421_and_waits_for_them() {
         let catcher = Catcher::start(Duration::ZERO).await.unwrap();
