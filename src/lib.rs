@@ -21,8 +21,9 @@
 
 #[cfg(feature = "tools")]
 pub mod bench;
+/// The mail catcher lives in its own workspace crate, `confirmd-catcher` (`catcher/`).
 #[cfg(feature = "tools")]
-pub mod catcher;
+pub use confirmd_catcher as catcher;
 pub mod cli;
 pub mod config;
 pub mod delivery;

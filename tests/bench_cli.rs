@@ -2,14 +2,12 @@
 //! server that receives every email: what it counts (not how fast: timings vary by machine),
 //! the chart it draws, and how it refuses to run.
 
-#[path = "support/binary.rs"]
-mod binary;
-#[path = "support/smtp.rs"]
-mod smtp;
+mod support;
+use support::{app::InProcessApp, binary, free_port, smtp};
 
 use std::{process::Output, time::Duration};
 
-use confirmd::{Application, Settings};
+use confirmd::Settings;
 use serde_json::{Value, json};
 use smtp::SmtpServer;
 use tempfile::TempDir;
@@ -20,6 +18,7 @@ const PATIENCE: Duration = Duration::from_secs(10);
 /// A running confirmd and what it needs to stay up: its SMTP server and its database folder.
 struct RunningApp {
     url: String,
+    _app: InProcessApp,
     smtp: SmtpServer,
     _db_dir: TempDir,
 }
@@ -37,12 +36,10 @@ async fn spawn_app() -> RunningApp {
     settings.smtp.port = smtp.port();
     // The bench is one client sending many signups.
     settings.signup.per_client_per_minute = 0;
-    let settings = settings.validated().expect("test settings are valid");
-    let app = Application::build(settings).await.expect("the app builds");
-    let url = format!("http://127.0.0.1:{}", app.port());
-    tokio::spawn(async move { app.run_until_stopped().await.expect("the app runs") });
+    let app = InProcessApp::start(settings).await;
     RunningApp {
-        url,
+        url: app.address.clone(),
+        _app: app,
         smtp,
         _db_dir: db_dir,
     }
@@ -63,15 +60,6 @@ async fn run_bench(args: &[&str]) -> Output {
     })
     .await
     .unwrap()
-}
-
-/// A port nobody listens on: bound by the OS, then released.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 #[tokio::test]

@@ -1,7 +1,7 @@
 //! The binary itself: its help, `migrate`, and configuration errors that name their key.
 
-#[path = "support/binary.rs"]
-mod binary;
+mod support;
+use support::binary;
 
 use binary::run_confirmd as confirmd;
 
@@ -136,13 +136,12 @@ fn production_refuses_to_start_without_a_token_secret_and_says_how_to_set_one() 
         dir.path().join("confirmd.db").display()
     );
     // The repository's config folder, in production: token.generate_secret is off there.
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_confirmd"))
+    let mut child = binary::confirmd()
         .args([
             "--config",
             concat!(env!("CARGO_MANIFEST_DIR"), "/config"),
             "serve",
         ])
-        .env_remove("RUST_LOG")
         .env("CONFIRMD_ENV", "production")
         .env("CONFIRMD_SERVER__LISTEN", "127.0.0.1:0")
         .env("CONFIRMD_DATABASE__URL", &url)

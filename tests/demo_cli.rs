@@ -2,8 +2,8 @@
 //! counts and confirms (not how fast: timings vary by machine), the chart and the text report,
 //! and how it refuses a bad argument.
 
-#[path = "support/binary.rs"]
-mod binary;
+mod support;
+use support::binary;
 
 use std::process::Output;
 

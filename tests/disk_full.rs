@@ -6,10 +6,8 @@
 //!
 //! `SQLX_OFFLINE=true cargo test --test disk_full -- --nocapture` prints the recovery time.
 
-#[path = "support/process.rs"]
-mod process;
-#[path = "support/smtp.rs"]
-mod smtp;
+mod support;
+use support::{process, smtp};
 
 use std::{process::Command, time::Duration};
 

@@ -3,11 +3,14 @@
 //! Run by hand with maildev listening (SMTP on 1025, web on 1080 here):
 //! `CONFIRMD_E2E_SMTP_PORT=1025 CONFIRMD_E2E_MAILDEV_URL=http://127.0.0.1:1080 cargo test --test e2e_maildev -- --ignored`
 
+mod support;
+
 use std::time::Duration;
 
-use confirmd::{Application, Settings};
+use confirmd::Settings;
 use reqwest::StatusCode;
 use serde_json::Value;
+use support::{app::InProcessApp, free_port, links};
 
 struct Maildev {
     url: String,
@@ -63,8 +66,7 @@ impl Maildev {
 }
 
 fn link_in(text: &str) -> String {
-    text.split_whitespace()
-        .find(|word| word.contains("/confirm?token="))
+    links::confirmation_link_in(text)
         .unwrap_or_else(|| panic!("no confirmation link in {text:?}"))
         .to_owned()
 }
@@ -75,21 +77,13 @@ async fn both_modes_deliver_to_maildev_and_the_link_confirms() {
     let (smtp_port, maildev) = Maildev::from_env();
     let db = tempfile::tempdir().unwrap();
     // The link must point at the app, whose port is known only once it is bound: take a free one.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let mut settings = Settings::defaults();
     settings.server.listen = format!("127.0.0.1:{port}");
     settings.app.base_url = format!("http://127.0.0.1:{port}");
     settings.database.url = format!("sqlite://{}?mode=rwc", db.path().join("e2e.db").display());
     settings.smtp.port = smtp_port;
-    let app = Application::build(settings.validated().unwrap())
-        .await
-        .unwrap();
-    let shutdown = app.shutdown_token();
-    let server = tokio::spawn(app.run_until_stopped());
+    let app = InProcessApp::start(settings).await;
     let client = reqwest::Client::new();
     let run = std::process::id();
 
@@ -123,7 +117,7 @@ async fn both_modes_deliver_to_maildev_and_the_link_confirms() {
         // the token, confirms.
         let opened = client.get(&link).send().await.unwrap();
         assert_eq!(opened.status(), StatusCode::OK);
-        let token = link.split_once("token=").unwrap().1;
+        let token = links::token_of(&link);
         let confirmed = client
             .post(format!("http://127.0.0.1:{port}/confirm"))
             .json(&serde_json::json!({ "token": token }))
@@ -145,6 +139,5 @@ async fn both_modes_deliver_to_maildev_and_the_link_confirms() {
         assert_eq!(details["delivery"]["state"], "sent");
     }
 
-    shutdown.cancel();
-    server.await.unwrap().unwrap();
+    app.stop().await;
 }

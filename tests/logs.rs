@@ -1,13 +1,10 @@
 //! What the service writes to its log: one line per signup with mode and latency, and never a
 //! confirmation token or the secret tokens are derived from, even at the most verbose level.
 
-#[path = "support/smtp.rs"]
-mod smtp;
+mod support;
+use support::{binary, free_port, links, smtp};
 
-use std::{
-    process::{Command, Stdio},
-    time::Duration,
-};
+use std::{process::Stdio, time::Duration};
 
 use serde_json::Value;
 use smtp::SmtpServer;
@@ -16,15 +13,11 @@ use smtp::SmtpServer;
 async fn tokens_never_reach_the_log_even_at_trace_level() {
     let smtp = SmtpServer::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let base = format!("http://127.0.0.1:{port}");
     let log_path = dir.path().join("confirmd.log");
     let log = std::fs::File::create(&log_path).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_confirmd"))
+    let mut child = binary::confirmd()
         .args(["--config", dir.path().to_str().unwrap(), "serve"])
         .env("RUST_LOG", "trace")
         .env("CONFIRMD_TELEMETRY__FORMAT", "json")
@@ -70,7 +63,7 @@ async fn tokens_never_reach_the_log_even_at_trace_level() {
             .unwrap();
         let link = mail.confirmation_link();
         assert_eq!(client.get(&link).send().await.unwrap().status(), 200);
-        let token = link.split("token=").nth(1).unwrap().to_owned();
+        let token = links::token_of(&link).to_owned();
         // The page's button: the token in a form body.
         let confirmed = client
             .post(format!("{base}/confirm"))

@@ -7,10 +7,8 @@
 //! `SQLX_OFFLINE=true cargo test --test process -- --ignored --nocapture` (the load; set
 //! `CONFIRMD_E2E_SMTP_PORT` and `CONFIRMD_E2E_MAILDEV_URL` to send its email to maildev).
 
-#[path = "support/process.rs"]
-mod process;
-#[path = "support/smtp.rs"]
-mod smtp;
+mod support;
+use support::{links, process, smtp};
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -647,7 +645,7 @@ fn files_holding(files: &BTreeMap<String, Vec<u8>>, needle: &[u8]) -> Vec<String
 fn token_of(mail: &ReceivedMail) -> (String, Vec<u8>) {
     use base64::Engine;
     let link = mail.confirmation_link();
-    let token = link.split("token=").nth(1).expect("the link has a token");
+    let token = links::token_of(&link);
     let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
         .decode(token)
         .expect("a token is base64url");

@@ -7,10 +7,8 @@
 //! 17 minutes at the defaults. The measured outage is printed: `--nocapture` shows it:
 //! `SQLX_OFFLINE=true cargo test --test smtp_outage -- --nocapture`.
 
-#[path = "support/process.rs"]
-mod process;
-#[path = "support/smtp.rs"]
-mod smtp;
+mod support;
+use support::{process, smtp};
 
 use std::str::FromStr;
 use std::time::Duration;

@@ -6,10 +6,8 @@
 //!
 //! `SQLX_OFFLINE=true cargo test --test stalled_clients -- --nocapture` prints what it measured.
 
-#[path = "support/process.rs"]
-mod process;
-#[path = "support/smtp.rs"]
-mod smtp;
+mod support;
+use support::{process, smtp};
 
 use std::time::Duration;
 

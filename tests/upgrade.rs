@@ -1,12 +1,12 @@
 //! A database written before tokens were derived (raw tokens in the outbox, one token per user)
 //! is migrated in place, and the email it had waiting still goes out with a link that works.
 
-#[path = "support/smtp.rs"]
-mod smtp;
+mod support;
+use support::{app::InProcessApp, links, smtp};
 
 use std::time::Duration;
 
-use confirmd::{Application, Settings, domain::ConfirmationToken};
+use confirmd::{Settings, domain::ConfirmationToken};
 use sqlx::{Connection, SqliteConnection};
 
 /// The migrations of the old schema, the ones an existing database has applied.
@@ -69,12 +69,8 @@ async fn an_email_queued_before_the_upgrade_is_sent_with_its_old_link_which_work
     settings.database.url = url.clone();
     settings.smtp.port = smtp.port();
     settings.worker.sweep_interval_ms = 100;
-    let app = Application::build(settings.validated().unwrap())
-        .await
-        .unwrap();
-    let address = format!("http://127.0.0.1:{}", app.port());
-    let shutdown = app.shutdown_token();
-    let server = tokio::spawn(app.run_until_stopped());
+    let app = InProcessApp::start(settings).await;
+    let address = app.address.clone();
 
     let mail = smtp.wait_for_mail(1, Duration::from_secs(10)).await;
     let link = mail[0].confirmation_link();
@@ -82,9 +78,8 @@ async fn an_email_queued_before_the_upgrade_is_sent_with_its_old_link_which_work
         link.ends_with(token.expose()),
         "the link it was stored with"
     );
-    let path = link.split_once("/confirm").unwrap().1;
     // Only a POST confirms: opening the link shows the page with its button.
-    let token = path.split_once("token=").unwrap().1;
+    let token = links::token_of(&link);
     let confirmed = reqwest::Client::new()
         .post(format!("{address}/confirm"))
         .json(&serde_json::json!({ "token": token }))
@@ -109,8 +104,7 @@ async fn an_email_queued_before_the_upgrade_is_sent_with_its_old_link_which_work
         ("confirmed", Some("Ann"))
     );
     conn.close().await.unwrap();
-    shutdown.cancel();
-    server.await.unwrap().unwrap();
+    app.stop().await;
 }
 
 /// Each backend has its own migrations folder, and `sqlx::migrate!` embeds only that folder: a

@@ -254,7 +254,7 @@ async fn the_database_keeps_only_a_hash_of_the_token() {
     let app = spawn_app().await;
     app.signup_ok("ann@example.com", "sync").await;
     let link = app.confirmation_link("ann@example.com").await;
-    let token = link.split("token=").nth(1).unwrap();
+    let token = token_of(&link);
 
     let db = app.db().await;
     let hashes: Vec<Vec<u8>> = sqlx::query_scalar("SELECT token_hash FROM confirmation_tokens")

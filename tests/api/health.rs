@@ -80,11 +80,7 @@ async fn with_smtp_down_readyz_stays_200_and_healthz_reports_it_until_it_is_back
 /// (the default, 5 s), which the probes must never do.
 #[tokio::test]
 async fn a_server_that_never_greets_does_not_slow_readyz() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = crate::support::free_port();
     let silent = tokio::net::TcpListener::bind(("127.0.0.1", port))
         .await
         .unwrap();

@@ -1,13 +1,13 @@
 use std::{future::Future, time::Duration};
 
-use confirmd::{Application, Settings};
+use confirmd::Settings;
 use reqwest::{Response, StatusCode};
 use serde_json::Value;
 use tempfile::TempDir;
-use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
 
 use crate::smtp::{ReceivedMail, SmtpServer};
+pub use crate::support::links::token_of;
+use crate::support::{app::InProcessApp, free_port};
 
 /// Where the links in test emails point; tests swap it for the app's real address.
 pub const BASE_URL: &str = "http://confirmd.test";
@@ -23,8 +23,7 @@ pub struct TestApp {
     smtp_port: u16,
     smtp: Option<SmtpServer>,
     db_dir: TempDir,
-    shutdown: CancellationToken,
-    server: JoinHandle<()>,
+    running: InProcessApp,
 }
 
 /// Settings for a test: fast retries and sweeps, so that faults heal within a test's patience.
@@ -73,40 +72,24 @@ pub async fn spawn_app_without_smtp(tweak: impl FnOnce(&mut Settings)) -> TestAp
     launch(settings, db_dir, port, None).await
 }
 
-/// A port nobody listens on: bound by the OS, then released.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 async fn launch(
     settings: Settings,
     db_dir: TempDir,
     smtp_port: u16,
     smtp: Option<SmtpServer>,
 ) -> TestApp {
-    let settings = settings.validated().expect("test settings are valid");
-    let app = Application::build(settings.clone())
-        .await
-        .expect("the app builds");
-    let address = format!("http://127.0.0.1:{}", app.port());
-    let shutdown = app.shutdown_token();
-    let server = tokio::spawn(async move { app.run_until_stopped().await.expect("the app runs") });
+    let running = InProcessApp::start(settings).await;
     TestApp {
-        address,
+        address: running.address.clone(),
         client: reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .build()
             .unwrap(),
-        settings,
+        settings: running.settings.clone(),
         smtp_port,
         smtp,
         db_dir,
-        shutdown,
-        server,
+        running,
     }
 }
 
@@ -328,11 +311,7 @@ impl TestApp {
 
     /// Shuts the app down gracefully and waits until it has stopped.
     pub async fn stop(self) -> StoppedApp {
-        self.shutdown.cancel();
-        tokio::time::timeout(PATIENCE, self.server)
-            .await
-            .expect("the app stops within its deadline")
-            .unwrap();
+        self.running.stop().await;
         StoppedApp {
             settings: self.settings,
             smtp_port: self.smtp_port,
@@ -360,13 +339,6 @@ impl StoppedApp {
 
 /// Calls `probe` until it returns `Ok`, or `within` passes and the last `Err` is returned: the
 /// way tests wait for something asynchronous, instead of sleeping and hoping.
-/// The token a confirmation link carries.
-pub fn token_of(link: &str) -> &str {
-    link.split_once("token=")
-        .unwrap_or_else(|| panic!("{link} has no token"))
-        .1
-}
-
 pub async fn poll<T, E, F, Fut>(within: Duration, mut probe: F) -> Result<T, E>
 where
     F: FnMut() -> Fut,

@@ -1,10 +1,9 @@
 //! Integration tests: the real application on a random port, a temporary SQLite file, and an
 //! SMTP server inside the test process that receives the email (or fails on purpose).
 
-#[path = "../support/binary.rs"]
-mod binary;
-#[path = "../support/smtp.rs"]
-mod smtp;
+#[path = "../support/mod.rs"]
+mod support;
+use support::{binary, smtp};
 
 mod helpers;
 

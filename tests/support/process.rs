@@ -6,9 +6,6 @@
 //! the database, so a second [`ServiceProcess`] started there finds what the first one left, and
 //! the log of every run, so a failing test can show them.
 
-// Each integration test binary uses a different subset of this module.
-#![allow(dead_code)]
-
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -20,20 +17,13 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode};
 use tempfile::TempDir;
 use tokio::time::Instant;
 
+pub use super::free_port;
+
 /// How long a fresh process may take to open and migrate its database and answer `/healthz`.
 const STARTUP_PATIENCE: Duration = Duration::from_secs(30);
 
 /// How many lines of each run's log a failing test prints.
 const LOG_TAIL_LINES: usize = 80;
-
-/// A port nobody listens on: bound by the OS, then released.
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("the OS hands out a free port")
-        .local_addr()
-        .expect("a bound listener has an address")
-        .port()
-}
 
 /// The folder a service runs in: its database, its (absent) config folder and its logs.
 pub struct ServiceHome {
@@ -85,7 +75,7 @@ impl ServiceHome {
         let log = File::create(&log_path).expect("the log file can be created");
         let port = free_port();
         let address = format!("http://127.0.0.1:{port}");
-        let mut command = Command::new(env!("CARGO_BIN_EXE_confirmd"));
+        let mut command = super::binary::confirmd();
         // A config folder that does not exist: the repository's ./config/local.toml must not
         // change what the test asked for.
         command
@@ -98,12 +88,6 @@ impl ServiceHome {
             // and touches no memory of the parent's.
             unsafe {
                 command.pre_exec(move || rlimit::setrlimit(rlimit::Resource::NOFILE, limit, limit));
-            }
-        }
-        // Settings from the environment running the tests (CI's, a developer's) stay out too.
-        for (key, _) in std::env::vars() {
-            if key.starts_with("CONFIRMD_") {
-                command.env_remove(key);
             }
         }
         let child = command

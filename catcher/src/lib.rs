@@ -17,23 +17,35 @@
 //! reply a sender waits for before it may call the email sent. The production SMTP path has no
 //! such knob: the delay exists only here.
 //!
-//! **Memory.** It keeps the count of messages accepted and only the last [`KEPT`] of them, and
-//! refuses a message over [`MAX_MESSAGE`] bytes, so it can run under any load without growing.
+//! **Memory.** It keeps the count of messages accepted and only the last [`KEPT`] of them (all
+//! of them if [`Config::keep_all`] asks, as tests do), and refuses a message over
+//! [`MAX_MESSAGE`] bytes, so it can run under any load without growing.
+//!
+//! **Faults.** The integration tests use the same catcher to see how a sender copes with a
+//! server that fails: [`Catcher::set_behaviour`] makes it slow, refuse (`4xx`, `5xx`), drop the
+//! connection mid-`DATA` or never answer (see [`Behaviour`]). It also counts connections
+//! ([`Catcher::connections`], [`Catcher::most_connections_at_once`]), which shows whether a
+//! sender pools them.
 
 use std::{
     collections::VecDeque,
     io,
     net::{Ipv4Addr, SocketAddr},
-    sync::{Arc, Mutex, MutexGuard, PoisonError},
+    sync::{
+        Arc, Mutex, MutexGuard, PoisonError,
+        atomic::{AtomicUsize, Ordering},
+    },
     time::Duration,
 };
 
 use tokio::{
     io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader},
     net::{
-        TcpListener, TcpStream,
+        TcpListener, TcpSocket, TcpStream,
         tcp::{OwnedReadHalf, OwnedWriteHalf},
     },
+    sync::watch,
+    time::Instant,
 };
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
@@ -51,6 +63,49 @@ const MAX_LINE: usize = 8 * 1024;
 /// Recipients of one message beyond which `RCPT TO` is answered `452`, as RFC 5321 allows.
 const MAX_RECIPIENTS: usize = 100;
 
+/// How long [`Catcher::start_with`] keeps retrying a fixed port that a catcher just dropped may
+/// still hold.
+const BIND_PATIENCE: Duration = Duration::from_secs(2);
+
+/// What the catcher does with the next transaction. It is read when it matters (at `EHLO`, at
+/// `RCPT TO`, at the start and at the end of the `DATA` body), so a change also reaches
+/// connections a client keeps open in its pool.
+#[derive(Clone, Debug, Default)]
+pub enum Behaviour {
+    /// `250` to everything; the message is kept at the end of `DATA`.
+    #[default]
+    Accept,
+    /// Like `Accept`, but waits this long (on top of the latency) before keeping the message
+    /// and answering `250`.
+    Delay(Duration),
+    /// `451 4.3.0` at the end of `DATA`; the message is not kept.
+    RejectTransient,
+    /// `550 5.1.1` to `RCPT TO`: the mailbox does not exist.
+    RejectPermanent,
+    /// `554 5.7.1` at the end of `DATA`: refused by policy, whoever the recipient.
+    RejectPolicy,
+    /// Closes the connection, without answering, once the client starts sending the body.
+    DropDuringData,
+    /// Reads the body, then never answers; the connection stays open until the catcher is
+    /// dropped or stopped.
+    Hang,
+    /// Like `Accept`, but `EHLO` does not announce `SMTPUTF8`, as many servers still do not: a
+    /// client must not send it an address that is not ASCII.
+    NoSmtpUtf8,
+}
+
+/// How to start a catcher; [`Catcher::start`] is the demo's: a free port, one latency, the
+/// last [`KEPT`] messages.
+#[derive(Clone, Debug, Default)]
+pub struct Config {
+    /// The port of 127.0.0.1 to listen on; 0 for a free one.
+    pub port: u16,
+    /// Added before the reply to every message's end (see the module docs).
+    pub latency: Duration,
+    /// Keep every message, not only the last [`KEPT`]: for a test, which reads them all.
+    pub keep_all: bool,
+}
+
 /// A running catcher on a loopback port. Dropping it stops it too, without waiting; [`stop`]
 /// waits for every connection to finish.
 ///
@@ -61,6 +116,9 @@ pub struct Catcher {
     /// Cancelled to stop: the listener stops accepting, idle connections are told `421` and
     /// closed, a message whose end has arrived still gets its reply.
     shutdown: CancellationToken,
+    /// Cancelled on drop: every connection is closed at once, mid-reply or not, as a server
+    /// that goes away does.
+    abort: CancellationToken,
     /// The accept loop and every connection, so that [`Catcher::stop`] can wait for them.
     tasks: TaskTracker,
 }
@@ -77,33 +135,50 @@ pub struct Message {
     pub data: Vec<u8>,
 }
 
-/// What arrived, shared by the handle and every connection.
-#[derive(Default)]
+/// What arrived and how to answer, shared by the handle and every connection.
 struct Inbox {
     state: Mutex<InboxState>,
+    /// How many messages were accepted, for [`Catcher::wait_for`] to wait on.
+    accepted: watch::Sender<usize>,
+    keep_all: bool,
+    behaviour: Mutex<Behaviour>,
+    /// Connections accepted so far, open now, and the most that were ever open at once.
+    connections: AtomicUsize,
+    open: AtomicUsize,
+    most_open: AtomicUsize,
 }
 
 #[derive(Default)]
 struct InboxState {
     /// Every message accepted since the start.
     received: usize,
-    /// The last [`KEPT`] of them, oldest first.
+    /// The last [`KEPT`] of them (or all), oldest first.
     recent: VecDeque<Message>,
+}
+
+/// A mutex poisoned by a panic still holds usable data: a counter, a list, a behaviour.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl Inbox {
     fn lock(&self) -> MutexGuard<'_, InboxState> {
-        // The state is a counter and a list, valid after any panic in between.
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+        lock(&self.state)
+    }
+
+    fn behaviour(&self) -> Behaviour {
+        lock(&self.behaviour).clone()
     }
 
     fn accept(&self, message: Message) {
         let mut state = self.lock();
         state.received += 1;
-        if state.recent.len() == KEPT {
+        if state.recent.len() == KEPT && !self.keep_all {
             state.recent.pop_front();
         }
         state.recent.push_back(message);
+        // Still under the lock, so the count only ever grows.
+        self.accepted.send_replace(state.received);
     }
 }
 
@@ -111,22 +186,68 @@ impl Catcher {
     /// Listens on a free port of 127.0.0.1 and serves until stopped. Every message is answered
     /// `latency` after its end arrives (see the module docs).
     pub async fn start(latency: Duration) -> io::Result<Catcher> {
-        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await?;
+        Catcher::start_with(Config {
+            latency,
+            ..Config::default()
+        })
+        .await
+    }
+
+    /// Listens as `config` says and serves until stopped. A fixed port still held by a catcher
+    /// that was just dropped is retried for a while.
+    pub async fn start_with(config: Config) -> io::Result<Catcher> {
+        let listener = bind(config.port).await?;
         let addr = listener.local_addr()?;
         let catcher = Catcher {
             addr,
-            inbox: Arc::default(),
+            inbox: Arc::new(Inbox {
+                state: Mutex::default(),
+                accepted: watch::Sender::new(0),
+                keep_all: config.keep_all,
+                behaviour: Mutex::default(),
+                connections: AtomicUsize::new(0),
+                open: AtomicUsize::new(0),
+                most_open: AtomicUsize::new(0),
+            }),
             shutdown: CancellationToken::new(),
+            abort: CancellationToken::new(),
             tasks: TaskTracker::new(),
         };
         catcher.tasks.spawn(accept_loop(
             listener,
             Arc::clone(&catcher.inbox),
-            latency,
+            config.latency,
             catcher.shutdown.clone(),
+            catcher.abort.clone(),
             catcher.tasks.clone(),
         ));
         Ok(catcher)
+    }
+
+    /// Applies from the next `EHLO`, `RCPT TO` or `DATA` on, also on connections already open.
+    pub fn set_behaviour(&self, behaviour: Behaviour) {
+        *lock(&self.inbox.behaviour) = behaviour;
+    }
+
+    /// Waits until at least `count` messages were accepted, for at most `within`; whether they
+    /// were.
+    pub async fn wait_for(&self, count: usize, within: Duration) -> bool {
+        let mut accepted = self.inbox.accepted.subscribe();
+        matches!(
+            tokio::time::timeout(within, accepted.wait_for(|n| *n >= count)).await,
+            Ok(Ok(_))
+        )
+    }
+
+    /// TCP connections accepted so far.
+    pub fn connections(&self) -> usize {
+        self.inbox.connections.load(Ordering::SeqCst)
+    }
+
+    /// The most TCP connections that were open at the same time, from accept until the client
+    /// closed (or the catcher did).
+    pub fn most_connections_at_once(&self) -> usize {
+        self.inbox.most_open.load(Ordering::SeqCst)
     }
 
     /// Where it listens, for an SMTP client's host and port.
@@ -140,7 +261,7 @@ impl Catcher {
         self.inbox.lock().received
     }
 
-    /// The last messages accepted (at most [`KEPT`]), oldest first.
+    /// The last messages accepted (at most [`KEPT`], unless [`Config::keep_all`]), oldest first.
     pub fn recent(&self) -> Vec<Message> {
         self.inbox.lock().recent.iter().cloned().collect()
     }
@@ -157,8 +278,28 @@ impl Catcher {
 
 impl Drop for Catcher {
     fn drop(&mut self) {
-        // The same stop as `stop`, without waiting for the connections to close.
+        // A server that goes away: no new connections, and the open ones closed at once.
         self.shutdown.cancel();
+        self.abort.cancel();
+    }
+}
+
+async fn bind(port: u16) -> io::Result<TcpListener> {
+    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    let deadline = Instant::now() + BIND_PATIENCE;
+    loop {
+        let bound = TcpSocket::new_v4().and_then(|socket| {
+            // Connections of a previous catcher on this port may linger in TIME_WAIT.
+            socket.set_reuseaddr(true)?;
+            socket.bind(addr)?;
+            socket.listen(1024)
+        });
+        match bound {
+            Err(e) if e.kind() == io::ErrorKind::AddrInUse && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            bound => return bound,
+        }
     }
 }
 
@@ -167,6 +308,7 @@ async fn accept_loop(
     inbox: Arc<Inbox>,
     latency: Duration,
     shutdown: CancellationToken,
+    abort: CancellationToken,
     tasks: TaskTracker,
 ) {
     loop {
@@ -176,10 +318,20 @@ async fn accept_loop(
         };
         match accepted {
             Ok((stream, _)) => {
+                inbox.connections.fetch_add(1, Ordering::SeqCst);
+                let open = inbox.open.fetch_add(1, Ordering::SeqCst) + 1;
+                inbox.most_open.fetch_max(open, Ordering::SeqCst);
                 let session = Session::new(stream, Arc::clone(&inbox), latency, shutdown.clone());
+                let inbox = Arc::clone(&inbox);
+                let abort = abort.clone();
                 tasks.spawn(async move {
-                    // A client that goes away mid-session is its own business.
-                    let _ = session.run().await;
+                    tokio::select! {
+                        // A client that goes away mid-session is its own business.
+                        _ = session.run() => {}
+                        // Dropping the session closes its socket.
+                        () = abort.cancelled() => {}
+                    }
+                    inbox.open.fetch_sub(1, Ordering::SeqCst);
                 });
             }
             // Out of file descriptors, say: back off rather than spin on the error.
@@ -205,6 +357,8 @@ enum Body {
     TooBig,
     /// The client went away, or the catcher is stopping.
     Abandoned,
+    /// [`Behaviour::DropDuringData`]: close without answering.
+    Dropped,
     TooLong,
 }
 
@@ -271,8 +425,12 @@ impl Session {
             match verb.to_ascii_uppercase().as_str() {
                 "EHLO" => {
                     self.greet();
+                    let smtputf8 = match self.inbox.behaviour() {
+                        Behaviour::NoSmtpUtf8 => "",
+                        _ => "250-SMTPUTF8\r\n",
+                    };
                     let reply = format!(
-                        "250-confirmd-catcher\r\n250-8BITMIME\r\n250-SMTPUTF8\r\n250 SIZE {MAX_MESSAGE}"
+                        "250-confirmd-catcher\r\n250-8BITMIME\r\n{smtputf8}250 SIZE {MAX_MESSAGE}"
                     );
                     self.reply(&reply).await?;
                 }
@@ -331,6 +489,9 @@ impl Session {
         if self.from.is_none() {
             return self.reply("503 5.5.1 MAIL FROM first").await;
         }
+        if let Behaviour::RejectPermanent = self.inbox.behaviour() {
+            return self.reply("550 5.1.1 mailbox unavailable").await;
+        }
         if self.to.len() == MAX_RECIPIENTS {
             return self.reply("452 4.5.3 too many recipients").await;
         }
@@ -355,8 +516,28 @@ impl Session {
         let to = std::mem::take(&mut self.to);
         match body {
             Body::Complete(data) => {
+                let extra = match self.inbox.behaviour() {
+                    Behaviour::Accept | Behaviour::RejectPermanent | Behaviour::NoSmtpUtf8 => {
+                        Duration::ZERO
+                    }
+                    Behaviour::Delay(delay) => delay,
+                    Behaviour::RejectTransient => {
+                        self.reply("451 4.3.0 temporary failure, try again later")
+                            .await?;
+                        return Ok(true);
+                    }
+                    Behaviour::RejectPolicy => {
+                        self.reply("554 5.7.1 message refused by policy").await?;
+                        return Ok(true);
+                    }
+                    Behaviour::DropDuringData => return Ok(false),
+                    Behaviour::Hang => {
+                        self.shutdown.cancelled().await;
+                        return Ok(false);
+                    }
+                };
                 // Where a real provider spends its time; see the module docs.
-                tokio::time::sleep(self.latency).await;
+                tokio::time::sleep(self.latency + extra).await;
                 self.inbox.accept(Message { from, to, data });
                 self.reply("250 2.0.0 OK: queued").await?;
                 Ok(true)
@@ -365,7 +546,7 @@ impl Session {
                 self.reply("552 5.3.4 message too big").await?;
                 Ok(true)
             }
-            Body::Abandoned => Ok(false),
+            Body::Abandoned | Body::Dropped => Ok(false),
             Body::TooLong => {
                 self.reply("500 5.5.2 line too long").await?;
                 Ok(false)
@@ -378,6 +559,7 @@ impl Session {
     async fn read_body(&mut self) -> io::Result<Body> {
         let mut data = Vec::new();
         let mut too_big = false;
+        let mut first = true;
         let shutdown = self.shutdown.clone();
         loop {
             let read = tokio::select! {
@@ -388,6 +570,11 @@ impl Session {
                 Line::Complete => {}
                 Line::Closed => return Ok(Body::Abandoned),
                 Line::TooLong => return Ok(Body::TooLong),
+            }
+            if std::mem::take(&mut first)
+                && matches!(self.inbox.behaviour(), Behaviour::DropDuringData)
+            {
+                return Ok(Body::Dropped);
             }
             if self.line == b".\r\n" || self.line == b".\n" {
                 return Ok(if too_big {
@@ -675,6 +862,67 @@ mod tests {
             assert!(reply.starts_with(code), "{command} → {reply}");
         }
         assert_eq!(catcher.received(), 0);
+    }
+
+    /// The tests' fault knob reaches a connection that is already open, at the command it
+    /// names, and a dropped catcher closes the connection at once, as a server that goes away.
+    #[tokio::test]
+    async fn the_behaviour_applies_to_open_connections_and_drop_closes_them() {
+        let catcher = Catcher::start(Duration::ZERO).await.unwrap();
+        let mut client = Raw::connect(&catcher).await;
+        assert!(client.say("EHLO client.example").await.starts_with("250"));
+        assert!(
+            client
+                .say("MAIL FROM:<a@example.com>")
+                .await
+                .starts_with("250")
+        );
+
+        catcher.set_behaviour(Behaviour::RejectPermanent);
+        let refused = client.say("RCPT TO:<b@example.com>").await;
+        assert!(refused.starts_with("550 5.1.1"), "{refused}");
+        catcher.set_behaviour(Behaviour::Accept);
+        assert!(
+            client
+                .say("RCPT TO:<b@example.com>")
+                .await
+                .starts_with("250")
+        );
+        assert!(client.say("DATA").await.starts_with("354"));
+        catcher.set_behaviour(Behaviour::RejectPolicy);
+        let refused = client.say("Subject: hi\r\n\r\nbody\r\n.").await;
+        assert!(refused.starts_with("554 5.7.1"), "{refused}");
+        assert_eq!(catcher.received(), 0);
+        assert_eq!(
+            (catcher.connections(), catcher.most_connections_at_once()),
+            (1, 1)
+        );
+
+        catcher.set_behaviour(Behaviour::Hang);
+        assert!(
+            client
+                .say("MAIL FROM:<a@example.com>")
+                .await
+                .starts_with("250")
+        );
+        assert!(
+            client
+                .say("RCPT TO:<b@example.com>")
+                .await
+                .starts_with("250")
+        );
+        assert!(client.say("DATA").await.starts_with("354"));
+        client
+            .writer
+            .write_all(b"Subject: hi\r\n\r\nbody\r\n.\r\n")
+            .await
+            .unwrap();
+        drop(catcher);
+        // No answer to the hung message: the connection ends instead.
+        let closed = tokio::time::timeout(Duration::from_secs(5), client.reply())
+            .await
+            .expect("a dropped catcher closes its connections");
+        assert_eq!(closed, "");
     }
 
     #[tokio::test]
