@@ -3,7 +3,7 @@
 //!
 //! The routes are registered through `utoipa-axum`, so the OpenAPI document served at
 //! `GET /openapi.json` is built from the same handlers and annotations as the router itself and
-//! cannot drift from it.
+//! cannot drift from it. The signup page for a browser ([`page`], `GET /`) is left out of it.
 //!
 //! Every response, errors included, passes through the same layers, outermost first:
 //!
@@ -27,6 +27,7 @@ mod error;
 mod health;
 mod limits;
 mod metrics;
+mod page;
 pub mod server;
 mod signups;
 
@@ -105,6 +106,8 @@ pub fn router(ctx: ApiContext) -> Router {
             "/openapi.json",
             get(move || async move { Json(api.as_ref().clone()) }),
         )
+        // The page for a browser, outside the OpenAPI document: see [`page`].
+        .merge(page::router())
         .fallback(|| async { Error::NotFound("There is nothing at this path.".into()) })
         .method_not_allowed_fallback(|| async {
             Error::MethodNotAllowed("This path does not accept that method.".into())

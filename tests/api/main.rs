@@ -15,6 +15,7 @@ mod health;
 mod metrics;
 mod openapi;
 mod outbox;
+mod page;
 mod privacy;
 mod restart;
 mod secret;

@@ -1,0 +1,161 @@
+// The signup page (GET /) in a real browser: Debian's chromium driven by playwright-core.
+//
+//   node .ci/page-test.mjs http://127.0.0.1:PORT [screenshot dir, default docs]
+//
+// Against a running confirmd whose SMTP server accepts mail (CI: maildev). Signs up through the
+// form in sync mode (201, with the db/smtp/total Server-Timing on the page), in background mode
+// (202, then the email's state turns `sent`), and with a bad address (a readable 422), and takes
+// a screenshot of each. Every wait has a deadline; nothing sleeps. Exits non-zero on a failure.
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { chromium } from 'playwright-core';
+
+const base = process.argv[2];
+const shots = process.argv[3] ?? 'docs';
+if (!base) {
+  console.error('usage: node .ci/page-test.mjs BASE_URL [SCREENSHOT_DIR]');
+  process.exit(2);
+}
+const WAIT_MS = 15_000;
+const SENT_WITHIN_MS = 30_000;
+
+function check(ok, what) {
+  if (!ok) throw new Error(`FAILED: ${what}`);
+  console.log(`ok: ${what}`);
+}
+
+// Waits until the element's text matches, or throws with what it showed last.
+async function textOf(page, selector, pattern, timeout = WAIT_MS) {
+  try {
+    await page.waitForFunction(
+      ([sel, src, flags]) => {
+        const el = document.querySelector(sel);
+        return el && new RegExp(src, flags).test(el.textContent);
+      },
+      [selector, pattern.source, pattern.flags],
+      { timeout, polling: 50 },
+    );
+  } catch (e) {
+    const last = await page.locator(selector).textContent().catch(() => null);
+    throw new Error(`${selector} never matched ${pattern} within ${timeout} ms; it shows ${JSON.stringify(last)}`);
+  }
+  return page.locator(selector).textContent();
+}
+
+// `db;dur=1.2, total;dur=3.4` as { db: '1.2 ms', total: '3.4 ms' }, as the page shows them.
+function timings(header) {
+  const out = {};
+  for (const entry of (header ?? '').split(',')) {
+    const [name, dur] = entry.trim().split(';dur=');
+    if (name && dur) out[name] = `${dur} ms`;
+  }
+  return out;
+}
+
+// Fills the form, submits it, and returns the POST /signups response the browser received.
+async function signUp(page, { email, name, mode }) {
+  await page.fill('#email', email);
+  await page.fill('#name', name);
+  await page.check(`input[name=mode][value=${mode}]`);
+  const [response] = await Promise.all([
+    page.waitForResponse((r) => r.request().method() === 'POST' && new URL(r.url()).pathname === '/signups', { timeout: WAIT_MS }),
+    page.click('#submit'),
+  ]);
+  return response;
+}
+
+async function timingsShown(page, response, parts) {
+  const sent = timings(await response.headerValue('server-timing'));
+  for (const part of parts) {
+    check(/^\d+(\.\d+)? ms$/.test(sent[part] ?? ''), `Server-Timing has ${part}: ${sent[part]}`);
+    const shown = await textOf(page, `#timing-${part}`, /ms$/);
+    check(shown === sent[part], `the page shows ${part} = ${shown}, as the header says`);
+  }
+  const elapsed = await textOf(page, '#elapsed', /^\d+(\.\d+)? ms$/);
+  check(true, `the page shows the browser-measured response time: ${elapsed}`);
+}
+
+const profile = mkdtempSync(join(tmpdir(), 'confirmd-page-test-'));
+// A fresh profile (--user-data-dir), which playwright passes as the persistent context's dir.
+const browser = await chromium.launchPersistentContext(profile, {
+  executablePath: '/usr/bin/chromium',
+  headless: true,
+  viewport: { width: 800, height: 900 },
+  args: [
+    '--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
+    '--disable-background-networking', '--disable-component-update', '--disable-sync',
+  ],
+});
+let failed = false;
+try {
+  const page = await browser.newPage();
+  const problems = [];
+  page.on('pageerror', (e) => problems.push(`page error: ${e.message}`));
+  // The browser logs each non-2xx fetch as an error: the 422 asked for below is expected.
+  const expected = /^Failed to load resource: the server responded with a status of 422\b/;
+  page.on('console', (m) => { if (m.type() === 'error' && !expected.test(m.text())) problems.push(`console error: ${m.text()}`); });
+  page.on('dialog', (d) => { problems.push(`a dialog opened: ${d.message()}`); d.dismiss(); });
+
+  const home = await page.goto(`${base}/`, { timeout: WAIT_MS });
+  check(home.status() === 200, `GET / answers ${home.status()}`);
+  const csp = (await home.headerValue('content-security-policy')) ?? '';
+  check(/script-src 'self'(;|$)/.test(csp), `GET / has a CSP that allows no inline script: ${csp}`);
+  await page.locator('#signup').waitFor({ timeout: WAIT_MS });
+  const run = Date.now();
+  const evil = '<img src=x onerror=alert(1)>';
+
+  // Sync: 201, with db, smtp and total as the header says.
+  let response = await signUp(page, { email: `page-sync-${run}@example.com`, name: evil, mode: 'sync' });
+  check(response.status() === 201, `sync signup answered ${response.status()}`);
+  await textOf(page, '#status', /^201\b/);
+  check(true, 'the page shows 201');
+  await timingsShown(page, response, ['db', 'smtp', 'total']);
+  await textOf(page, '#state', /^sent$/);
+  check(true, 'the page shows the sync email sent');
+  await page.screenshot({ path: join(shots, 'page-signup-sync.png'), fullPage: true });
+
+  // Background: 202, then the state followed to `sent`.
+  response = await signUp(page, { email: `page-background-${run}@example.com`, name: evil, mode: 'background' });
+  check(response.status() === 202, `background signup answered ${response.status()}`);
+  await textOf(page, '#status', /^202\b/);
+  check(true, 'the page shows 202');
+  await timingsShown(page, response, ['db', 'total']);
+  check((await page.locator('#timing-smtp').textContent()) === '—', 'no smtp timing for a background signup');
+  const states = new Set();
+  const sawSent = Date.now() + SENT_WITHIN_MS;
+  // Record each state the page shows on the way (queued/sending are often too brief to see).
+  for (;;) {
+    const state = await page.locator('#state').textContent();
+    states.add(state);
+    if (state === 'sent') break;
+    if (Date.now() > sawSent) throw new Error(`FAILED: the background email never showed sent; states seen: ${[...states]}`);
+    await page.waitForFunction((s) => document.querySelector('#state').textContent !== s, state, { timeout: SENT_WITHIN_MS }).catch(() => {});
+  }
+  check(true, `the page followed the background email to sent (states shown: ${[...states].join(' -> ')})`);
+  await textOf(page, '#attempts', /^[1-9]\d*$/);
+  await page.screenshot({ path: join(shots, 'page-signup-background.png'), fullPage: true });
+
+  // A bad address: a readable 422 with the problem's title and detail.
+  response = await signUp(page, { email: 'not-an-email', name: '', mode: 'sync' });
+  check(response.status() === 422, `bad email answered ${response.status()}`);
+  const problem = await response.json();
+  await textOf(page, '#status', /^422\b/);
+  check(await page.locator('#problem').isVisible(), 'the problem box is visible');
+  const title = await textOf(page, '#problem-title', /\S/);
+  const detail = await textOf(page, '#problem-detail', /\S/);
+  check(title === problem.title && detail === problem.detail, `the page shows the problem: "${title}: ${detail}"`);
+  check(await page.locator('#email-state').isHidden(), 'no email state is shown for a refused signup');
+  await page.screenshot({ path: join(shots, 'page-signup-error.png'), fullPage: true });
+
+  check((await page.locator('img').count()) === 0, 'the name with markup was never parsed as HTML');
+  check(problems.length === 0, `no script error, CSP violation or dialog: ${JSON.stringify(problems)}`);
+  console.log('page test: OK');
+} catch (e) {
+  failed = true;
+  console.error(e.message ?? e);
+} finally {
+  await browser.close();
+  rmSync(profile, { recursive: true, force: true });
+}
+process.exit(failed ? 1 : 0);
