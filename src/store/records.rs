@@ -51,7 +51,6 @@ pub struct NewSignup {
 #[derive(Debug, Clone)]
 pub struct StoredSignup {
     pub signup_id: String,
-    pub user_id: String,
     pub outbox_id: OutboxId,
     pub email: String,
     /// What its outbox row sends (for the operator's logs and for sync mode; never for the
@@ -98,7 +97,6 @@ pub struct SignupView {
 #[derive(Debug, Clone)]
 pub struct TokenOwner {
     pub user_id: String,
-    pub email: String,
     pub status: UserStatus,
     pub expires_at: i64,
     /// The name the token's request gave, applied when this link confirms the address.

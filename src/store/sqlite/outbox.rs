@@ -132,8 +132,8 @@ impl SqliteStore {
         Ok(())
     }
 
-    /// Gave up: a permanent rejection, or out of attempts. The row and its token stay, so an
-    /// operator can see why and put it back in the queue.
+    /// Gave up: the address was refused, the attempts ran out, or the link expires first.
+    /// The row and its nonce stay, so an operator can see why and put it back in the queue.
     pub async fn mark_failed(&self, claim: Claim, error: &str) -> Result<(), StoreError> {
         let done = sqlx::query!(
             "UPDATE email_outbox SET state = 'failed', lease_until = NULL, last_error = ?2

@@ -111,7 +111,6 @@ pub(super) async fn insert_new_users(
         .map(|row| StoredSignup {
             signup_id: row.signup_id.to_owned(),
             outbox_id: OutboxId(outbox[&row.id]),
-            user_id: row.id,
             email: row.email.to_owned(),
             kind: EmailKind::Confirmation,
             group_size: 1,
@@ -224,7 +223,6 @@ pub(super) async fn write_signup(
 
     Ok(StoredSignup {
         signup_id: new.signup_id.clone(),
-        user_id: user.id,
         outbox_id: OutboxId(outbox_id),
         email: email.to_owned(),
         kind,
@@ -265,7 +263,7 @@ impl SqliteStore {
     pub async fn token_owner(&self, hash: &TokenHash) -> Result<Option<TokenOwner>, StoreError> {
         let hash = &hash.0[..];
         let row = sqlx::query!(
-            r#"SELECT u.id AS "user_id!", u.email AS "email!", u.status AS "status!",
+            r#"SELECT u.id AS "user_id!", u.status AS "status!",
                       t.expires_at AS "expires_at!", t.name
                FROM confirmation_tokens t JOIN users u ON u.id = t.user_id
                WHERE t.token_hash = ?1"#,
@@ -276,7 +274,6 @@ impl SqliteStore {
         row.map(|r| {
             Ok(TokenOwner {
                 user_id: r.user_id,
-                email: r.email,
                 status: r.status.parse()?,
                 expires_at: r.expires_at,
                 name: r.name,
