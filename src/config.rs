@@ -207,6 +207,14 @@ pub enum LogFormat {
 #[serde(deny_unknown_fields)]
 pub struct TelemetrySettings {
     pub format: LogFormat,
+    /// Where traces go, over OTLP/HTTP with protobuf (`http://collector:4318`; the exporter adds
+    /// `/v1/traces`). Empty: traces stay log lines and nothing is exported.
+    pub otlp_endpoint: String,
+    /// `service.name` on every exported span: what a trace viewer lists the service as.
+    pub service_name: String,
+    /// The share of new traces kept, from 0.0 to 1.0. A request that arrives with a
+    /// `traceparent` follows its caller's sampling decision instead.
+    pub sampling_ratio: f64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -359,6 +367,23 @@ impl Settings {
                 "must be a header name such as x-forwarded-for, or empty",
             ));
         }
+        let endpoint = self.telemetry.otlp_endpoint.trim();
+        if !endpoint.is_empty() && !endpoint.starts_with("http://") {
+            return Err(invalid(
+                "telemetry.otlp_endpoint",
+                "must be an http:// URL such as http://127.0.0.1:4318, or empty: the exporter \
+                 speaks plain HTTP, to a collector beside the service",
+            ));
+        }
+        if !(0.0..=1.0).contains(&self.telemetry.sampling_ratio) {
+            return Err(invalid(
+                "telemetry.sampling_ratio",
+                "must be between 0.0 and 1.0",
+            ));
+        }
+        if self.telemetry.service_name.trim().is_empty() {
+            return Err(invalid("telemetry.service_name", "must not be empty"));
+        }
         if self.token.ttl_hours > 24 * 365 {
             return Err(invalid("token.ttl_hours", "must be at most a year"));
         }
@@ -411,6 +436,26 @@ mod tests {
         assert_eq!(settings.server.listen, "127.0.0.1:3000");
         assert_eq!(settings.delivery.default_mode, DeliveryMode::Background);
         assert_eq!(settings.worker.concurrency, 4);
+    }
+
+    #[test]
+    fn trace_export_is_off_by_default_and_its_keys_are_checked() {
+        let settings = Settings::defaults().validated().unwrap();
+        assert_eq!(settings.telemetry.otlp_endpoint, "");
+        assert_eq!(settings.telemetry.service_name, "confirmd");
+        assert_eq!(settings.telemetry.sampling_ratio, 1.0);
+
+        let refused = |change: fn(&mut TelemetrySettings)| {
+            let mut settings = Settings::defaults();
+            change(&mut settings.telemetry);
+            settings.validated().unwrap_err().to_string()
+        };
+        let err = refused(|t| t.otlp_endpoint = "https://collector:4318".into());
+        assert!(err.contains("telemetry.otlp_endpoint"), "{err}");
+        let err = refused(|t| t.sampling_ratio = 1.5);
+        assert!(err.contains("telemetry.sampling_ratio"), "{err}");
+        let err = refused(|t| t.service_name = " ".into());
+        assert!(err.contains("telemetry.service_name"), "{err}");
     }
 
     #[test]

@@ -22,9 +22,14 @@ async fn main() -> anyhow::Result<ExitCode> {
         Some(Command::Outbox(_)) => (LogOutput::Stderr, "info"),
         _ => (LogOutput::Stdout, "info"),
     };
-    telemetry::init(settings.telemetry.format, logs, default_filter);
+    let traces = telemetry::init(&settings.telemetry, logs, default_filter)?;
+    let outcome = run(cli.command, settings).await;
+    traces.shutdown();
+    outcome
+}
 
-    match cli.command.unwrap_or(Command::Serve) {
+async fn run(command: Option<Command>, settings: Settings) -> anyhow::Result<ExitCode> {
+    match command.unwrap_or(Command::Serve) {
         Command::Serve => {
             survive_file_size_limit();
             let app = Application::build(settings).await?;

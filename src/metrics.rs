@@ -12,6 +12,8 @@
 //! - `confirmd_outbox_emails{state}`: outbox rows by state, counted when scraped;
 //! - `confirmd_smtp_up`: 1 if the SMTP server answered the last background check, 0 if not (and
 //!   until the first check has answered).
+//! - `confirmd_trace_spans_dropped_total`: spans not exported because the trace collector was
+//!   down or slow (see `crate::telemetry`); process-wide, as the exporter is.
 //! - `confirmd_task_restarts_total{task}`: internal tasks (writer, worker, sweeper, SMTP check)
 //!   restarted after a panic (see `crate::supervise`).
 
@@ -107,6 +109,7 @@ impl Metrics {
             Box::new(metrics.signup_group.clone()),
             Box::new(metrics.outbox.clone()),
             Box::new(metrics.smtp_up.clone()),
+            Box::new(crate::telemetry::spans_dropped()),
         ] {
             metrics
                 .registry

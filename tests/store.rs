@@ -86,6 +86,7 @@ fn signup(email: &str, now: i64) -> NewSignup {
         token_expires_at: now + 3_600_000,
         mode: DeliveryMode::Background,
         request_id: None,
+        trace_context: None,
         claimed_until: None,
         resend_interval_ms: 60_000,
         now,

@@ -25,6 +25,15 @@
 //! sent an email less than `signup.resend_interval_s` ago. A row that sends nothing still takes
 //! about as long as a send ([`recent_sends`]) and goes through the same states.
 //!
+//! Each attempt is traced as a `delivery` span, with the `smtp.send` inside it. A background
+//! delivery is a child of the signup's request span, whose W3C `traceparent` the outbox row
+//! keeps, rather than a new trace linked to it. The messaging conventions recommend links for
+//! consumers that handle messages in batches, where one span cannot have many parents; here one
+//! delivery sends one row, and a child puts the signup's whole story, every retry included, in
+//! one trace a viewer draws as one waterfall, where a link is a reference to follow by hand. The
+//! price is a long trace when a retry comes hours later, after an outage or a restart: then that
+//! length is what the user waited, which is what the trace is for.
+//!
 //! No token is ever written down: the row keeps a nonce, and the token is derived from it with
 //! the server secret ([`crate::secret`]) when the email is built, by the worker or the sync
 //! request.
@@ -54,7 +63,7 @@ use std::{
 
 use tokio::sync::{Notify, mpsc};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
-use tracing::{Instrument, debug, info_span, warn};
+use tracing::{Instrument, Span, debug, field, info_span, warn};
 
 use backlog::Backlog;
 pub use confirm::LinkState;
@@ -303,6 +312,8 @@ impl Delivery {
             token_expires_at: clock::ms_from_now(policy.token_ttl),
             mode,
             request_id: request_id.map(str::to_owned),
+            // The request's trace, for the delivery to join, however late it runs.
+            trace_context: crate::telemetry::traceparent(&Span::current()),
             claimed_until,
             resend_interval_ms: i64::try_from(policy.resend_interval.as_millis())
                 .unwrap_or(i64::MAX),
@@ -359,14 +370,16 @@ impl Delivery {
                         this.hand_back(claim).await?;
                         return Ok(None);
                     };
-                    Ok::<_, StoreError>(Some(
-                        this.attempt(&permit, claim, &to, &outgoing, 1, now).await,
-                    ))
+                    let attempt = this.attempt(&permit, claim, &to, &outgoing, 1, now).await;
+                    Span::current().record("outcome", attempt.as_str());
+                    Ok::<_, StoreError>(Some(attempt))
                 };
                 let attempt = self
                     .inner
                     .tasks
-                    .spawn(send.instrument(info_span!("smtp.send", outbox_id = %claim.id)))
+                    .spawn(
+                        send.instrument(info_span!("delivery", outbox_id = %claim.id, attempt = 1, outcome = field::Empty)),
+                    )
                     .await
                     .map_err(|e| SignupError::Internal(e.to_string()))??;
                 receipt.smtp_time = Some(started.elapsed());

@@ -5,6 +5,8 @@
 
 use std::time::{Duration, Instant};
 
+use tracing::{Instrument, info_span};
+
 use super::{Delivery, in_hand::Outcome, retry::AfterFailure};
 use crate::{
     clock,
@@ -30,6 +32,17 @@ pub(crate) enum Attempt {
     Sent,
     Retrying { after: Duration, error: SendError },
     Failed { error: SendError },
+}
+
+impl Attempt {
+    /// The outcome as its span records it.
+    pub(crate) fn as_str(&self) -> &'static str {
+        match self {
+            Attempt::Sent => "sent",
+            Attempt::Retrying { .. } => "retry",
+            Attempt::Failed { .. } => "failed",
+        }
+    }
 }
 
 impl Delivery {
@@ -101,7 +114,12 @@ impl Delivery {
             Outgoing::AccountNotice => mailer.account_notice(claim.id.0, to),
         };
         let result = match message {
-            Ok(message) => mailer.send_on(permit, message).await,
+            Ok(message) => {
+                mailer
+                    .send_on(permit, message)
+                    .instrument(info_span!("smtp.send"))
+                    .await
+            }
             Err(e) => Err(SendError::Unbuildable(e.to_string())),
         };
         let took = started.elapsed();

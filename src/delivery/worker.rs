@@ -59,41 +59,45 @@ async fn run(
     info!(worker, "worker stopped");
 }
 
-/// Claims, sends and records one outbox row, in a span that carries the queue wait, the send
-/// time and the id of the request that created it.
+/// Claims, sends and records one outbox row. The send is traced in a span that carries the
+/// queue wait (from the commit, or the sweeper's offer, to the claim), the attempt, the send
+/// time, the outcome and the id of the request that created it. The span starts at the claim:
+/// only a claimed row says which trace it belongs to, and a span joins a trace only before it is
+/// first entered.
 async fn deliver(delivery: &Delivery, job: Job) {
-    let queue_wait_ms = millis(job.enqueued_at.elapsed());
+    // A connection first, the claim second: the lease starts only once the send can.
+    let permit = delivery.mailer().connection().await;
+    let store = delivery.store();
+    let now = clock::now_ms();
+    let claimed = match store
+        .claim(job.id, now, clock::ms_from_now(delivery.inner.policy.lease))
+        .await
+    {
+        Ok(Some(claimed)) => claimed,
+        // Someone else has it, it is not due, or it was superseded: nothing to do.
+        Ok(None) => return,
+        Err(e) => {
+            error!(outbox_id = %job.id, error = %e, "cannot claim the email; the sweeper will offer it again");
+            return;
+        }
+    };
+    let queue_wait = job.enqueued_at.elapsed();
+    delivery.metrics().observe_queue_wait(queue_wait);
     let span = info_span!(
         "delivery",
         outbox_id = %job.id,
-        request_id = field::Empty,
-        attempt = field::Empty,
-        kind = field::Empty,
-        queue_wait_ms,
+        request_id = claimed.request_id.as_deref(),
+        attempt = claimed.attempts,
+        kind = claimed.kind.as_str(),
+        queue_wait_ms = millis(queue_wait),
         send_ms = field::Empty,
         outcome = field::Empty,
+        trace_id = field::Empty,
     );
+    // Into the signup's trace, as a child of its request (see the module docs of `delivery`).
+    crate::telemetry::continue_trace(&span, claimed.trace_context.as_deref());
     async {
-        // A connection first, the claim second: the lease starts only once the send can.
-        let permit = delivery.mailer().connection().await;
-        let store = delivery.store();
-        let now = clock::now_ms();
-        let claimed = match store.claim(job.id, now, clock::ms_from_now(delivery.inner.policy.lease)).await {
-            Ok(Some(claimed)) => claimed,
-            // Someone else has it, it is not due, or it was superseded: nothing to do.
-            Ok(None) => return,
-            Err(e) => {
-                error!(error = %e, "cannot claim the email; the sweeper will offer it again");
-                return;
-            }
-        };
-        delivery.metrics().observe_queue_wait(job.enqueued_at.elapsed());
         let span = Span::current();
-        span.record("attempt", claimed.attempts);
-        if let Some(request_id) = &claimed.request_id {
-            span.record("request_id", request_id.as_str());
-        }
-        span.record("kind", claimed.kind.as_str());
         let outgoing = match delivery.outgoing(&claimed).await {
             Ok(outgoing) => outgoing,
             Err(e) => {
@@ -115,17 +119,15 @@ async fn deliver(delivery: &Delivery, job: Job) {
         span.record("send_ms", millis(sending.elapsed()));
         // Commit → SMTP accepted, the figure background mode is judged by.
         let end_to_end_ms = clock::now_ms().saturating_sub(claimed.created_at);
+        span.record("outcome", attempt.as_str());
         match attempt {
             Attempt::Sent => {
-                span.record("outcome", "sent");
                 info!(end_to_end_ms, "email sent");
             }
             Attempt::Retrying { after, error } => {
-                span.record("outcome", "retry");
                 warn!(error = %error, retry_in_ms = after.as_millis() as u64, "send failed; will retry");
             }
             Attempt::Failed { error } => {
-                span.record("outcome", "failed");
                 error!(error = %error, "email failed for good");
             }
         }

@@ -11,7 +11,9 @@
 //!    fresh UUIDv7 (tower-http's `SetRequestIdLayer`), and the answer carries it back
 //!    (`PropagateRequestIdLayer`);
 //! 2. a `request` span with the method, route, request id, mode, status and latency in
-//!    milliseconds, closed by one log line per request (tower-http's `TraceLayer`);
+//!    milliseconds, closed by one log line per request (tower-http's `TraceLayer`). When traces
+//!    are exported, it continues the caller's trace if the request carries a valid `traceparent`
+//!    (an invalid one starts a new trace), and records the `trace_id` (see `crate::telemetry`);
 //! 3. [`observe`], ours: `Server-Timing` and the per-mode request metrics;
 //! 4. a panic in a handler answered as a problem+json 500 rather than a dropped connection
 //!    (tower-http's `CatchPanicLayer`);
@@ -66,6 +68,8 @@ pub const BODY_LIMIT: usize = 16 * 1024;
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 const SERVER_TIMING: HeaderName = HeaderName::from_static("server-timing");
+/// The caller's W3C trace context: the request span joins its trace.
+const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 
 /// What every handler can reach.
 #[derive(Clone)]
@@ -192,7 +196,7 @@ fn request_span<B>(request: &axum::http::Request<B>) -> Span {
         .extensions()
         .get::<RequestId>()
         .map_or("", request_id_str);
-    info_span!(
+    let span = info_span!(
         "request",
         method = %request.method(),
         route = route_of(request),
@@ -200,7 +204,14 @@ fn request_span<B>(request: &axum::http::Request<B>) -> Span {
         mode = field::Empty,
         status = field::Empty,
         latency_ms = field::Empty,
-    )
+        trace_id = field::Empty,
+    );
+    let traceparent = request
+        .headers()
+        .get(TRACEPARENT)
+        .and_then(|value| value.to_str().ok());
+    crate::telemetry::continue_trace(&span, traceparent);
+    span
 }
 
 /// The one log line per request, in its span.

@@ -39,6 +39,9 @@ pub struct NewSignup {
     pub token_expires_at: i64,
     pub mode: DeliveryMode,
     pub request_id: Option<String>,
+    /// The request's W3C trace context (`traceparent`), kept with the outbox row so that its
+    /// delivery joins the signup's trace; `None` when traces are not exported.
+    pub trace_context: Option<String>,
     /// For sync mode: the row is written already claimed by the request, leased until then, so
     /// no worker or sweeper sends it at the same time.
     pub claimed_until: Option<i64>,
@@ -77,6 +80,8 @@ pub struct ClaimedEmail {
     /// Attempts including this one.
     pub attempts: i64,
     pub request_id: Option<String>,
+    /// The `traceparent` of the request that queued the row, if it was traced.
+    pub trace_context: Option<String>,
     pub created_at: i64,
 }
 

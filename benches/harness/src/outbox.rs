@@ -106,6 +106,7 @@ impl Outbox {
                     token_expires_at: now + 24 * 3_600_000,
                     mode: DeliveryMode::Background,
                     request_id: None,
+                    trace_context: None,
                     claimed_until: None,
                     resend_interval_ms: 60_000,
                     now,

@@ -26,7 +26,8 @@ impl SqliteStore {
                SET state = 'sending', lease_until = ?3, attempts = attempts + 1
                WHERE id = ?1 AND state = 'queued' AND next_attempt_at <= ?2
                RETURNING id AS "id!", kind AS "kind!", recipient AS "recipient!", nonce, token,
-                         token_hash, attempts AS "attempts!", request_id, created_at AS "created_at!""#,
+                         token_hash, attempts AS "attempts!", request_id, trace_context,
+                         created_at AS "created_at!""#,
             id.0,
             now,
             lease_until
@@ -58,6 +59,7 @@ impl SqliteStore {
                     .map(TokenHash),
                 attempts: r.attempts,
                 request_id: r.request_id,
+                trace_context: r.trace_context,
                 created_at: r.created_at,
             })
         })

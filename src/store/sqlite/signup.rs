@@ -36,6 +36,7 @@ struct NewUserRow<'a> {
     attempts: i64,
     claimed_until: Option<i64>,
     request_id: Option<&'a str>,
+    trace_context: Option<&'a str>,
     now: i64,
 }
 
@@ -67,6 +68,7 @@ pub(super) async fn insert_new_users(
                 attempts,
                 claimed_until: new.claimed_until,
                 request_id: new.request_id.as_deref(),
+                trace_context: new.trace_context.as_deref(),
                 now: new.now,
             }
         })
@@ -92,11 +94,12 @@ pub(super) async fn insert_new_users(
     let outbox: HashMap<String, i64> = sqlx::query!(
         r#"INSERT INTO email_outbox
              (signup_id, user_id, kind, recipient, nonce, token_hash, mode, state, attempts,
-              next_attempt_at, lease_until, request_id, created_at)
+              next_attempt_at, lease_until, request_id, trace_context, created_at)
            SELECT value ->> 'signup_id', value ->> 'id', 'confirmation', value ->> 'email',
                   unhex(value ->> 'nonce'), unhex(value ->> 'token_hash'),
                   value ->> 'mode', value ->> 'state', value ->> 'attempts', value ->> 'now',
-                  value ->> 'claimed_until', value ->> 'request_id', value ->> 'now'
+                  value ->> 'claimed_until', value ->> 'request_id', value ->> 'trace_context',
+                  value ->> 'now'
            FROM json_each(?1)
            RETURNING id AS "id!: i64", user_id AS "user_id!: String""#,
         json
@@ -201,8 +204,8 @@ pub(super) async fn write_signup(
     let outbox_id = sqlx::query_scalar!(
         r#"INSERT INTO email_outbox
              (signup_id, user_id, kind, recipient, nonce, token_hash, mode, state, attempts,
-              next_attempt_at, lease_until, request_id, created_at)
-           VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?10)
+              next_attempt_at, lease_until, request_id, trace_context, created_at)
+           VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?10)
            RETURNING id AS "id!""#,
         new.signup_id,
         user.id,
@@ -216,7 +219,8 @@ pub(super) async fn write_signup(
         attempts,
         new.now,
         new.claimed_until,
-        new.request_id.as_deref()
+        new.request_id.as_deref(),
+        new.trace_context.as_deref()
     )
     .fetch_one(&mut *conn)
     .await?;
