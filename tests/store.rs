@@ -25,51 +25,67 @@ async fn store() -> (tempfile::TempDir, Store) {
 #[tokio::test]
 async fn a_sender_whose_lease_expired_cannot_overwrite_the_next_senders_outcome() {
     let (_dir, store) = store().await;
+    lease_fencing(&store, &store).await;
+}
+
+/// Sender A claims a row on `a_store` with a lease that runs out at once, and stalls; the
+/// sweeper takes the row back and sender B claims it on `b_store` (another instance, on
+/// PostgreSQL). Whatever A reports late changes nothing: B's claim id fences the row.
+async fn lease_fencing(a_store: &Store, b_store: &Store) {
     let new = NewSignup {
         token_expires_at: 10_000,
         resend_interval_ms: 0,
         ..signup("ann@example.com", 1_000)
     };
     let token_hash = new.token_hash.clone();
-    let stored = store.create_signup(new).await.unwrap();
+    let stored = a_store.create_signup(new).await.unwrap();
 
-    // Sender A claims the row with a lease until t=2000, then stalls past it.
-    let a = store
-        .claim(stored.outbox_id, 1_000, 2_000)
+    let a = a_store
+        .claim(stored.outbox_id, Duration::ZERO)
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(store.reclaim_expired_leases(2_001, &[]).await.unwrap(), 1);
-    // Sender B takes the row over with its own lease.
-    let b = store
-        .claim(stored.outbox_id, 2_001, 3_000)
+    assert_eq!(a.attempts, 1);
+    // The lease ends at the millisecond it was taken: taken back once the clock moves on.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while b_store.reclaim_expired_leases(&[]).await.unwrap() == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the expired lease was never taken back"
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    // Sender B takes the row over with its own claim.
+    let b = b_store
+        .claim(stored.outbox_id, Duration::from_secs(60))
         .await
         .unwrap()
         .unwrap();
     assert_eq!(b.attempts, 2);
+    assert_ne!(a.claim, b.claim);
 
     // A wakes up and reports a failure: it must change nothing.
-    store
-        .mark_retry(a.claim, 9_999, "A's late failure")
+    a_store
+        .mark_retry(a.claim, Duration::ZERO, "A's late failure")
         .await
         .unwrap();
-    store
+    a_store
         .mark_failed(a.claim, "A's late give-up")
         .await
         .unwrap();
-    let view = store.signup(&stored.signup_id).await.unwrap().unwrap();
+    let view = b_store.signup(&stored.signup_id).await.unwrap().unwrap();
     assert_eq!(view.state.as_str(), "sending", "B still holds the row");
 
     // B's outcome is the one recorded, and the link is valid for a full TTL from the send.
-    store.mark_sent(b.claim, 2_500, 50_000).await.unwrap();
-    let view = store.signup(&stored.signup_id).await.unwrap().unwrap();
+    b_store.mark_sent(b.claim, 2_500, 50_000).await.unwrap();
+    let view = b_store.signup(&stored.signup_id).await.unwrap().unwrap();
     assert_eq!(view.state.as_str(), "sent");
     assert_eq!(view.sent_at, Some(2_500));
-    let owner = store.token_owner(&token_hash).await.unwrap().unwrap();
+    let owner = b_store.token_owner(&token_hash).await.unwrap().unwrap();
     assert_eq!(owner.expires_at, 50_000);
     // And A's late success does not undo it either.
-    store.mark_sent(a.claim, 2_600, 60_000).await.unwrap();
-    let view = store.signup(&stored.signup_id).await.unwrap().unwrap();
+    a_store.mark_sent(a.claim, 2_600, 60_000).await.unwrap();
+    let view = b_store.signup(&stored.signup_id).await.unwrap().unwrap();
     assert_eq!(view.sent_at, Some(2_500));
 }
 
@@ -86,7 +102,7 @@ fn signup(email: &str, now: i64) -> NewSignup {
         token_expires_at: now + 3_600_000,
         mode: DeliveryMode::Background,
         request_id: None,
-        claimed_until: None,
+        claim_for: None,
         resend_interval_ms: 60_000,
         now,
     }

@@ -106,7 +106,7 @@ impl Outbox {
                     token_expires_at: now + 24 * 3_600_000,
                     mode: DeliveryMode::Background,
                     request_id: None,
-                    claimed_until: None,
+                    claim_for: None,
                     resend_interval_ms: 60_000,
                     now,
                 })

@@ -287,7 +287,7 @@ mod tests {
             token_expires_at: i64::MAX,
             mode: DeliveryMode::Background,
             request_id: None,
-            claimed_until: None,
+            claim_for: None,
             resend_interval_ms: 0,
             now: 1,
         }
