@@ -293,3 +293,156 @@ async fn a_state_the_code_does_not_know_is_an_error_where_the_row_is_read() {
         Err(StoreError::UnknownState(_))
     ));
 }
+
+#[cfg(confirmd_test_postgres)]
+#[path = "support/postgres.rs"]
+mod database;
+
+/// The same store-level promises on PostgreSQL, and what only several instances on one database
+/// can break: each test's stores share a fresh database, as instances of one deployment would.
+#[cfg(confirmd_test_postgres)]
+mod postgres {
+    use std::{collections::HashSet, sync::Arc, time::Duration};
+
+    use confirmd::store::{EmailKind, OutboxId, Store};
+    use tokio::sync::mpsc;
+    use tokio_util::{sync::CancellationToken, task::TaskTracker};
+
+    use super::{database::TestDatabase, lease_fencing, signup};
+
+    /// `count` stores on one fresh, migrated database: instances of one deployment.
+    async fn instances(count: usize) -> (TestDatabase, Vec<Store>) {
+        let database = TestDatabase::create().await;
+        let mut stores = Vec::new();
+        for _ in 0..count {
+            stores.push(Store::connect(&database.url, 4).await.unwrap());
+        }
+        stores[0].migrate().await.unwrap();
+        (database, stores)
+    }
+
+    #[tokio::test]
+    async fn instances_starting_together_migrate_one_fresh_database_without_racing() {
+        let database = TestDatabase::create().await;
+        let mut migrations = Vec::new();
+        for _ in 0..4 {
+            let url = database.url.clone();
+            migrations.push(tokio::spawn(async move {
+                let store = Store::connect(&url, 2).await.unwrap();
+                let migrated = store.migrate().await;
+                store.close().await;
+                migrated
+            }));
+        }
+        for migration in migrations {
+            migration
+                .await
+                .unwrap()
+                .expect("every instance's migrate succeeds");
+        }
+        // And the schema works.
+        let store = Store::connect(&database.url, 2).await.unwrap();
+        store
+            .create_signup(signup("ann@example.com", 1_000))
+            .await
+            .unwrap();
+        assert_eq!(store.outbox_counts().await.unwrap().queued, 1);
+        store.close().await;
+    }
+
+    #[tokio::test]
+    async fn a_sender_whose_lease_expired_cannot_overwrite_the_next_instances_outcome() {
+        let (_database, stores) = instances(2).await;
+        lease_fencing(&stores[0], &stores[1]).await;
+    }
+
+    #[tokio::test]
+    async fn one_address_signed_up_on_several_instances_at_once_is_one_user_and_one_email() {
+        let (_database, stores) = instances(4).await;
+        let mut signups = Vec::new();
+        for round in 0..5 {
+            for store in &stores {
+                let store = store.clone();
+                // The resend interval (a minute) lets one of them send; the rest are suppressed.
+                let new = signup("Ann@Example.com", 1_000 + round);
+                signups.push(tokio::spawn(async move { store.create_signup(new).await }));
+            }
+        }
+        let mut kinds = Vec::new();
+        for written in signups {
+            kinds.push(written.await.unwrap().expect("no signup fails").kind);
+        }
+        let sending: Vec<_> = kinds
+            .iter()
+            .filter(|kind| **kind != EmailKind::Suppressed)
+            .collect();
+        assert_eq!(sending, [&EmailKind::Confirmation], "{kinds:?}");
+        let counts = stores[0].outbox_kinds().await.unwrap();
+        assert_eq!((counts.confirmation, counts.suppressed), (1, 19));
+    }
+
+    #[tokio::test]
+    async fn instances_claiming_at_once_never_both_get_one_row() {
+        let (_database, stores) = instances(3).await;
+        let mut ids = Vec::new();
+        for i in 0..30 {
+            let stored = stores[0]
+                .create_signup(signup(&format!("user{i}@example.com"), 1_000))
+                .await
+                .unwrap();
+            ids.push(stored.outbox_id);
+        }
+        // Every instance tries every row, as when all are woken for each.
+        let mut claims = Vec::new();
+        for store in &stores {
+            for &id in &ids {
+                let store = store.clone();
+                claims.push(tokio::spawn(async move {
+                    store.claim(id, Duration::from_secs(60)).await
+                }));
+            }
+        }
+        let mut claimed = Vec::new();
+        for claim in claims {
+            if let Some(email) = claim.await.unwrap().unwrap() {
+                claimed.push(email.claim.id);
+            }
+        }
+        claimed.sort_by_key(|id| id.0);
+        assert_eq!(claimed, ids, "each row claimed exactly once");
+    }
+
+    #[tokio::test]
+    async fn a_background_signup_on_one_instance_wakes_the_others() {
+        let (_database, stores) = instances(2).await;
+        let (heard, mut hearing) = mpsc::unbounded_channel();
+        let shutdown = CancellationToken::new();
+        let tracker = TaskTracker::new();
+        let heard = Arc::new(heard);
+        stores[1].hear_new_emails(
+            move |id: OutboxId| {
+                let _ = heard.send(id);
+            },
+            shutdown.clone(),
+            &tracker,
+        );
+        // The listener may not be listening yet: sign up until it hears one.
+        let mut written = HashSet::new();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        let id = loop {
+            let stored = stores[0]
+                .create_signup(signup(&format!("user{}@example.com", written.len()), 1_000))
+                .await
+                .unwrap();
+            written.insert(stored.outbox_id);
+            match tokio::time::timeout(Duration::from_millis(100), hearing.recv()).await {
+                Ok(Some(id)) => break id,
+                _ => assert!(tokio::time::Instant::now() < deadline, "nothing was heard"),
+            }
+        };
+        assert!(written.contains(&id));
+        shutdown.cancel();
+        tracker.close();
+        tracker.wait().await;
+    }
+}

@@ -13,11 +13,11 @@ use crate::support::{app::InProcessApp, free_port, postgres::TestDatabase};
 
 /// The database engine a copy of the suite runs on (tests/api/main.rs).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[allow(dead_code)] // each copy of the suite constructs its own variant only
 pub enum Backend {
     /// A file in the test's temporary folder.
     Sqlite,
     /// A fresh database on the server `CONFIRMD_TEST_POSTGRES_URL` names.
-    #[allow(dead_code)] // constructed only where the PostgreSQL runs are compiled
     Postgres,
 }
 
@@ -336,8 +336,13 @@ impl TestApp {
     }
 
     /// The database file itself, for tests that break it (SQLite only).
+    #[allow(dead_code)] // the PostgreSQL copy has no file to break
     pub fn db_path(&self) -> std::path::PathBuf {
-        assert_eq!(BACKEND, Backend::Sqlite, "a PostgreSQL database has no file");
+        assert_eq!(
+            BACKEND,
+            Backend::Sqlite,
+            "a PostgreSQL database has no file"
+        );
         self.storage.dir.path().join("confirmd.db")
     }
 

@@ -10,6 +10,9 @@
 //! of file descriptors), and a server database has none of those to break. What PostgreSQL can
 //! fail with instead (the server restarting) is a child-process test's to show.
 
+// Each test file is compiled once per engine, on purpose: that is the suite's parametrisation.
+#![allow(clippy::duplicate_mod)]
+
 #[path = "../support/mod.rs"]
 mod support;
 use support::{binary, smtp};
