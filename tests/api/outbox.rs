@@ -178,3 +178,20 @@ async fn the_operator_sees_what_each_request_sent_which_its_sender_is_not_told()
         "{text}"
     );
 }
+
+/// `confirmd migrate` beside a running service, as an operator runs it before a roll-out: the
+/// schema is current, and the migrator (which locks on PostgreSQL) neither fails nor hangs.
+#[tokio::test]
+async fn migrate_beside_the_running_service_succeeds() {
+    let app = spawn_app().await;
+    let output = run_confirmd(
+        &["migrate"],
+        &[("CONFIRMD_DATABASE__URL", &app.settings.database.url)],
+    );
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    app.signup_ok("ann@example.com", "sync").await;
+}
