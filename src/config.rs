@@ -431,6 +431,19 @@ mod tests {
         assert!(err.contains("mail.from"), "{err}");
 
         let mut settings = Settings::defaults();
+        settings.database.url = "mysql://localhost/confirmd".into();
+        let err = settings.validated().unwrap_err().to_string();
+        assert!(err.contains("database.url"), "{err}");
+        for url in [
+            "postgres://postgres@127.0.0.1:5432/confirmd",
+            "sqlite::memory:",
+        ] {
+            let mut settings = Settings::defaults();
+            settings.database.url = url.into();
+            assert!(settings.validated().is_ok(), "{url}");
+        }
+
+        let mut settings = Settings::defaults();
         settings.worker.concurrency = 0;
         assert!(
             settings

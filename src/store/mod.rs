@@ -402,3 +402,29 @@ pub fn shown_url(url: &str) -> String {
         _ => url.to_owned(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_engine_is_the_urls_scheme_and_a_password_is_never_shown() {
+        assert_eq!(
+            Engine::of("sqlite://data/c.db?mode=rwc"),
+            Some(Engine::Sqlite)
+        );
+        assert_eq!(Engine::of("sqlite::memory:"), Some(Engine::Sqlite));
+        assert_eq!(Engine::of("postgres://u@h/db"), Some(Engine::Postgres));
+        assert_eq!(Engine::of("PostgreSQL://u@h/db"), Some(Engine::Postgres));
+        assert_eq!(Engine::of("mysql://u@h/db"), None);
+        assert_eq!(Engine::of("data/c.db"), None);
+        assert_eq!(
+            shown_url("postgres://app:s3cret@db:5432/confirmd"),
+            "postgres://app:***@db:5432/confirmd"
+        );
+        assert_eq!(
+            shown_url("postgres://app@db/confirmd"),
+            "postgres://app@db/confirmd"
+        );
+    }
+}
