@@ -311,8 +311,15 @@ fn postgres_runs_skipped() {}
 mod postgres {
     use std::{collections::HashSet, sync::Arc, time::Duration};
 
-    use confirmd::store::{EmailKind, OutboxId, Store};
-    use tokio::sync::mpsc;
+    use std::str::FromStr;
+
+    use confirmd::store::{EmailKind, OutboxId, Store, StoreError};
+    use sqlx::postgres::PgConnectOptions;
+    use tokio::{
+        net::{TcpListener, TcpStream},
+        sync::mpsc,
+        task::{JoinHandle, JoinSet},
+    };
     use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
     use super::{database::TestDatabase, lease_fencing, signup};
@@ -478,5 +485,97 @@ mod postgres {
         shutdown.cancel();
         tracker.close();
         tracker.wait().await;
+    }
+
+    /// A TCP relay to the server that a test can take down and bring back, as a restart of
+    /// the server (or the network between) would.
+    struct Relay {
+        port: u16,
+        server: String,
+        task: Option<JoinHandle<()>>,
+    }
+
+    impl Relay {
+        /// Relays `port` (0: any free one) to `server`.
+        async fn start(port: u16, server: String) -> Relay {
+            let listener = TcpListener::bind(("127.0.0.1", port)).await.unwrap();
+            let port = listener.local_addr().unwrap().port();
+            let to = server.clone();
+            let task = tokio::spawn(async move {
+                // Dropped with the task: every relayed connection ends with it.
+                let mut connections = JoinSet::new();
+                while let Ok((mut client, _)) = listener.accept().await {
+                    let to = to.clone();
+                    connections.spawn(async move {
+                        if let Ok(mut server) = TcpStream::connect(&to).await {
+                            let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                        }
+                    });
+                }
+            });
+            Relay {
+                port,
+                server,
+                task: Some(task),
+            }
+        }
+
+        /// Closes the port and every connection through it.
+        async fn stop(&mut self) {
+            let task = self.task.take().expect("running");
+            task.abort();
+            let _ = task.await;
+        }
+    }
+
+    #[tokio::test]
+    async fn signups_get_refused_while_the_server_is_away_and_taken_again_once_it_is_back() {
+        let (database, _stores) = instances(1).await;
+        let options = PgConnectOptions::from_str(&database.url).unwrap();
+        let server = format!("{}:{}", options.get_host(), options.get_port());
+        let mut relay = Relay::start(0, server).await;
+        let url = format!(
+            "postgres://{}@127.0.0.1:{}/{}",
+            options.get_username(),
+            relay.port,
+            options.get_database().unwrap()
+        );
+        let store = Store::connect(&url, 2).await.unwrap();
+        store
+            .create_signup(signup("ann@example.com", 1_000))
+            .await
+            .unwrap();
+        assert!(store.writable().is_ok());
+
+        relay.stop().await;
+        assert!(
+            store
+                .create_signup(signup("bob@example.com", 1_000))
+                .await
+                .is_err()
+        );
+        assert!(store.writable().is_err(), "readiness says so");
+        // Refused at once from now on, as /readyz says, rather than each signup timing out.
+        assert!(matches!(
+            store.create_signup(signup("cy@example.com", 1_000)).await,
+            Err(StoreError::Unwritable(_))
+        ));
+
+        // Back: the store's probe finds out with no signup to try, and signups are taken again.
+        let _back = Relay::start(relay.port, relay.server.clone()).await;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while store.writable().is_err() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the store never noticed the server was back"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        store
+            .create_signup(signup("dan@example.com", 1_000))
+            .await
+            .unwrap();
+        assert_eq!(store.outbox_counts().await.unwrap().queued, 2);
+        store.close().await;
     }
 }
