@@ -75,11 +75,15 @@ impl ServerSettings {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DatabaseSettings {
+    /// `sqlite://path?mode=rwc` (the default: one process, one file) or
+    /// `postgres://user:password@host:port/database` (any number of instances on one database).
     pub url: String,
     /// Connections for reads. Writes always go through one connection: SQLite has one writer.
+    /// On PostgreSQL, the size of the one pool every statement shares.
     pub max_connections: u32,
     /// The largest the database file may grow, in MiB; 0 for no cap but the disk's. At the cap,
     /// signups are refused with 503 (reads go on) until rows are deleted or the cap is raised.
+    /// SQLite only: a PostgreSQL server manages its own space.
     pub max_size_mb: u64,
 }
 
@@ -387,6 +391,12 @@ impl Settings {
         if self.token.ttl_hours > 24 * 365 {
             return Err(invalid("token.ttl_hours", "must be at most a year"));
         }
+        if crate::store::Engine::of(&self.database.url).is_none() {
+            return Err(invalid(
+                "database.url",
+                "must be a sqlite:// or postgres:// URL",
+            ));
+        }
         Ok(self)
     }
 
@@ -464,6 +474,19 @@ mod tests {
         settings.mail.from = "not a mailbox".into();
         let err = settings.validated().unwrap_err().to_string();
         assert!(err.contains("mail.from"), "{err}");
+
+        let mut settings = Settings::defaults();
+        settings.database.url = "mysql://localhost/confirmd".into();
+        let err = settings.validated().unwrap_err().to_string();
+        assert!(err.contains("database.url"), "{err}");
+        for url in [
+            "postgres://postgres@127.0.0.1:5432/confirmd",
+            "sqlite::memory:",
+        ] {
+            let mut settings = Settings::defaults();
+            settings.database.url = url.into();
+            assert!(settings.validated().is_ok(), "{url}");
+        }
 
         let mut settings = Settings::defaults();
         settings.worker.concurrency = 0;

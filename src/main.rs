@@ -5,7 +5,7 @@ use clap::Parser;
 use confirmd::{
     Application, Settings,
     cli::{Cli, Command, OutboxCommand, outbox},
-    store::Store,
+    store::{self, Store},
     telemetry::{self, LogOutput},
 };
 
@@ -45,15 +45,16 @@ async fn run(command: Option<Command>, settings: Settings) -> anyhow::Result<Exi
         Command::Migrate => {
             let store = open_store(&settings).await?;
             store.close().await;
-            tracing::info!(database = %settings.database.url, "migrations applied");
+            tracing::info!(database = %store::shown_url(&settings.database.url), "migrations applied");
             Ok(ExitCode::SUCCESS)
         }
         Command::Outbox(args) => {
             // Never report on an empty database made at a mistyped path.
             let url = &settings.database.url;
             anyhow::ensure!(
-                Store::exists(url)?,
-                "no database at {url}: point database.url (CONFIRMD_DATABASE__URL) at the service's"
+                Store::exists(url).await?,
+                "no database at {}: point database.url (CONFIRMD_DATABASE__URL) at the service's",
+                store::shown_url(url)
             );
             let store = open_store(&settings).await?;
             let command = args.command.unwrap_or(OutboxCommand::Status);
@@ -79,7 +80,7 @@ async fn open_store(settings: &Settings) -> anyhow::Result<Store> {
     let url = &settings.database.url;
     let store = Store::connect(url, 1)
         .await
-        .with_context(|| format!("cannot open the database at {url}"))?;
+        .with_context(|| format!("cannot open the database at {}", store::shown_url(url)))?;
     store
         .migrate()
         .await

@@ -28,7 +28,7 @@ use sha2::Sha256;
 use crate::{
     config::TokenSettings,
     domain::{ConfirmationToken, TokenNonce},
-    store::sqlite,
+    store::Store,
 };
 
 /// The shortest secret accepted: 32 characters, as many bytes as the HMAC's output.
@@ -119,14 +119,14 @@ impl TokenKey {
     }
 }
 
-/// `token.secret_file`, or `confirmd.secret` in the database file's folder.
+/// `token.secret_file`, or `confirmd.secret` in the database file's folder (in the working
+/// folder for a PostgreSQL database, which has no file: instances sharing one must share
+/// `token.secret` instead).
 fn secret_path(settings: &TokenSettings, database_url: &str) -> PathBuf {
     if !settings.secret_file.trim().is_empty() {
         return PathBuf::from(settings.secret_file.trim());
     }
-    let database = sqlite::connect_options(database_url)
-        .map(|options| options.get_filename().to_path_buf())
-        .unwrap_or_default();
+    let database = Store::database_file(database_url).unwrap_or_default();
     database.parent().unwrap_or(Path::new("")).join(SECRET_FILE)
 }
 

@@ -1,5 +1,6 @@
 //! The store on its own: the outbox's state machine (a sender whose lease ran out cannot
-//! overwrite the outcome of the sender that took its row over) and the group-commit writer.
+//! overwrite the outcome of the sender that took its row over) on both engines, SQLite's
+//! group-commit writer, and on PostgreSQL what several instances on one database must not break.
 
 use std::time::Duration;
 
@@ -25,51 +26,67 @@ async fn store() -> (tempfile::TempDir, Store) {
 #[tokio::test]
 async fn a_sender_whose_lease_expired_cannot_overwrite_the_next_senders_outcome() {
     let (_dir, store) = store().await;
+    lease_fencing(&store, &store).await;
+}
+
+/// Sender A claims a row on `a_store` with a lease that runs out at once, and stalls; the
+/// sweeper takes the row back and sender B claims it on `b_store` (another instance, on
+/// PostgreSQL). Whatever A reports late changes nothing: B's claim id fences the row.
+async fn lease_fencing(a_store: &Store, b_store: &Store) {
     let new = NewSignup {
         token_expires_at: 10_000,
         resend_interval_ms: 0,
         ..signup("ann@example.com", 1_000)
     };
     let token_hash = new.token_hash.clone();
-    let stored = store.create_signup(new).await.unwrap();
+    let stored = a_store.create_signup(new).await.unwrap();
 
-    // Sender A claims the row with a lease until t=2000, then stalls past it.
-    let a = store
-        .claim(stored.outbox_id, 1_000, 2_000)
+    let a = a_store
+        .claim(stored.outbox_id, Duration::ZERO)
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(store.reclaim_expired_leases(2_001, &[]).await.unwrap(), 1);
-    // Sender B takes the row over with its own lease.
-    let b = store
-        .claim(stored.outbox_id, 2_001, 3_000)
+    assert_eq!(a.attempts, 1);
+    // The lease ends at the millisecond it was taken: taken back once the clock moves on.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while b_store.reclaim_expired_leases(&[]).await.unwrap() == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the expired lease was never taken back"
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    // Sender B takes the row over with its own claim.
+    let b = b_store
+        .claim(stored.outbox_id, Duration::from_secs(60))
         .await
         .unwrap()
         .unwrap();
     assert_eq!(b.attempts, 2);
+    assert_ne!(a.claim, b.claim);
 
     // A wakes up and reports a failure: it must change nothing.
-    store
-        .mark_retry(a.claim, 9_999, "A's late failure")
+    a_store
+        .mark_retry(a.claim, Duration::ZERO, "A's late failure")
         .await
         .unwrap();
-    store
+    a_store
         .mark_failed(a.claim, "A's late give-up")
         .await
         .unwrap();
-    let view = store.signup(&stored.signup_id).await.unwrap().unwrap();
+    let view = b_store.signup(&stored.signup_id).await.unwrap().unwrap();
     assert_eq!(view.state.as_str(), "sending", "B still holds the row");
 
     // B's outcome is the one recorded, and the link is valid for a full TTL from the send.
-    store.mark_sent(b.claim, 2_500, 50_000).await.unwrap();
-    let view = store.signup(&stored.signup_id).await.unwrap().unwrap();
+    b_store.mark_sent(b.claim, 2_500, 50_000).await.unwrap();
+    let view = b_store.signup(&stored.signup_id).await.unwrap().unwrap();
     assert_eq!(view.state.as_str(), "sent");
     assert_eq!(view.sent_at, Some(2_500));
-    let owner = store.token_owner(&token_hash).await.unwrap().unwrap();
+    let owner = b_store.token_owner(&token_hash).await.unwrap().unwrap();
     assert_eq!(owner.expires_at, 50_000);
     // And A's late success does not undo it either.
-    store.mark_sent(a.claim, 2_600, 60_000).await.unwrap();
-    let view = store.signup(&stored.signup_id).await.unwrap().unwrap();
+    a_store.mark_sent(a.claim, 2_600, 60_000).await.unwrap();
+    let view = b_store.signup(&stored.signup_id).await.unwrap().unwrap();
     assert_eq!(view.sent_at, Some(2_500));
 }
 
@@ -87,7 +104,7 @@ fn signup(email: &str, now: i64) -> NewSignup {
         mode: DeliveryMode::Background,
         request_id: None,
         trace_context: None,
-        claimed_until: None,
+        claim_for: None,
         resend_interval_ms: 60_000,
         now,
     }
@@ -277,4 +294,289 @@ async fn a_state_the_code_does_not_know_is_an_error_where_the_row_is_read() {
         store.outbox_counts().await,
         Err(StoreError::UnknownState(_))
     ));
+}
+
+#[cfg(confirmd_test_postgres)]
+#[path = "support/postgres.rs"]
+mod database;
+
+/// Stands in for the PostgreSQL tests below when they are not compiled (see build.rs).
+#[cfg(not(confirmd_test_postgres))]
+#[test]
+#[ignore = "the PostgreSQL store tests are skipped: set CONFIRMD_TEST_POSTGRES_URL (e.g. postgres://postgres@127.0.0.1:5432/postgres) to run them"]
+fn postgres_runs_skipped() {}
+
+/// The same store-level promises on PostgreSQL, and what only several instances on one database
+/// can break: each test's stores share a fresh database, as instances of one deployment would.
+#[cfg(confirmd_test_postgres)]
+mod postgres {
+    use std::{collections::HashSet, sync::Arc, time::Duration};
+
+    use std::str::FromStr;
+
+    use confirmd::store::{EmailKind, OutboxId, Store, StoreError};
+    use sqlx::postgres::PgConnectOptions;
+    use tokio::{
+        net::{TcpListener, TcpStream},
+        sync::mpsc,
+        task::{JoinHandle, JoinSet},
+    };
+    use tokio_util::{sync::CancellationToken, task::TaskTracker};
+
+    use super::{database::TestDatabase, lease_fencing, signup};
+
+    /// `count` stores on one fresh, migrated database: instances of one deployment.
+    async fn instances(count: usize) -> (TestDatabase, Vec<Store>) {
+        let database = TestDatabase::create().await;
+        let mut stores = Vec::new();
+        for _ in 0..count {
+            stores.push(Store::connect(&database.url, 4).await.unwrap());
+        }
+        stores[0].migrate().await.unwrap();
+        (database, stores)
+    }
+
+    #[tokio::test]
+    async fn instances_starting_together_migrate_one_fresh_database_without_racing() {
+        let database = TestDatabase::create().await;
+        let mut migrations = Vec::new();
+        for _ in 0..4 {
+            let url = database.url.clone();
+            migrations.push(tokio::spawn(async move {
+                let store = Store::connect(&url, 2).await.unwrap();
+                let migrated = store.migrate().await;
+                store.close().await;
+                migrated
+            }));
+        }
+        for migration in migrations {
+            migration
+                .await
+                .unwrap()
+                .expect("every instance's migrate succeeds");
+        }
+        // And the schema works.
+        let store = Store::connect(&database.url, 2).await.unwrap();
+        store
+            .create_signup(signup("ann@example.com", 1_000))
+            .await
+            .unwrap();
+        assert_eq!(store.outbox_counts().await.unwrap().queued, 1);
+        store.close().await;
+    }
+
+    #[tokio::test]
+    async fn a_sender_whose_lease_expired_cannot_overwrite_the_next_instances_outcome() {
+        let (_database, stores) = instances(2).await;
+        lease_fencing(&stores[0], &stores[1]).await;
+    }
+
+    #[tokio::test]
+    async fn one_address_signed_up_on_several_instances_at_once_is_one_user_and_one_email() {
+        let (database, stores) = instances(4).await;
+        // The first signups of a new address meet on its unique key: one inserts the user.
+        let mut kinds = signups_at_once(&stores, "Ann@Example.com").await;
+        assert_eq!(sending(&kinds), [EmailKind::Confirmation], "{kinds:?}");
+
+        // Past the resend interval, signups of an address that has a user race to read its
+        // last email: the user's row lock lets one of them send, and the rest see its email.
+        let db = sqlx::PgPool::connect(&database.url).await.unwrap();
+        sqlx::query("UPDATE email_outbox SET created_at = created_at - 120000")
+            .execute(&db)
+            .await
+            .unwrap();
+        let users: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM users")
+            .fetch_one(&db)
+            .await
+            .unwrap();
+        db.close().await;
+        assert_eq!(users, 1);
+        kinds = signups_at_once(&stores, "ann@example.com").await;
+        assert_eq!(sending(&kinds), [EmailKind::Confirmation], "{kinds:?}");
+        let counts = stores[0].outbox_kinds().await.unwrap();
+        assert_eq!((counts.confirmation, counts.suppressed), (2, 38));
+    }
+
+    /// Five signups of `email` on each store, all at once; what each row sends.
+    async fn signups_at_once(stores: &[Store], email: &str) -> Vec<EmailKind> {
+        let mut signups = Vec::new();
+        for _ in 0..5 {
+            for store in stores {
+                let store = store.clone();
+                // A resend interval of a minute: one of them sends, the rest are suppressed.
+                let new = signup(email, 1_000);
+                signups.push(tokio::spawn(async move { store.create_signup(new).await }));
+            }
+        }
+        let mut kinds = Vec::new();
+        for written in signups {
+            kinds.push(written.await.unwrap().expect("no signup fails").kind);
+        }
+        kinds
+    }
+
+    fn sending(kinds: &[EmailKind]) -> Vec<EmailKind> {
+        kinds
+            .iter()
+            .copied()
+            .filter(|kind| *kind != EmailKind::Suppressed)
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn instances_claiming_at_once_never_both_get_one_row() {
+        let (_database, stores) = instances(3).await;
+        let mut ids = Vec::new();
+        for i in 0..30 {
+            let stored = stores[0]
+                .create_signup(signup(&format!("user{i}@example.com"), 1_000))
+                .await
+                .unwrap();
+            ids.push(stored.outbox_id);
+        }
+        // Every instance tries every row, as when all are woken for each.
+        let mut claims = Vec::new();
+        for store in &stores {
+            for &id in &ids {
+                let store = store.clone();
+                claims.push(tokio::spawn(async move {
+                    store.claim(id, Duration::from_secs(60)).await
+                }));
+            }
+        }
+        let mut claimed = Vec::new();
+        for claim in claims {
+            if let Some(email) = claim.await.unwrap().unwrap() {
+                claimed.push(email.claim.id);
+            }
+        }
+        claimed.sort_by_key(|id| id.0);
+        assert_eq!(claimed, ids, "each row claimed exactly once");
+    }
+
+    #[tokio::test]
+    async fn a_background_signup_on_one_instance_wakes_the_others() {
+        let (_database, stores) = instances(2).await;
+        let (heard, mut hearing) = mpsc::unbounded_channel();
+        let shutdown = CancellationToken::new();
+        let tracker = TaskTracker::new();
+        let heard = Arc::new(heard);
+        stores[1].hear_new_emails(
+            move |id: OutboxId| {
+                let _ = heard.send(id);
+            },
+            shutdown.clone(),
+            &tracker,
+        );
+        // The listener may not be listening yet: sign up until it hears one.
+        let mut written = HashSet::new();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        let id = loop {
+            let stored = stores[0]
+                .create_signup(signup(&format!("user{}@example.com", written.len()), 1_000))
+                .await
+                .unwrap();
+            written.insert(stored.outbox_id);
+            match tokio::time::timeout(Duration::from_millis(100), hearing.recv()).await {
+                Ok(Some(id)) => break id,
+                _ => assert!(tokio::time::Instant::now() < deadline, "nothing was heard"),
+            }
+        };
+        assert!(written.contains(&id));
+        shutdown.cancel();
+        tracker.close();
+        tracker.wait().await;
+    }
+
+    /// A TCP relay to the server that a test can take down and bring back, as a restart of
+    /// the server (or the network between) would.
+    struct Relay {
+        port: u16,
+        server: String,
+        task: Option<JoinHandle<()>>,
+    }
+
+    impl Relay {
+        /// Relays `port` (0: any free one) to `server`.
+        async fn start(port: u16, server: String) -> Relay {
+            let listener = TcpListener::bind(("127.0.0.1", port)).await.unwrap();
+            let port = listener.local_addr().unwrap().port();
+            let to = server.clone();
+            let task = tokio::spawn(async move {
+                // Dropped with the task: every relayed connection ends with it.
+                let mut connections = JoinSet::new();
+                while let Ok((mut client, _)) = listener.accept().await {
+                    let to = to.clone();
+                    connections.spawn(async move {
+                        if let Ok(mut server) = TcpStream::connect(&to).await {
+                            let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                        }
+                    });
+                }
+            });
+            Relay {
+                port,
+                server,
+                task: Some(task),
+            }
+        }
+
+        /// Closes the port and every connection through it.
+        async fn stop(&mut self) {
+            let task = self.task.take().expect("running");
+            task.abort();
+            let _ = task.await;
+        }
+    }
+
+    #[tokio::test]
+    async fn signups_get_refused_while_the_server_is_away_and_taken_again_once_it_is_back() {
+        let (database, _stores) = instances(1).await;
+        let options = PgConnectOptions::from_str(&database.url).unwrap();
+        let server = format!("{}:{}", options.get_host(), options.get_port());
+        let mut relay = Relay::start(0, server).await;
+        let url = format!(
+            "postgres://{}@127.0.0.1:{}/{}",
+            options.get_username(),
+            relay.port,
+            options.get_database().unwrap()
+        );
+        let store = Store::connect(&url, 2).await.unwrap();
+        store
+            .create_signup(signup("ann@example.com", 1_000))
+            .await
+            .unwrap();
+        assert!(store.writable().is_ok());
+
+        relay.stop().await;
+        assert!(
+            store
+                .create_signup(signup("bob@example.com", 1_000))
+                .await
+                .is_err()
+        );
+        assert!(store.writable().is_err(), "readiness says so");
+        // Refused at once from now on, as /readyz says, rather than each signup timing out.
+        assert!(matches!(
+            store.create_signup(signup("cy@example.com", 1_000)).await,
+            Err(StoreError::Unwritable(_))
+        ));
+
+        // Back: the store's probe finds out with no signup to try, and signups are taken again.
+        let _back = Relay::start(relay.port, relay.server.clone()).await;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while store.writable().is_err() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the store never noticed the server was back"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        store
+            .create_signup(signup("dan@example.com", 1_000))
+            .await
+            .unwrap();
+        assert_eq!(store.outbox_counts().await.unwrap().queued, 2);
+        store.close().await;
+    }
 }

@@ -120,9 +120,8 @@ async fn retry(
     all_failed: bool,
     json: bool,
 ) -> anyhow::Result<ExitCode> {
-    let now = clock::now_ms();
     if all_failed {
-        let requeued = store.requeue_all_failed(now).await?;
+        let requeued = store.requeue_all_failed().await?;
         if json {
             println!("{:#}", json!({ "requeued": requeued, "refused": [] }));
         } else {
@@ -138,7 +137,7 @@ async fn retry(
     let mut requeued = 0;
     let mut refused = Vec::new();
     for &id in ids {
-        let reason = match store.requeue(OutboxId(id), now).await? {
+        let reason = match store.requeue(OutboxId(id)).await? {
             Requeue::Requeued => {
                 requeued += 1;
                 continue;

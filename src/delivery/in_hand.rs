@@ -17,7 +17,7 @@
 //! Kept outcomes live in memory: if the process dies before the database heals, the row comes
 //! back after the restart and is sent once more, as after any crash mid-send.
 
-use std::{collections::HashSet, sync::Mutex as SyncMutex};
+use std::{collections::HashSet, sync::Mutex as SyncMutex, time::Duration};
 
 use tokio::sync::Mutex;
 use tracing::{info, warn};
@@ -27,9 +27,19 @@ use crate::store::{Claim, OutboxId, Store, StoreError};
 /// What a send came to, as the store records it.
 #[derive(Debug, Clone)]
 pub(super) enum Outcome {
-    Sent { at: i64, link_expires_at: i64 },
-    Retry { next_attempt_at: i64, error: String },
-    Failed { error: String },
+    Sent {
+        at: i64,
+        link_expires_at: i64,
+    },
+    /// Due again this long after the write (a kept outcome's delay counts from when the
+    /// database took it).
+    Retry {
+        retry_in: Duration,
+        error: String,
+    },
+    Failed {
+        error: String,
+    },
 }
 
 impl Outcome {
@@ -40,10 +50,7 @@ impl Outcome {
                 at,
                 link_expires_at,
             } => store.mark_sent(claim, *at, *link_expires_at).await,
-            Outcome::Retry {
-                next_attempt_at,
-                error,
-            } => store.mark_retry(claim, *next_attempt_at, error).await,
+            Outcome::Retry { retry_in, error } => store.mark_retry(claim, *retry_in, error).await,
             Outcome::Failed { error } => store.mark_failed(claim, error).await,
         }
     }

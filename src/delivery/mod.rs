@@ -259,6 +259,15 @@ impl Delivery {
             move || smtp_check::run(delivery.clone(), shutdown.clone())
         };
         tasks.spawn(delivery.store().tasks().supervise("smtp_check", smtp_check));
+        // Emails written by other instances on a shared database wake these workers the way
+        // this process's own signups do.
+        let wake = {
+            let delivery = delivery.clone();
+            move |id| delivery.enqueue(id)
+        };
+        delivery
+            .store()
+            .hear_new_emails(wake, shutdown.clone(), &tasks);
         let sweeper = {
             let delivery = delivery.clone();
             move || sweeper::run(delivery.clone(), shutdown.clone())
@@ -302,7 +311,7 @@ impl Delivery {
         let nonce = TokenNonce::generate();
         let token = self.inner.key.token_for(&nonce);
         let now = clock::now_ms();
-        let claimed_until = (mode == DeliveryMode::Sync).then(|| clock::ms_from_now(policy.lease));
+        let claim_for = (mode == DeliveryMode::Sync).then_some(policy.lease);
         let new = NewSignup {
             signup_id: signup_id(),
             email: email.clone(),
@@ -314,7 +323,7 @@ impl Delivery {
             request_id: request_id.map(str::to_owned),
             // The request's trace, for the delivery to join, however late it runs.
             trace_context: crate::telemetry::traceparent(&Span::current()),
-            claimed_until,
+            claim_for,
             resend_interval_ms: i64::try_from(policy.resend_interval.as_millis())
                 .unwrap_or(i64::MAX),
             now,
@@ -356,10 +365,7 @@ impl Delivery {
                     EmailKind::AccountNotice => Outgoing::AccountNotice,
                     EmailKind::Suppressed => Outgoing::Nothing,
                 };
-                let claim = Claim {
-                    id: stored.outbox_id,
-                    lease_until: claimed_until.expect("a sync row is written claimed"),
-                };
+                let claim = stored.claim.expect("a sync row is written claimed");
                 let to = receipt.email.clone();
                 let started = Instant::now();
                 let send = async move {
@@ -436,7 +442,7 @@ impl Delivery {
         let reason = "not tried at signup: every SMTP connection was busy; queued for the workers";
         self.inner
             .store
-            .mark_retry(claim, clock::now_ms(), reason)
+            .mark_retry(claim, Duration::ZERO, reason)
             .await?;
         self.enqueue(claim.id);
         Ok(())

@@ -168,8 +168,7 @@ impl Delivery {
                 match policy.retry.after_failure(attempts, age) {
                     AfterFailure::RetryIn(after) => {
                         let outcome = Outcome::Retry {
-                            next_attempt_at: now
-                                + i64::try_from(after.as_millis()).unwrap_or(i64::MAX),
+                            retry_in: after,
                             error: error.to_string(),
                         };
                         (Attempt::Retrying { after, error }, outcome)

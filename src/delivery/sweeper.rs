@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info};
 
 use super::Delivery;
-use crate::{clock, store::StoreError};
+use crate::store::StoreError;
 
 pub(super) async fn run(delivery: Delivery, shutdown: CancellationToken) {
     let interval = delivery.inner.policy.sweep_interval;
@@ -35,8 +35,7 @@ async fn sweep(delivery: &Delivery) -> Result<(), StoreError> {
     // A row this process still has in hand (being sent, or sent with its outcome not written
     // yet) has a live sender, whatever its lease says: taking it back would send it again.
     let in_hand = delivery.inner.in_hand.write_kept(store).await;
-    let now = clock::now_ms();
-    let reclaimed = store.reclaim_expired_leases(now, &in_hand).await?;
+    let reclaimed = store.reclaim_expired_leases(&in_hand).await?;
     if reclaimed > 0 {
         info!(reclaimed, "took back emails whose sender's lease expired");
     }
@@ -55,7 +54,7 @@ async fn sweep(delivery: &Delivery) -> Result<(), StoreError> {
             .store(true, std::sync::atomic::Ordering::Relaxed);
         return Ok(());
     }
-    let due = store.due_emails(now, room as i64).await?;
+    let due = store.due_emails(room as i64).await?;
     if !due.is_empty() {
         debug!(count = due.len(), "offering due emails to the workers");
     }

@@ -68,11 +68,7 @@ async fn deliver(delivery: &Delivery, job: Job) {
     // A connection first, the claim second: the lease starts only once the send can.
     let permit = delivery.mailer().connection().await;
     let store = delivery.store();
-    let now = clock::now_ms();
-    let claimed = match store
-        .claim(job.id, now, clock::ms_from_now(delivery.inner.policy.lease))
-        .await
-    {
+    let claimed = match store.claim(job.id, delivery.inner.policy.lease).await {
         Ok(Some(claimed)) => claimed,
         // Someone else has it, it is not due, or it was superseded: nothing to do.
         Ok(None) => return,

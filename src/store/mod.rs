@@ -3,9 +3,15 @@
 //!
 //! The rest of the crate sees one type, [`Store`], and the backend-neutral records it reads and
 //! writes ([`records`], [`state`]). Behind it sits one backend per database engine, each in a
-//! module of its own with its own SQL: today [`sqlite`], the embedded default. A second backend
-//! (PostgreSQL, for several instances on one database) goes in a sibling module beside it, and
-//! `delivery/` and `http/` do not change.
+//! module of its own with its own SQL and its own migrations (`migrations/<engine>/`):
+//!
+//! - [`sqlite`], the embedded default: one process owns one file, with a single group-commit
+//!   writer.
+//! - [`postgres`], picked by a `postgres://` URL: any number of instances share one database.
+//!   Claims skip rows another instance holds, leases and due times are read off the database's
+//!   clock, and a signup committed on one instance wakes the workers of all of them.
+//!
+//! `delivery/` and `http/` never learn which one runs.
 //!
 //! # Why an enum and not a trait
 //!
@@ -24,21 +30,41 @@
 //!
 //! Only parsed values: states are enums ([`OutboxState`], [`UserStatus`], [`EmailKind`]), parsed
 //! where a row is read, so a value the code does not know is an error at the edge, not a silent
-//! default deep inside. Times are Unix milliseconds (`i64`), chosen by the caller.
+//! default deep inside. Timestamps are Unix milliseconds (`i64`).
+//!
+//! Whatever decides who may send an email is timed by the store, not by the caller: a claim's
+//! lease, a retry's due time, which leases ran out and which rows are due are given as durations
+//! and measured on the backend's clock (the process's for SQLite, the server's for PostgreSQL).
+//! With several instances, a caller's clock that runs ahead would otherwise take rows back from
+//! live senders, or hide new rows until it catches up. A claim is fenced by a claim id the
+//! claiming statement writes into the row ([`Claim`]), not by its lease's end.
 //!
 //! Queries are checked against the schema at compile time by `sqlx::query!`; the offline data in
-//! `.sqlx/` lets a fresh clone build with no database around (`.ci/sqlx-prepare` refreshes it).
+//! `.sqlx/` (both engines' queries) lets a fresh clone build with no database around.
+//! `.ci/sqlx-prepare` refreshes it, one engine at a time: the macros take one `DATABASE_URL` per
+//! crate, so each pass compiles the library with `--cfg sqlx_prepare="<engine>"`, which leaves
+//! the other engine's module out.
 
+#[cfg(not(sqlx_prepare = "sqlite"))]
+pub mod postgres;
 pub mod records;
+#[cfg(not(sqlx_prepare = "postgres"))]
 pub mod sqlite;
 pub mod state;
 
+use std::{path::PathBuf, time::Duration};
+
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+
 use crate::{config::DatabaseSettings, domain::TokenHash, supervise::Tasks};
 
+#[cfg(not(sqlx_prepare = "sqlite"))]
+pub use postgres::PostgresStore;
 pub use records::{
     Claim, ClaimedEmail, FailedEmail, KindCounts, NewSignup, OutboxCounts, OutboxId, Requeue,
     SignupView, StoredSignup, TokenOwner,
 };
+#[cfg(not(sqlx_prepare = "postgres"))]
 pub use sqlite::SqliteStore;
 pub use state::{EmailKind, OutboxState, UnknownState, UserStatus};
 
@@ -63,6 +89,8 @@ pub enum StoreError {
     UnknownState(#[from] UnknownState),
     #[error("database migration failed")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("database.url: confirmd has no backend for {0:?} URLs; use sqlite:// or postgres://")]
+    UnknownEngine(String),
     #[error("cannot create the database folder {path}")]
     Folder {
         path: String,
@@ -74,7 +102,30 @@ pub enum StoreError {
 #[derive(Clone, Debug)]
 pub enum Store {
     /// One SQLite file: a single writer with group commit, readers beside it (see [`sqlite`]).
+    #[cfg(not(sqlx_prepare = "postgres"))]
     Sqlite(SqliteStore),
+    /// One PostgreSQL database, shared by any number of instances (see [`postgres`]).
+    #[cfg(not(sqlx_prepare = "sqlite"))]
+    Postgres(PostgresStore),
+}
+
+/// Which engine a database URL names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Engine {
+    Sqlite,
+    Postgres,
+}
+
+impl Engine {
+    /// The engine of `url`, by its scheme; `None` for a scheme confirmd has no backend for.
+    pub fn of(url: &str) -> Option<Engine> {
+        let scheme = url.split_once(':').map(|(scheme, _)| scheme)?;
+        match scheme.to_ascii_lowercase().as_str() {
+            "sqlite" => Some(Engine::Sqlite),
+            "postgres" | "postgresql" => Some(Engine::Postgres),
+            _ => None,
+        }
+    }
 }
 
 /// Calls the backend's method of the same name: `backend!(self, store => store.ping().await)`.
@@ -82,7 +133,10 @@ pub enum Store {
 macro_rules! backend {
     ($store:expr, $backend:ident => $call:expr) => {
         match $store {
+            #[cfg(not(sqlx_prepare = "postgres"))]
             Store::Sqlite($backend) => $call,
+            #[cfg(not(sqlx_prepare = "sqlite"))]
+            Store::Postgres($backend) => $call,
         }
     };
 }
@@ -104,23 +158,52 @@ impl Store {
         Store::connect_capped(url, max_readers, 0).await
     }
 
-    /// [`Store::connect`], with writes refused as "database or disk is full" once the database
-    /// holds `max_size_mb` MiB (0: no cap but the disk's). Every URL is a SQLite one today; a
-    /// second backend is picked here, by the URL's scheme.
+    /// [`Store::connect`], with the backend picked by the URL's scheme: `sqlite:` or
+    /// `postgres:`. For SQLite, writes are refused as "database or disk is full" once the file
+    /// holds `max_size_mb` MiB (0: no cap but the disk's); PostgreSQL manages its own space, and
+    /// `max_readers` sizes its one pool.
+    #[cfg_attr(sqlx_prepare = "postgres", allow(unused_variables))]
     pub async fn connect_capped(
         url: &str,
         max_readers: u32,
         max_size_mb: u64,
     ) -> Result<Store, StoreError> {
-        SqliteStore::connect_capped(url, max_readers, max_size_mb)
-            .await
-            .map(Store::Sqlite)
+        match Engine::of(url) {
+            #[cfg(not(sqlx_prepare = "postgres"))]
+            Some(Engine::Sqlite) => SqliteStore::connect_capped(url, max_readers, max_size_mb)
+                .await
+                .map(Store::Sqlite),
+            #[cfg(not(sqlx_prepare = "sqlite"))]
+            Some(Engine::Postgres) => PostgresStore::connect(url, max_readers)
+                .await
+                .map(Store::Postgres),
+            _ => Err(StoreError::UnknownEngine(url_scheme(url))),
+        }
     }
 
     /// Is there a database at `url`? For the operator's commands, which must not create an
     /// empty database at a mistyped path and then report its empty queue as an all-clear.
-    pub fn exists(url: &str) -> Result<bool, StoreError> {
-        SqliteStore::exists(url)
+    /// A PostgreSQL database is never created by confirmd: it exists if it can be connected to.
+    pub async fn exists(url: &str) -> Result<bool, StoreError> {
+        match Engine::of(url) {
+            #[cfg(not(sqlx_prepare = "postgres"))]
+            Some(Engine::Sqlite) => SqliteStore::exists(url),
+            #[cfg(not(sqlx_prepare = "sqlite"))]
+            Some(Engine::Postgres) => PostgresStore::exists(url).await,
+            _ => Err(StoreError::UnknownEngine(url_scheme(url))),
+        }
+    }
+
+    /// The database file's path, for the things kept beside it (the generated token secret);
+    /// `None` for a server database.
+    pub fn database_file(url: &str) -> Option<PathBuf> {
+        match Engine::of(url) {
+            #[cfg(not(sqlx_prepare = "postgres"))]
+            Some(Engine::Sqlite) => sqlite::connect_options(url)
+                .ok()
+                .map(|options| options.get_filename().to_path_buf()),
+            _ => None,
+        }
     }
 
     /// Applies the backend's migrations, embedded in the binary.
@@ -141,6 +224,18 @@ impl Store {
     /// Signups handed to the store and not answered yet.
     pub fn signups_pending(&self) -> usize {
         backend!(self, store => store.signups_pending())
+    }
+
+    /// Starts what hears of emails written by other instances, and hands each one's id to
+    /// `wake`: the same call a local signup's id goes through. A no-op for SQLite, whose one
+    /// process wrote every row itself. Runs (supervised) until `shutdown`.
+    pub fn hear_new_emails(
+        &self,
+        wake: impl Fn(OutboxId) + Send + Sync + 'static,
+        shutdown: CancellationToken,
+        tracker: &TaskTracker,
+    ) {
+        backend!(self, store => store.hear_new_emails(wake, shutdown, tracker))
     }
 
     /// Is the database answering? For `/readyz`.
@@ -182,16 +277,16 @@ impl Store {
 
     // The outbox's state machine: queued -> sending -> sent, back to queued, or failed.
 
-    /// Claims a queued, due row for sending: the row moves to `sending`, leased until
-    /// `lease_until`, and its attempt is counted. `None` when another sender has it, it is not
-    /// due yet, or it was superseded: the caller simply moves on.
+    /// Claims a queued, due row for sending: the row moves to `sending`, leased for `lease` on
+    /// the database's clock, a new claim id fences it, and its attempt is counted. `None` when
+    /// another sender has it, it is not due yet, or it was superseded: the caller simply moves
+    /// on.
     pub async fn claim(
         &self,
         id: OutboxId,
-        now: i64,
-        lease_until: i64,
+        lease: Duration,
     ) -> Result<Option<ClaimedEmail>, StoreError> {
-        backend!(self, store => store.claim(id, now, lease_until).await)
+        backend!(self, store => store.claim(id, lease).await)
     }
 
     /// The SMTP server accepted the email: the row forgets how to rebuild its link, and the
@@ -205,14 +300,15 @@ impl Store {
         backend!(self, store => store.mark_sent(claim, now, link_expires_at).await)
     }
 
-    /// A failed attempt that may succeed later: back to the queue, due at `next_attempt_at`.
+    /// A failed attempt that may succeed later: back to the queue, due `retry_in` from now on
+    /// the database's clock.
     pub async fn mark_retry(
         &self,
         claim: Claim,
-        next_attempt_at: i64,
+        retry_in: Duration,
         error: &str,
     ) -> Result<(), StoreError> {
-        backend!(self, store => store.mark_retry(claim, next_attempt_at, error).await)
+        backend!(self, store => store.mark_retry(claim, retry_in, error).await)
     }
 
     /// Gave up: the row and its token stay, so an operator can see why and requeue it.
@@ -220,19 +316,15 @@ impl Store {
         backend!(self, store => store.mark_failed(claim, error).await)
     }
 
-    /// Takes back rows whose sender's lease ran out, except those in `except` (their sender is
-    /// alive in this process). Returns how many.
-    pub async fn reclaim_expired_leases(
-        &self,
-        now: i64,
-        except: &[OutboxId],
-    ) -> Result<u64, StoreError> {
-        backend!(self, store => store.reclaim_expired_leases(now, except).await)
+    /// Takes back rows whose sender's lease ran out by the database's clock, except those in
+    /// `except` (their sender is alive in this process). Returns how many.
+    pub async fn reclaim_expired_leases(&self, except: &[OutboxId]) -> Result<u64, StoreError> {
+        backend!(self, store => store.reclaim_expired_leases(except).await)
     }
 
-    /// Queued rows that are due, oldest first, at most `limit`.
-    pub async fn due_emails(&self, now: i64, limit: i64) -> Result<Vec<OutboxId>, StoreError> {
-        backend!(self, store => store.due_emails(now, limit).await)
+    /// Queued rows that are due by the database's clock, oldest first, at most `limit`.
+    pub async fn due_emails(&self, limit: i64) -> Result<Vec<OutboxId>, StoreError> {
+        backend!(self, store => store.due_emails(limit).await)
     }
 
     /// How many emails wait to be sent (queued or being sent).
@@ -273,12 +365,66 @@ impl Store {
     }
 
     /// Puts one failed email of a pending user back in the queue, due now.
-    pub async fn requeue(&self, id: OutboxId, now: i64) -> Result<Requeue, StoreError> {
-        backend!(self, store => store.requeue(id, now).await)
+    pub async fn requeue(&self, id: OutboxId) -> Result<Requeue, StoreError> {
+        backend!(self, store => store.requeue(id).await)
     }
 
-    /// Puts every failed email of a pending user back in the queue; returns how many.
-    pub async fn requeue_all_failed(&self, now: i64) -> Result<u64, StoreError> {
-        backend!(self, store => store.requeue_all_failed(now).await)
+    /// Puts every failed email of a pending user back in the queue, due now; returns how many.
+    pub async fn requeue_all_failed(&self) -> Result<u64, StoreError> {
+        backend!(self, store => store.requeue_all_failed().await)
+    }
+}
+
+/// The scheme of a URL, for an error that names it (never the whole URL: it may hold a password).
+fn url_scheme(url: &str) -> String {
+    url.split_once(':')
+        .map_or("", |(scheme, _)| scheme)
+        .chars()
+        .take(32)
+        .collect()
+}
+
+/// Milliseconds in `d`, saturating: config values can be large but never overflow a timestamp.
+pub(crate) fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// `url` with its password, if any, replaced by `***`: for logs and error messages.
+pub fn shown_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    match rest.split_once('@') {
+        Some((user_info, host)) if user_info.contains(':') => {
+            let user = user_info.split(':').next().unwrap_or_default();
+            format!("{scheme}://{user}:***@{host}")
+        }
+        _ => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_engine_is_the_urls_scheme_and_a_password_is_never_shown() {
+        assert_eq!(
+            Engine::of("sqlite://data/c.db?mode=rwc"),
+            Some(Engine::Sqlite)
+        );
+        assert_eq!(Engine::of("sqlite::memory:"), Some(Engine::Sqlite));
+        assert_eq!(Engine::of("postgres://u@h/db"), Some(Engine::Postgres));
+        assert_eq!(Engine::of("PostgreSQL://u@h/db"), Some(Engine::Postgres));
+        assert_eq!(Engine::of("mysql://u@h/db"), None);
+        assert_eq!(Engine::of("data/c.db"), None);
+        assert_eq!(
+            shown_url("postgres://app:s3cret@db:5432/confirmd"),
+            "postgres://app:***@db:5432/confirmd"
+        );
+        assert_eq!(
+            shown_url("postgres://app@db/confirmd"),
+            "postgres://app@db/confirmd"
+        );
     }
 }

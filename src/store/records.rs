@@ -1,6 +1,8 @@
 //! The values that cross the store's seam: what a signup writes, what a sender claims, what the
 //! handlers and the operator read. Backend-neutral: each backend builds them from its own rows.
 
+use std::time::Duration;
+
 use crate::domain::{DeliveryMode, SubscriberEmail, SubscriberName, TokenHash, TokenNonce};
 
 use super::state::{EmailKind, OutboxState, UserStatus};
@@ -15,13 +17,15 @@ impl std::fmt::Display for OutboxId {
     }
 }
 
-/// A sender's hold on an outbox row: its id and the lease it was claimed with. Outcomes are
-/// written only while the row still carries this lease, so a sender whose lease ran out (and whose
-/// row the sweeper gave to another sender) cannot overwrite the newer sender's outcome.
+/// A sender's hold on an outbox row: its id and the claim id the claiming statement wrote into
+/// it. Outcomes are written only while the row still carries this claim id, so a sender whose
+/// lease ran out (and whose row the sweeper gave to another sender) cannot overwrite the newer
+/// sender's outcome. The fence is an id the database chose, not the lease's end: two claims
+/// made in the same millisecond, or by instances whose clocks disagree, still differ.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Claim {
     pub id: OutboxId,
-    pub lease_until: i64,
+    pub claim_id: i64,
 }
 
 /// What a signup writes, already parsed. Owned, because it travels to the group-commit writer.
@@ -42,11 +46,14 @@ pub struct NewSignup {
     /// The request's W3C trace context (`traceparent`), kept with the outbox row so that its
     /// delivery joins the signup's trace; `None` when traces are not exported.
     pub trace_context: Option<String>,
-    /// For sync mode: the row is written already claimed by the request, leased until then, so
-    /// no worker or sweeper sends it at the same time.
-    pub claimed_until: Option<i64>,
+    /// For sync mode: the row is written already claimed by the request, leased for this long,
+    /// so no worker or sweeper sends it at the same time. [`StoredSignup::claim`] is the claim.
+    pub claim_for: Option<Duration>,
     /// An address gets no new email sooner than this after its last one.
     pub resend_interval_ms: i64,
+    /// The caller's clock, Unix ms. SQLite stamps the rows with it (one process, one clock);
+    /// PostgreSQL stamps them with its own clock instead, the one every instance's leases and
+    /// due times are compared against.
     pub now: i64,
 }
 
@@ -61,6 +68,8 @@ pub struct StoredSignup {
     pub kind: EmailKind,
     /// How many signups were committed in the same transaction, this one included.
     pub group_size: usize,
+    /// The request's claim on its row, when it was written claimed (sync mode).
+    pub claim: Option<Claim>,
 }
 
 /// An outbox row claimed for sending: everything needed to build and send the email.

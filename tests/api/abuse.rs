@@ -2,7 +2,7 @@
 
 use reqwest::StatusCode;
 
-use crate::helpers::{PATIENCE, assert_problem, poll, spawn_app_with, spawn_app_without_smtp};
+use super::helpers::{PATIENCE, assert_problem, poll, spawn_app_with, spawn_app_without_smtp};
 
 #[tokio::test]
 async fn a_pending_address_gets_at_most_one_email_per_resend_interval_and_the_requester_is_not_told()

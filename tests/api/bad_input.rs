@@ -2,7 +2,7 @@
 
 use reqwest::StatusCode;
 
-use crate::helpers::{TestApp, assert_problem, spawn_app};
+use super::helpers::{TestApp, assert_problem, spawn_app};
 
 async fn assert_rejected(
     app: &TestApp,

@@ -10,7 +10,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use confirmd::Settings;
 use reqwest::{Client, StatusCode};
 
-use crate::helpers::{TestApp, assert_problem, spawn_app_with};
+use super::helpers::{TestApp, assert_problem, spawn_app_with};
 
 /// The compiled-in default, which these tests keep.
 fn per_minute() -> usize {

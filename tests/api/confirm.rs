@@ -6,7 +6,7 @@
 use reqwest::StatusCode;
 use serde_json::Value;
 
-use crate::helpers::{assert_problem, spawn_app, token_of};
+use super::helpers::{assert_problem, spawn_app, token_of};
 
 fn content_type(response: &reqwest::Response) -> String {
     response.headers()["content-type"]
@@ -257,15 +257,19 @@ async fn the_database_keeps_only_a_hash_of_the_token() {
     let token = token_of(&link);
 
     let db = app.db().await;
-    let hashes: Vec<Vec<u8>> = sqlx::query_scalar("SELECT token_hash FROM confirmation_tokens")
-        .fetch_all(&db)
+    let hashes: Vec<Vec<u8>> = db
+        .rows("SELECT token_hash FROM confirmation_tokens")
         .await
-        .unwrap();
-    // Once sent, the outbox forgets the token as well.
-    let outbox_tokens: Vec<Option<String>> = sqlx::query_scalar("SELECT token FROM email_outbox")
-        .fetch_all(&db)
+        .into_iter()
+        .map(|(hash,)| hash)
+        .collect();
+    // Once sent, the outbox forgets the nonce the token was derived from as well.
+    let outbox_tokens: Vec<Option<Vec<u8>>> = db
+        .rows("SELECT nonce FROM email_outbox")
         .await
-        .unwrap();
+        .into_iter()
+        .map(|(nonce,)| nonce)
+        .collect();
     db.close().await;
     assert_eq!(hashes.len(), 1);
     assert_eq!(hashes[0].len(), 32);
@@ -279,7 +283,7 @@ async fn the_database_keeps_only_a_hash_of_the_token() {
 
 #[tokio::test]
 async fn a_re_signup_while_the_first_email_waits_takes_nothing_away_from_it() {
-    let mut app = crate::helpers::spawn_app_without_smtp(|_| {}).await;
+    let mut app = super::helpers::spawn_app_without_smtp(|_| {}).await;
     let first = app.signup_ok("ann@example.com", "background").await;
     let second = app.signup_ok("ann@example.com", "background").await;
 
@@ -320,7 +324,7 @@ async fn two_clicks_racing_on_one_link_confirm_once_and_both_succeed() {
 
 #[tokio::test]
 async fn a_link_sent_after_a_long_outage_is_valid_for_a_full_ttl_from_the_send() {
-    let mut app = crate::helpers::spawn_app_without_smtp(|_| {}).await;
+    let mut app = super::helpers::spawn_app_without_smtp(|_| {}).await;
     let id = app.signup_ok("ann@example.com", "background").await;
     // SMTP stays down past the token's lifetime.
     app.expire_tokens().await;

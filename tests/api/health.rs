@@ -8,7 +8,7 @@ use reqwest::StatusCode;
 use serde_json::Value;
 use tokio::time::Instant;
 
-use crate::helpers::{PATIENCE, TestApp, poll, spawn_app_with, spawn_app_without_smtp};
+use super::helpers::{PATIENCE, TestApp, poll, spawn_app_with, spawn_app_without_smtp};
 
 /// The issue asks for 100 ms whatever SMTP does; the margin is for a loaded test machine. A probe
 /// that waited on SMTP would take `smtp.timeout_ms` (5 s at the defaults).
@@ -80,7 +80,7 @@ async fn with_smtp_down_readyz_stays_200_and_healthz_reports_it_until_it_is_back
 /// (the default, 5 s), which the probes must never do.
 #[tokio::test]
 async fn a_server_that_never_greets_does_not_slow_readyz() {
-    let port = crate::support::free_port();
+    let port = super::support::free_port();
     let silent = tokio::net::TcpListener::bind(("127.0.0.1", port))
         .await
         .unwrap();

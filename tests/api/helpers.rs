@@ -3,11 +3,90 @@ use std::{future::Future, time::Duration};
 use confirmd::Settings;
 use reqwest::{Response, StatusCode};
 use serde_json::Value;
+use sqlx::{FromRow, PgPool, SqlitePool, postgres::PgRow, sqlite::SqliteRow};
 use tempfile::TempDir;
 
+use super::BACKEND;
 use crate::smtp::{ReceivedMail, SmtpServer};
 pub use crate::support::links::token_of;
-use crate::support::{app::InProcessApp, free_port};
+use crate::support::{app::InProcessApp, free_port, postgres::TestDatabase};
+
+/// The database engine a copy of the suite runs on (tests/api/main.rs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[allow(dead_code)] // each copy of the suite constructs its own variant only
+pub enum Backend {
+    /// A file in the test's temporary folder.
+    Sqlite,
+    /// A fresh database on the server `CONFIRMD_TEST_POSTGRES_URL` names.
+    Postgres,
+}
+
+/// Where a test app keeps its data: a temporary folder (its SQLite file, its token secret), and
+/// for PostgreSQL a database of its own, dropped with it.
+struct Storage {
+    dir: TempDir,
+    postgres: Option<TestDatabase>,
+}
+
+impl Storage {
+    async fn new() -> Storage {
+        Storage {
+            dir: tempfile::tempdir().unwrap(),
+            postgres: match BACKEND {
+                Backend::Sqlite => None,
+                Backend::Postgres => Some(TestDatabase::create().await),
+            },
+        }
+    }
+
+    fn database_url(&self) -> String {
+        match &self.postgres {
+            Some(database) => database.url.clone(),
+            None => format!(
+                "sqlite://{}?mode=rwc",
+                self.dir.path().join("confirmd.db").display()
+            ),
+        }
+    }
+}
+
+/// The test's own connection to the app's database, for what the API does not show. SQL is
+/// written once for both engines: no parameters (values the test chose are written into it).
+pub enum TestDb {
+    Sqlite(SqlitePool),
+    Postgres(PgPool),
+}
+
+impl TestDb {
+    pub async fn execute(&self, sql: &str) {
+        let sql = sqlx::AssertSqlSafe(sql.to_owned());
+        match self {
+            TestDb::Sqlite(pool) => sqlx::query(sql).execute(pool).await.map(drop),
+            TestDb::Postgres(pool) => sqlx::query(sql).execute(pool).await.map(drop),
+        }
+        .unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    /// Every row `sql` returns, as a tuple.
+    pub async fn rows<T>(&self, sql: &str) -> Vec<T>
+    where
+        T: Send + Unpin + for<'r> FromRow<'r, SqliteRow> + for<'r> FromRow<'r, PgRow>,
+    {
+        let sql = sqlx::AssertSqlSafe(sql.to_owned());
+        match self {
+            TestDb::Sqlite(pool) => sqlx::query_as(sql).fetch_all(pool).await,
+            TestDb::Postgres(pool) => sqlx::query_as(sql).fetch_all(pool).await,
+        }
+        .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    pub async fn close(self) {
+        match self {
+            TestDb::Sqlite(pool) => pool.close().await,
+            TestDb::Postgres(pool) => pool.close().await,
+        }
+    }
+}
 
 /// Where the links in test emails point; tests swap it for the app's real address.
 pub const BASE_URL: &str = "http://confirmd.test";
@@ -15,25 +94,29 @@ pub const BASE_URL: &str = "http://confirmd.test";
 /// How long a test waits for something that should happen promptly (an email, a state change).
 pub const PATIENCE: Duration = Duration::from_secs(10);
 
-/// A running confirmd, its database folder and the SMTP server it sends to (if up).
+/// A running confirmd, its database and the SMTP server it sends to (if up).
 pub struct TestApp {
     pub address: String,
     pub client: reqwest::Client,
     pub settings: Settings,
     smtp_port: u16,
     smtp: Option<SmtpServer>,
-    db_dir: TempDir,
+    storage: Storage,
     running: InProcessApp,
 }
 
 /// Settings for a test: fast retries and sweeps, so that faults heal within a test's patience.
-fn test_settings(db_dir: &TempDir, smtp_port: u16) -> Settings {
+fn test_settings(storage: &Storage, smtp_port: u16) -> Settings {
     let mut settings = Settings::defaults();
     settings.server.listen = "127.0.0.1:0".into();
-    settings.database.url = format!(
-        "sqlite://{}?mode=rwc",
-        db_dir.path().join("confirmd.db").display()
-    );
+    settings.database.url = storage.database_url();
+    // Beside the SQLite file anyway; a PostgreSQL database has no folder to keep it in.
+    settings.token.secret_file = storage
+        .dir
+        .path()
+        .join("confirmd.secret")
+        .display()
+        .to_string();
     settings.smtp.port = smtp_port;
     settings.smtp.timeout_ms = 2_000;
     settings.app.base_url = BASE_URL.into();
@@ -56,25 +139,25 @@ pub async fn spawn_app() -> TestApp {
 /// The app with a working SMTP server, after `tweak` adjusts its settings.
 pub async fn spawn_app_with(tweak: impl FnOnce(&mut Settings)) -> TestApp {
     let smtp = SmtpServer::start().await;
-    let db_dir = tempfile::tempdir().unwrap();
-    let mut settings = test_settings(&db_dir, smtp.port());
+    let storage = Storage::new().await;
+    let mut settings = test_settings(&storage, smtp.port());
     tweak(&mut settings);
-    launch(settings, db_dir, smtp.port(), Some(smtp)).await
+    launch(settings, storage, smtp.port(), Some(smtp)).await
 }
 
 /// The app with SMTP down: nothing listens on the port it is given until the test calls
 /// [`TestApp::start_smtp`].
 pub async fn spawn_app_without_smtp(tweak: impl FnOnce(&mut Settings)) -> TestApp {
     let port = free_port();
-    let db_dir = tempfile::tempdir().unwrap();
-    let mut settings = test_settings(&db_dir, port);
+    let storage = Storage::new().await;
+    let mut settings = test_settings(&storage, port);
     tweak(&mut settings);
-    launch(settings, db_dir, port, None).await
+    launch(settings, storage, port, None).await
 }
 
 async fn launch(
     settings: Settings,
-    db_dir: TempDir,
+    storage: Storage,
     smtp_port: u16,
     smtp: Option<SmtpServer>,
 ) -> TestApp {
@@ -88,7 +171,7 @@ async fn launch(
         settings: running.settings.clone(),
         smtp_port,
         smtp,
-        db_dir,
+        storage,
         running,
     }
 }
@@ -241,47 +324,46 @@ impl TestApp {
     /// The status of every user, from the database: what confirming changes.
     pub async fn user_statuses(&self) -> Vec<String> {
         let db = self.db().await;
-        let statuses = sqlx::query_scalar("SELECT status FROM users ORDER BY id")
-            .fetch_all(&db)
-            .await
-            .unwrap();
+        let statuses: Vec<(String,)> = db.rows("SELECT status FROM users ORDER BY id").await;
         db.close().await;
-        statuses
+        statuses.into_iter().map(|(status,)| status).collect()
     }
 
-    /// Opens the database file directly, for what the API does not show (row counts, and
-    /// moving a token's expiry into the past).
-    pub async fn db(&self) -> sqlx::SqlitePool {
-        sqlx::SqlitePool::connect(&self.settings.database.url)
-            .await
-            .unwrap()
+    /// Connects to the app's database directly, for what the API does not show (row counts,
+    /// and moving a token's expiry into the past).
+    pub async fn db(&self) -> TestDb {
+        connect(&self.settings.database.url).await
     }
 
-    /// The database file itself, for tests that break it.
+    /// The database file itself, for tests that break it (SQLite only).
+    #[allow(dead_code)] // the PostgreSQL copy has no file to break
     pub fn db_path(&self) -> std::path::PathBuf {
-        self.db_dir.path().join("confirmd.db")
+        assert_eq!(
+            BACKEND,
+            Backend::Sqlite,
+            "a PostgreSQL database has no file"
+        );
+        self.storage.dir.path().join("confirmd.db")
     }
 
     pub async fn count(&self, table: &str) -> i64 {
         let db = self.db().await;
-        let n: i64 =
-            sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT COUNT(*) FROM {table}")))
-                .fetch_one(&db)
-                .await
-                .unwrap();
+        let n: Vec<(i64,)> = db.rows(&format!("SELECT COUNT(*) FROM {table}")).await;
         db.close().await;
-        n
+        n[0].0
     }
 
     /// The account of `email` as the database has it: `(status, name)`. The API shows it to
     /// nobody (a requester sees only its own request's delivery); the tests read it here.
     pub async fn account(&self, email: &str) -> Option<(String, Option<String>)> {
         let db = self.db().await;
-        let row = sqlx::query_as("SELECT status, name FROM users WHERE email = ?1")
-            .bind(email)
-            .fetch_optional(&db)
+        let row = db
+            .rows(&format!(
+                "SELECT status, name FROM users WHERE email = {}",
+                quoted(email)
+            ))
             .await
-            .unwrap();
+            .pop();
         db.close().await;
         row
     }
@@ -290,22 +372,21 @@ impl TestApp {
     /// outbox`, the logs): the requester is never shown it.
     pub async fn last_error(&self, signup_id: &str) -> Option<String> {
         let db = self.db().await;
-        let error = sqlx::query_scalar("SELECT last_error FROM email_outbox WHERE signup_id = ?1")
-            .bind(signup_id)
-            .fetch_one(&db)
-            .await
-            .unwrap();
+        let error: Vec<(Option<String>,)> = db
+            .rows(&format!(
+                "SELECT last_error FROM email_outbox WHERE signup_id = {}",
+                quoted(signup_id)
+            ))
+            .await;
         db.close().await;
-        error
+        error[0].0.clone()
     }
 
     /// Moves every token's expiry into the past, as 24 hours of waiting would.
     pub async fn expire_tokens(&self) {
         let db = self.db().await;
-        sqlx::query("UPDATE confirmation_tokens SET expires_at = 0")
-            .execute(&db)
-            .await
-            .unwrap();
+        db.execute("UPDATE confirmation_tokens SET expires_at = 0")
+            .await;
         db.close().await;
     }
 
@@ -316,7 +397,7 @@ impl TestApp {
             settings: self.settings,
             smtp_port: self.smtp_port,
             smtp: self.smtp,
-            db_dir: self.db_dir,
+            storage: self.storage,
         }
     }
 }
@@ -326,15 +407,32 @@ pub struct StoppedApp {
     pub settings: Settings,
     smtp_port: u16,
     pub smtp: Option<SmtpServer>,
-    db_dir: TempDir,
+    storage: Storage,
 }
 
 impl StoppedApp {
     pub async fn restart(self) -> TestApp {
         let mut settings = self.settings;
         settings.server.listen = "127.0.0.1:0".into();
-        launch(settings, self.db_dir, self.smtp_port, self.smtp).await
+        launch(settings, self.storage, self.smtp_port, self.smtp).await
     }
+
+    /// Connects to the stopped app's database.
+    pub async fn db(&self) -> TestDb {
+        connect(&self.settings.database.url).await
+    }
+}
+
+async fn connect(url: &str) -> TestDb {
+    match BACKEND {
+        Backend::Sqlite => TestDb::Sqlite(SqlitePool::connect(url).await.unwrap()),
+        Backend::Postgres => TestDb::Postgres(PgPool::connect(url).await.unwrap()),
+    }
+}
+
+/// `text` as an SQL string literal.
+pub fn quoted(text: &str) -> String {
+    format!("'{}'", text.replace('\'', "''"))
 }
 
 /// Calls `probe` until it returns `Ok`, or `within` passes and the last `Err` is returned: the

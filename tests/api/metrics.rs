@@ -2,7 +2,7 @@
 
 use reqwest::StatusCode;
 
-use crate::{helpers::spawn_app, smtp::Behaviour};
+use super::{helpers::spawn_app, smtp::Behaviour};
 
 /// The value of the sample whose line starts with `series` (name and labels as exposed).
 fn sample(text: &str, series: &str) -> f64 {

@@ -3,7 +3,7 @@
 use reqwest::StatusCode;
 use serde_json::Value;
 
-use crate::helpers::spawn_app;
+use super::helpers::spawn_app;
 
 #[tokio::test]
 async fn the_openapi_document_lists_every_operation_and_its_problem_answers() {

@@ -6,7 +6,7 @@ use std::process::Output;
 use reqwest::StatusCode;
 use serde_json::Value;
 
-use crate::{
+use super::{
     binary::run_confirmd,
     helpers::{TestApp, spawn_app},
     smtp::Behaviour,
@@ -153,16 +153,14 @@ async fn a_failed_email_of_an_address_confirmed_since_is_not_retried() {
 
 #[tokio::test]
 async fn the_operator_sees_what_each_request_sent_which_its_sender_is_not_told() {
-    let app = crate::helpers::spawn_app_with(|s| s.signup.resend_interval_s = 60).await;
+    let app = super::helpers::spawn_app_with(|s| s.signup.resend_interval_s = 60).await;
     app.signup_ok("ann@example.com", "sync").await;
     let link = app.confirmation_link("ann@example.com").await;
     assert_eq!(app.confirm(&link).await.status(), StatusCode::OK);
     // Ann's email is two minutes old: her next request is past the resend interval.
     let db = app.db().await;
-    sqlx::query("UPDATE email_outbox SET created_at = created_at - 120000")
-        .execute(&db)
-        .await
-        .unwrap();
+    db.execute("UPDATE email_outbox SET created_at = created_at - 120000")
+        .await;
     db.close().await;
     app.signup_ok("ann@example.com", "sync").await;
     app.signup_ok("bob@example.com", "sync").await;
@@ -179,4 +177,21 @@ async fn the_operator_sees_what_each_request_sent_which_its_sender_is_not_told()
         text.contains("requests: 2 confirmations, 1 account notices, 1 suppressed"),
         "{text}"
     );
+}
+
+/// `confirmd migrate` beside a running service, as an operator runs it before a roll-out: the
+/// schema is current, and the migrator (which locks on PostgreSQL) neither fails nor hangs.
+#[tokio::test]
+async fn migrate_beside_the_running_service_succeeds() {
+    let app = spawn_app().await;
+    let output = run_confirmd(
+        &["migrate"],
+        &[("CONFIRMD_DATABASE__URL", &app.settings.database.url)],
+    );
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    app.signup_ok("ann@example.com", "sync").await;
 }

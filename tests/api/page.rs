@@ -5,7 +5,7 @@
 use reqwest::StatusCode;
 use serde_json::Value;
 
-use crate::helpers::spawn_app;
+use super::helpers::spawn_app;
 
 #[tokio::test]
 async fn the_signup_page_and_its_script_are_served_under_a_csp_without_inline_script() {

@@ -7,7 +7,7 @@ use std::{collections::BTreeSet, time::Duration};
 use reqwest::{Response, StatusCode};
 use serde_json::Value;
 
-use crate::{
+use super::{
     helpers::{TestApp, spawn_app_with, spawn_app_without_smtp},
     smtp::Behaviour,
 };
@@ -115,11 +115,14 @@ async fn a_stranger_learns_nothing(mode: &str, resend_interval_s: u64) {
             ![pending_id.as_str(), confirmed_id.as_str()].contains(id),
             "{context}"
         );
-        let users: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM users WHERE id = ?1")
-            .bind(id)
-            .fetch_one(&db)
-            .await
-            .unwrap();
+        // As text: a PostgreSQL user id is a UUID column.
+        let users: Vec<(i64,)> = db
+            .rows(&format!(
+                "SELECT COUNT(*) FROM users WHERE CAST(id AS TEXT) = {}",
+                super::helpers::quoted(id)
+            ))
+            .await;
+        let users = users[0].0;
         assert_eq!(users, 0, "{context}: {id} is a user's id");
     }
     db.close().await;

@@ -1,6 +1,6 @@
 //! Nothing acknowledged is lost across a restart.
 
-use crate::{
+use super::{
     helpers::{PATIENCE, poll_until, spawn_app_without_smtp},
     smtp::SmtpServer,
 };
@@ -19,14 +19,11 @@ async fn emails_queued_before_a_restart_are_delivered_after_it() {
 
     let mut stopped = app.stop().await;
 
-    let db = sqlx::SqlitePool::connect(&stopped.settings.database.url)
-        .await
-        .unwrap();
-    let queued: i64 =
-        sqlx::query_scalar("SELECT COUNT(*) FROM email_outbox WHERE state = 'queued'")
-            .fetch_one(&db)
-            .await
-            .unwrap();
+    let db = stopped.db().await;
+    let queued: Vec<(i64,)> = db
+        .rows("SELECT COUNT(*) FROM email_outbox WHERE state = 'queued'")
+        .await;
+    let queued = queued[0].0;
     db.close().await;
     assert_eq!(
         queued, 10,

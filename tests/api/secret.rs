@@ -2,7 +2,7 @@
 
 use reqwest::StatusCode;
 
-use crate::{
+use super::{
     helpers::{PATIENCE, poll_until, spawn_app_with},
     smtp::Behaviour,
 };

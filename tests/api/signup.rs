@@ -3,7 +3,7 @@
 use reqwest::StatusCode;
 use serde_json::Value;
 
-use crate::helpers::{PATIENCE, poll_until, spawn_app, spawn_app_with};
+use super::helpers::{PATIENCE, poll_until, spawn_app, spawn_app_with};
 
 #[tokio::test]
 async fn sync_signup_answers_201_only_after_smtp_accepted_the_email() {
@@ -141,15 +141,12 @@ async fn a_name_with_a_placeholder_adds_nothing_to_the_email() {
     assert_eq!(stored_names(&app).await, [Some(name.to_owned())]);
 }
 
-async fn stored_names(app: &crate::helpers::TestApp) -> Vec<Option<String>> {
+async fn stored_names(app: &super::helpers::TestApp) -> Vec<Option<String>> {
     let db = app.db().await;
     // Kept with the request's token until its link is confirmed (tests/api/privacy.rs).
-    let names = sqlx::query_scalar("SELECT name FROM confirmation_tokens")
-        .fetch_all(&db)
-        .await
-        .unwrap();
+    let names: Vec<(Option<String>,)> = db.rows("SELECT name FROM confirmation_tokens").await;
     db.close().await;
-    names
+    names.into_iter().map(|(name,)| name).collect()
 }
 
 #[tokio::test]
@@ -243,7 +240,7 @@ async fn a_backlog_larger_than_the_channel_drains_without_waiting_for_the_sweep_
         s.worker.sweep_interval_ms = 60_000;
     })
     .await;
-    app.smtp().set_behaviour(crate::smtp::Behaviour::Delay(
+    app.smtp().set_behaviour(super::smtp::Behaviour::Delay(
         std::time::Duration::from_millis(20),
     ));
     for i in 0..30 {

@@ -12,7 +12,7 @@ use tokio::{
     time::Instant,
 };
 
-use crate::helpers::{TestApp, spawn_app};
+use super::helpers::{TestApp, spawn_app};
 
 /// How far past a timeout the test waits for the server to act on it: timers, scheduling on a
 /// loaded machine.

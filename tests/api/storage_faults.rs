@@ -11,7 +11,7 @@ use reqwest::StatusCode;
 use sqlx::{Connection, SqliteConnection};
 use tokio::time::Instant;
 
-use crate::{
+use super::{
     helpers::{PATIENCE, TestApp, assert_problem, poll, poll_until, spawn_app, spawn_app_with},
     smtp::Behaviour,
 };
@@ -220,14 +220,11 @@ async fn an_email_whose_outcome_could_not_be_written_is_sent_once() {
     // that recording the send fails.
     let db = app.db().await;
     let lease_until: i64 = poll(PATIENCE, || async {
-        sqlx::query_scalar::<_, Option<i64>>(
-            "SELECT lease_until FROM email_outbox WHERE state = 'sending'",
-        )
-        .fetch_optional(&db)
-        .await
-        .unwrap()
-        .flatten()
-        .ok_or(())
+        db.rows::<(Option<i64>,)>("SELECT lease_until FROM email_outbox WHERE state = 'sending'")
+            .await
+            .pop()
+            .and_then(|(lease_until,)| lease_until)
+            .ok_or(())
     })
     .await
     .expect("a worker claims the email");

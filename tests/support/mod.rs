@@ -1,8 +1,9 @@
 //! The kit every integration test shares, one copy of each part: a free port ([`free_port`]),
 //! the app started inside the test process ([`app`]), the real binary as a child process
 //! ([`binary`] for a command run to the end, [`process`] for a service that keeps running), the
-//! confirmation link in an email ([`links`]), the SMTP server the app sends to ([`smtp`]), and
-//! the trace collector it exports to ([`otlp`]).
+//! confirmation link in an email ([`links`]), the SMTP server the app sends to ([`smtp`]), the
+//! trace collector it exports to ([`otlp`]), and a fresh PostgreSQL database for the runs on
+//! that backend ([`postgres`]).
 //!
 //! A test includes it with `mod support;` (`#[path = "../support/mod.rs"] mod support;` from a
 //! folder such as `tests/api/`) and names the parts it uses.
@@ -14,6 +15,7 @@ pub mod app;
 pub mod binary;
 pub mod links;
 pub mod otlp;
+pub mod postgres;
 pub mod process;
 pub mod smtp;
 

@@ -107,7 +107,7 @@ impl Outbox {
                     mode: DeliveryMode::Background,
                     request_id: None,
                     trace_context: None,
-                    claimed_until: None,
+                    claim_for: None,
                     resend_interval_ms: 60_000,
                     now,
                 })

@@ -38,11 +38,12 @@ use sqlx::{
     sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous},
 };
 use tokio::sync::{Mutex, mpsc, oneshot};
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use health::{FileIdentity, WriteHealth};
 use writer::{PendingSignup, SIGNUP_QUEUE, group_commit};
 
-use super::{NewSignup, StoreError, StoredSignup};
+use super::{NewSignup, OutboxId, StoreError, StoredSignup};
 use crate::supervise::Tasks;
 
 /// How every connection to the database is set up. Public so that the floor benchmark
@@ -220,6 +221,16 @@ impl SqliteStore {
     /// Signups handed to the group-commit writer and not answered yet.
     pub fn signups_pending(&self) -> usize {
         self.pending.load(Ordering::Relaxed)
+    }
+
+    /// Nothing to hear: this process wrote every row of the file, and its signups wake its
+    /// workers directly.
+    pub fn hear_new_emails(
+        &self,
+        _wake: impl Fn(OutboxId) + Send + Sync + 'static,
+        _shutdown: CancellationToken,
+        _tracker: &TaskTracker,
+    ) {
     }
 
     /// Is the database answering? For `/readyz`.

@@ -2,8 +2,12 @@
 //! failed and why, and putting failed emails back in the queue.
 
 use super::SqliteStore;
-use crate::store::{
-    EmailKind, FailedEmail, KindCounts, OutboxCounts, OutboxId, OutboxState, Requeue, StoreError,
+use crate::{
+    clock,
+    store::{
+        EmailKind, FailedEmail, KindCounts, OutboxCounts, OutboxId, OutboxState, Requeue,
+        StoreError,
+    },
 };
 
 impl SqliteStore {
@@ -92,9 +96,11 @@ impl SqliteStore {
 
     /// Puts one failed email back in the queue with a fresh set of attempts, due now. A running
     /// service's sweeper picks it up at its next sweep.
-    pub async fn requeue(&self, id: OutboxId, now: i64) -> Result<Requeue, StoreError> {
+    pub async fn requeue(&self, id: OutboxId) -> Result<Requeue, StoreError> {
+        let now = clock::now_ms();
         let done = sqlx::query!(
-            "UPDATE email_outbox SET state = 'queued', attempts = 0, next_attempt_at = ?2, lease_until = NULL
+            "UPDATE email_outbox SET state = 'queued', attempts = 0, next_attempt_at = ?2, lease_until = NULL,
+                 claim_id = NULL
              WHERE id = ?1 AND state = 'failed'
                AND (SELECT status FROM users WHERE users.id = email_outbox.user_id) = 'pending'",
             id.0,
@@ -122,10 +128,12 @@ impl SqliteStore {
         })
     }
 
-    /// Puts every failed email of a pending user back in the queue; returns how many.
-    pub async fn requeue_all_failed(&self, now: i64) -> Result<u64, StoreError> {
+    /// Puts every failed email of a pending user back in the queue, due now; returns how many.
+    pub async fn requeue_all_failed(&self) -> Result<u64, StoreError> {
+        let now = clock::now_ms();
         let done = sqlx::query!(
-            "UPDATE email_outbox SET state = 'queued', attempts = 0, next_attempt_at = ?1, lease_until = NULL
+            "UPDATE email_outbox SET state = 'queued', attempts = 0, next_attempt_at = ?1, lease_until = NULL,
+                 claim_id = NULL
              WHERE state = 'failed'
                AND (SELECT status FROM users WHERE users.id = email_outbox.user_id) = 'pending'",
             now

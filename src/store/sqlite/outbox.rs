@@ -2,31 +2,40 @@
 //! under a lease), then record what the send came to (`sent`, back to `queued` with a backoff,
 //! or `failed`). The sweeper takes back rows whose lease ran out and finds the due ones.
 //!
-//! Every outcome is written only while the row still carries the claim's lease, so a sender whose
-//! lease ran out cannot overwrite the outcome of the sender that took its row over.
+//! Every outcome is written only while the row still carries the claim's id, so a sender whose
+//! lease ran out cannot overwrite the outcome of the sender that took its row over. Claim ids are
+//! `random()`: 64 random bits, which one row's claims do not repeat.
+//!
+//! Times are the process's clock: one process owns the file.
+
+use std::time::Duration;
 
 use super::SqliteStore;
 use crate::{
+    clock,
     domain::{TokenHash, TokenNonce},
-    store::{Claim, ClaimedEmail, OutboxId, StoreError},
+    store::{Claim, ClaimedEmail, OutboxId, StoreError, millis},
 };
 
 impl SqliteStore {
-    /// Claims a queued, due row for sending: the row moves to `sending`, leased until
-    /// `lease_until`, and its attempt is counted. `None` when another sender has it, it is not
-    /// due yet, or it was superseded: the caller simply moves on.
+    /// Claims a queued, due row for sending: the row moves to `sending`, leased for `lease`,
+    /// a new claim id fences it, and its attempt is counted. `None` when another sender has it,
+    /// it is not due yet, or it was superseded: the caller simply moves on.
     pub async fn claim(
         &self,
         id: OutboxId,
-        now: i64,
-        lease_until: i64,
+        lease: Duration,
     ) -> Result<Option<ClaimedEmail>, StoreError> {
+        let now = clock::now_ms();
+        let lease_until = now.saturating_add(millis(lease));
         let row = sqlx::query!(
             r#"UPDATE email_outbox
-               SET state = 'sending', lease_until = ?3, attempts = attempts + 1
+               SET state = 'sending', lease_until = ?3, attempts = attempts + 1,
+                   claim_id = random()
                WHERE id = ?1 AND state = 'queued' AND next_attempt_at <= ?2
-               RETURNING id AS "id!", kind AS "kind!", recipient AS "recipient!", nonce, token,
-                         token_hash, attempts AS "attempts!", request_id, trace_context,
+               RETURNING id AS "id!", claim_id AS "claim_id!", kind AS "kind!",
+                         recipient AS "recipient!", nonce, token, token_hash,
+                         attempts AS "attempts!", request_id, trace_context,
                          created_at AS "created_at!""#,
             id.0,
             now,
@@ -44,7 +53,7 @@ impl SqliteStore {
             Ok(ClaimedEmail {
                 claim: Claim {
                     id: OutboxId(r.id),
-                    lease_until,
+                    claim_id: r.claim_id,
                 },
                 kind: r.kind.parse()?,
                 recipient: r.recipient,
@@ -90,11 +99,11 @@ impl SqliteStore {
         let done = sqlx::query!(
             "UPDATE email_outbox
              SET state = 'sent', sent_at = ?2, token = NULL, nonce = NULL, lease_until = NULL,
-                 last_error = NULL
-             WHERE id = ?1 AND state = 'sending' AND lease_until = ?3",
+                 claim_id = NULL, last_error = NULL
+             WHERE id = ?1 AND state = 'sending' AND claim_id = ?3",
             claim.id.0,
             now,
-            claim.lease_until
+            claim.claim_id
         )
         .execute(&mut *tx)
         .await?;
@@ -112,21 +121,23 @@ impl SqliteStore {
         Ok(())
     }
 
-    /// A failed attempt that may succeed later: back to the queue, due at `next_attempt_at`.
+    /// A failed attempt that may succeed later: back to the queue, due `retry_in` from now.
     pub async fn mark_retry(
         &self,
         claim: Claim,
-        next_attempt_at: i64,
+        retry_in: Duration,
         error: &str,
     ) -> Result<(), StoreError> {
+        let next_attempt_at = clock::ms_from_now(retry_in);
         let done = sqlx::query!(
             "UPDATE email_outbox
-             SET state = 'queued', next_attempt_at = ?2, lease_until = NULL, last_error = ?3
-             WHERE id = ?1 AND state = 'sending' AND lease_until = ?4",
+             SET state = 'queued', next_attempt_at = ?2, lease_until = NULL, claim_id = NULL,
+                 last_error = ?3
+             WHERE id = ?1 AND state = 'sending' AND claim_id = ?4",
             claim.id.0,
             next_attempt_at,
             error,
-            claim.lease_until
+            claim.claim_id
         )
         .execute(&self.writer)
         .await;
@@ -138,11 +149,12 @@ impl SqliteStore {
     /// The row and its nonce stay, so an operator can see why and put it back in the queue.
     pub async fn mark_failed(&self, claim: Claim, error: &str) -> Result<(), StoreError> {
         let done = sqlx::query!(
-            "UPDATE email_outbox SET state = 'failed', lease_until = NULL, last_error = ?2
-             WHERE id = ?1 AND state = 'sending' AND lease_until = ?3",
+            "UPDATE email_outbox
+             SET state = 'failed', lease_until = NULL, claim_id = NULL, last_error = ?2
+             WHERE id = ?1 AND state = 'sending' AND claim_id = ?3",
             claim.id.0,
             error,
-            claim.lease_until
+            claim.claim_id
         )
         .execute(&self.writer)
         .await;
@@ -153,15 +165,13 @@ impl SqliteStore {
     /// Takes back rows whose sender's lease ran out (the process died mid-send, most likely):
     /// they go back to the queue, due now. Rows in `except` are left alone: their sender is alive
     /// in this process. Returns how many.
-    pub async fn reclaim_expired_leases(
-        &self,
-        now: i64,
-        except: &[OutboxId],
-    ) -> Result<u64, StoreError> {
+    pub async fn reclaim_expired_leases(&self, except: &[OutboxId]) -> Result<u64, StoreError> {
+        let now = clock::now_ms();
         let except: Vec<i64> = except.iter().map(|id| id.0).collect();
         let except = serde_json::to_string(&except).expect("numbers serialize");
         let done = sqlx::query!(
-            "UPDATE email_outbox SET state = 'queued', lease_until = NULL, next_attempt_at = ?1
+            "UPDATE email_outbox
+             SET state = 'queued', lease_until = NULL, claim_id = NULL, next_attempt_at = ?1
              WHERE state = 'sending' AND lease_until < ?1
                AND id NOT IN (SELECT value FROM json_each(?2))",
             now,
@@ -174,7 +184,8 @@ impl SqliteStore {
     }
 
     /// Queued rows that are due, oldest first, at most `limit`.
-    pub async fn due_emails(&self, now: i64, limit: i64) -> Result<Vec<OutboxId>, StoreError> {
+    pub async fn due_emails(&self, limit: i64) -> Result<Vec<OutboxId>, StoreError> {
+        let now = clock::now_ms();
         let ids = sqlx::query_scalar!(
             r#"SELECT id AS "id!" FROM email_outbox
                WHERE state = 'queued' AND next_attempt_at <= ?1

@@ -12,8 +12,8 @@ use super::SqliteStore;
 use crate::{
     domain::{SubscriberName, TokenHash},
     store::{
-        EmailKind, NewSignup, OutboxId, OutboxState, SignupView, StoreError, StoredSignup,
-        TokenOwner, UnknownState, UserStatus,
+        Claim, EmailKind, NewSignup, OutboxId, OutboxState, SignupView, StoreError, StoredSignup,
+        TokenOwner, UnknownState, UserStatus, millis,
     },
 };
 
@@ -34,7 +34,8 @@ struct NewUserRow<'a> {
     mode: &'static str,
     state: &'static str,
     attempts: i64,
-    claimed_until: Option<i64>,
+    /// For a row written claimed (sync mode): the end of the request's lease.
+    lease_until: Option<i64>,
     request_id: Option<&'a str>,
     trace_context: Option<&'a str>,
     now: i64,
@@ -66,7 +67,7 @@ pub(super) async fn insert_new_users(
                 mode: new.mode.as_str(),
                 state: state.as_str(),
                 attempts,
-                claimed_until: new.claimed_until,
+                lease_until: lease_until(new),
                 request_id: new.request_id.as_deref(),
                 trace_context: new.trace_context.as_deref(),
                 now: new.now,
@@ -91,42 +92,57 @@ pub(super) async fn insert_new_users(
     )
     .execute(&mut *conn)
     .await?;
-    let outbox: HashMap<String, i64> = sqlx::query!(
+    let outbox: HashMap<String, (i64, Option<i64>)> = sqlx::query!(
         r#"INSERT INTO email_outbox
              (signup_id, user_id, kind, recipient, nonce, token_hash, mode, state, attempts,
-              next_attempt_at, lease_until, request_id, trace_context, created_at)
+              next_attempt_at, lease_until, claim_id, request_id, trace_context, created_at)
            SELECT value ->> 'signup_id', value ->> 'id', 'confirmation', value ->> 'email',
                   unhex(value ->> 'nonce'), unhex(value ->> 'token_hash'),
                   value ->> 'mode', value ->> 'state', value ->> 'attempts', value ->> 'now',
-                  value ->> 'claimed_until', value ->> 'request_id', value ->> 'trace_context',
-                  value ->> 'now'
+                  value ->> 'lease_until',
+                  CASE WHEN value ->> 'lease_until' IS NOT NULL THEN random() END,
+                  value ->> 'request_id', value ->> 'trace_context', value ->> 'now'
            FROM json_each(?1)
-           RETURNING id AS "id!: i64", user_id AS "user_id!: String""#,
+           RETURNING id AS "id!: i64", user_id AS "user_id!: String",
+                     claim_id AS "claim_id: i64""#,
         json
     )
     .fetch_all(&mut *conn)
     .await?
     .into_iter()
-    .map(|row| (row.user_id, row.id))
+    .map(|row| (row.user_id, (row.id, row.claim_id)))
     .collect();
     Ok(rows
         .into_iter()
-        .map(|row| StoredSignup {
-            signup_id: row.signup_id.to_owned(),
-            outbox_id: OutboxId(outbox[&row.id]),
-            email: row.email.to_owned(),
-            kind: EmailKind::Confirmation,
-            group_size: 1,
+        .map(|row| {
+            let (id, claim_id) = outbox[&row.id];
+            StoredSignup {
+                signup_id: row.signup_id.to_owned(),
+                outbox_id: OutboxId(id),
+                email: row.email.to_owned(),
+                kind: EmailKind::Confirmation,
+                group_size: 1,
+                claim: claim_id.map(|claim_id| Claim {
+                    id: OutboxId(id),
+                    claim_id,
+                }),
+            }
         })
         .collect())
 }
 
 /// The state an outbox row starts in: sync rows are written already claimed by their request.
 fn outbox_start(new: &NewSignup) -> (OutboxState, i64) {
-    match new.claimed_until {
+    match new.claim_for {
         Some(_) => (OutboxState::Sending, 1),
         None => (OutboxState::Queued, 0),
     }
+}
+
+/// The end of the lease a sync row is written with.
+fn lease_until(new: &NewSignup) -> Option<i64> {
+    new.claim_for
+        .map(|lease| new.now.saturating_add(millis(lease)))
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -201,12 +217,14 @@ pub(super) async fn write_signup(
     let (mode, kind_name) = (new.mode.as_str(), kind.as_str());
     let (state, attempts) = outbox_start(new);
     let state = state.as_str();
-    let outbox_id = sqlx::query_scalar!(
+    let lease_until = lease_until(new);
+    let row = sqlx::query!(
         r#"INSERT INTO email_outbox
              (signup_id, user_id, kind, recipient, nonce, token_hash, mode, state, attempts,
-              next_attempt_at, lease_until, request_id, trace_context, created_at)
-           VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?10)
-           RETURNING id AS "id!""#,
+              next_attempt_at, lease_until, claim_id, request_id, trace_context, created_at)
+           VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11,
+                   CASE WHEN ?11 IS NOT NULL THEN random() END, ?12, ?13, ?10)
+           RETURNING id AS "id!", claim_id"#,
         new.signup_id,
         user.id,
         kind_name,
@@ -218,7 +236,7 @@ pub(super) async fn write_signup(
         state,
         attempts,
         new.now,
-        new.claimed_until,
+        lease_until,
         new.request_id.as_deref(),
         new.trace_context.as_deref()
     )
@@ -227,10 +245,14 @@ pub(super) async fn write_signup(
 
     Ok(StoredSignup {
         signup_id: new.signup_id.clone(),
-        outbox_id: OutboxId(outbox_id),
+        outbox_id: OutboxId(row.id),
         email: email.to_owned(),
         kind,
         group_size: 1,
+        claim: row.claim_id.map(|claim_id| Claim {
+            id: OutboxId(row.id),
+            claim_id,
+        }),
     })
 }
 

@@ -288,7 +288,7 @@ mod tests {
             mode: DeliveryMode::Background,
             request_id: None,
             trace_context: None,
-            claimed_until: None,
+            claim_for: None,
             resend_interval_ms: 0,
             now: 1,
         }

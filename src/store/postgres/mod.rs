@@ -1,0 +1,188 @@
+//! The PostgreSQL backend: any number of confirmd instances on one database.
+//!
+//! What one SQLite process got from being the only writer, this backend gets from the server:
+//!
+//! - **Claims skip, never wait.** A worker claims a row with `FOR UPDATE SKIP LOCKED`, so two
+//!   instances woken for the same row do not queue behind each other's lock: one claims it, the
+//!   other moves on at once. Every claim takes a fresh id from a sequence; outcomes are written
+//!   only while the row carries it ([`outbox`]).
+//! - **One clock.** Leases, due times and the rows a signup writes are stamped with the server's
+//!   clock (`confirmd_now_ms()` in the schema), so instances whose clocks disagree still agree on
+//!   which lease ran out: a fast clock cannot take a row back from a live sender.
+//! - **Wake-ups cross instances.** A background signup's transaction ends with `pg_notify` on
+//!   [`CHANNEL`]; every instance listens ([`listener`]) and hands the id to its workers, as a
+//!   local signup does. Notifications are a fast path only: one lost while a listener
+//!   reconnects is found by the sweeper, as on SQLite.
+//! - **Concurrent signups of one address** meet on the unique address and the user's row lock
+//!   ([`signup`]), never as an error.
+//!
+//! # No group commit
+//!
+//! Signups are written one transaction each, on a plain pool. SQLite batches them because it has
+//! one writer, and every commit waits for it; PostgreSQL runs transactions side by side on as
+//! many connections as the pool has, and a commit's fsync is shared by the transactions that
+//! commit together anyway (the server's own group commit). A batching writer in front of it
+//! would serialize what the server parallelizes, and the batch's rollback on one bad signup
+//! would cost the others a retry. No measurement here has asked for more.
+//!
+//! # Health
+//!
+//! A database server has no file to watch. [`writable`](PostgresStore::writable) reflects the
+//! last writes: a write that fails for a reason that is not the row's (connection refused while
+//! the server restarts, a read-only standby after a fail-over, a full disk) marks the store
+//! unwritable, and signups get 503 until a write succeeds again. While it is unwritable a
+//! supervised probe asks the server every second whether it takes writes, so an instance taken
+//! out of rotation finds out it healed with no signup to try.
+
+mod health;
+mod listener;
+mod operator;
+mod outbox;
+mod signup;
+
+use std::{str::FromStr, sync::Arc, time::Duration};
+
+use sqlx::{
+    ConnectOptions, PgPool,
+    postgres::{PgConnectOptions, PgPoolOptions},
+};
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+
+use health::WriteHealth;
+pub use listener::CHANNEL;
+
+use super::{OutboxId, StoreError};
+use crate::supervise::Tasks;
+
+/// How long a signup, a claim or a probe waits for a pooled connection before it fails (and
+/// the store is marked unwritable): a server that is down must not hang requests.
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// The database: one pool for every statement, the health of the last writes, and the
+/// supervised tasks (the probe and the listener, beside the delivery's).
+#[derive(Clone, Debug)]
+pub struct PostgresStore {
+    pool: PgPool,
+    /// Tells this instance's notifications apart from other instances', so its listener does
+    /// not wake its workers twice for its own signups.
+    instance: Arc<str>,
+    health: Arc<WriteHealth>,
+    tasks: Tasks,
+}
+
+impl PostgresStore {
+    /// Connects a pool of up to `max_connections` to the database at `url` (at least two: the
+    /// listener holds one of its own). Fails if the server does not answer now: a URL that is
+    /// wrong shows at start, not at the first signup.
+    pub async fn connect(url: &str, max_connections: u32) -> Result<PostgresStore, StoreError> {
+        let options = PgConnectOptions::from_str(url)?.application_name("confirmd");
+        let pool = PgPoolOptions::new()
+            // Room for the signups, the workers' claims and the sweeper at once: the pool is
+            // the one way to the database (SQLite has a writer beside its readers).
+            .max_connections(max_connections.max(2))
+            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .connect_with(options)
+            .await?;
+        let store = PostgresStore {
+            pool,
+            instance: uuid::Uuid::new_v4().to_string().into(),
+            health: Arc::new(WriteHealth::default()),
+            tasks: Tasks::new(),
+        };
+        tokio::spawn(store.tasks.supervise("db_probe", {
+            let (pool, health) = (store.pool.clone(), store.health.clone());
+            move || health::probe_while_unwritable(pool.clone(), health.clone())
+        }));
+        Ok(store)
+    }
+
+    /// Does the database at `url` exist? confirmd never creates a PostgreSQL database, so it
+    /// exists if it can be connected to; a database that does not exist is a clean `false`.
+    pub async fn exists(url: &str) -> Result<bool, StoreError> {
+        let options = PgConnectOptions::from_str(url)?;
+        match options.connect().await {
+            Ok(connection) => {
+                let _ = sqlx::Connection::close(connection).await;
+                Ok(true)
+            }
+            // invalid_catalog_name: "database ... does not exist".
+            Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("3D000") => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Applies the migrations embedded in the binary from `migrations/postgres/`. sqlx's
+    /// migrator holds a PostgreSQL advisory lock while it runs, so instances that start
+    /// together apply each migration once and the others wait for it.
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        sqlx::migrate!("./migrations/postgres")
+            .run(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    /// The supervised tasks of the application: the store's probe and listener, and whatever
+    /// else the caller supervises with it (the delivery workers and sweeper).
+    pub fn tasks(&self) -> &Tasks {
+        &self.tasks
+    }
+
+    /// Signups in their transaction: no queue stands in front of them here.
+    pub fn signups_pending(&self) -> usize {
+        self.health.signups_in_flight()
+    }
+
+    /// Starts the listener (see [`listener`]) under supervision, until `shutdown`.
+    pub fn hear_new_emails(
+        &self,
+        wake: impl Fn(OutboxId) + Send + Sync + 'static,
+        shutdown: CancellationToken,
+        tracker: &TaskTracker,
+    ) {
+        let wake: Arc<dyn Fn(OutboxId) + Send + Sync> = Arc::new(wake);
+        let (pool, instance) = (self.pool.clone(), self.instance.clone());
+        tracker.spawn(self.tasks.supervise("listener", move || {
+            listener::run(
+                pool.clone(),
+                instance.clone(),
+                wake.clone(),
+                shutdown.clone(),
+            )
+        }));
+    }
+
+    /// Is the database answering? For `/readyz`.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query!(r#"SELECT TRUE AS "answers!""#)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Can it take signups? Answers from what the last writes (or the probe) saw.
+    pub fn writable(&self) -> Result<(), StoreError> {
+        match self.health.fault() {
+            None => Ok(()),
+            Some(fault) => Err(StoreError::Unwritable(fault)),
+        }
+    }
+
+    /// Passes a write's outcome through, noting a fault of the server (not of the row) for
+    /// [`PostgresStore::writable`], and a success as proof that it takes writes.
+    fn wrote<T>(&self, result: Result<T, sqlx::Error>) -> Result<T, StoreError> {
+        match result {
+            Ok(value) => {
+                self.health.proven_writable();
+                Ok(value)
+            }
+            Err(error) => {
+                self.health.failed(&error);
+                Err(StoreError::Database(error))
+            }
+        }
+    }
+}
