@@ -233,7 +233,16 @@ try {
   const invalid = await confirmPage.goto(`${base}/confirm?token=not-a-token`, { timeout: WAIT_MS });
   check(invalid.status() === 400, `an invalid link answers ${invalid.status()}`);
   await textOf(confirmPage, 'h1', /^This link is not valid$/);
+  const unknown = await confirmPage.goto(`${base}/confirm?token=${'A'.repeat(43)}`, { timeout: WAIT_MS });
+  check(unknown.status() === 404, `an unknown link answers ${unknown.status()}`);
+  await textOf(confirmPage, 'h1', /^This link is not valid$/);
   await confirmPage.screenshot({ path: join(shots, 'page-link-invalid.png') });
+  await Promise.all([
+    confirmPage.waitForURL(`${base}/`, { timeout: WAIT_MS }),
+    confirmPage.click('text=Sign up again for a new link'),
+  ]);
+  await confirmPage.locator('#signup').waitFor({ timeout: WAIT_MS });
+  check(true, 'an unknown link\'s page leads to the signup form, for a new link');
   await confirmPage.close();
 
   // A mail server that refuses for 3 s: the background email is retried, then sent.
