@@ -119,6 +119,8 @@ try {
   await textOf(page, '#status', /^201\b/);
   check(true, 'the page shows 201');
   await timingsShown(page, response, ['db', 'smtp', 'total']);
+  const sentBody = await textOf(page, '#sent-body', /^POST \/signups\?mode=sync /);
+  check(sentBody.includes(evil), `the form's result shows the name with markup as text: ${sentBody}`);
   await textOf(page, '#state', /^sent$/);
   check(true, 'the page shows the sync email sent');
   await page.screenshot({ path: join(shots, 'page-signup-sync.png'), fullPage: true });

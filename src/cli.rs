@@ -52,7 +52,8 @@ pub enum Command {
     Bench(BenchArgs),
     /// The whole comparison in one command, with nothing else to install: start a mail catcher
     /// and the service in this process (temporary database), bench both modes, follow one
-    /// confirmation link, print what it means, and clean up.
+    /// confirmation link, print what it means, and clean up. With --serve, keep both running and
+    /// serve the page instead.
     #[cfg(feature = "tools")]
     Demo(DemoArgs),
 }

@@ -20,6 +20,9 @@
 //!    mean in plain words, each sentence computed from them.
 //!
 //! A failure is one line (the error and its causes, joined by `: `), after the same shutdown.
+//!
+//! `--serve` keeps the service and the catcher running instead, and serves the page with the
+//! race and the inbox until Ctrl-C or SIGTERM: see `demo/serve.rs`.
 
 use std::{
     net::{Ipv4Addr, SocketAddr},

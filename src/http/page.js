@@ -53,11 +53,14 @@ async function submit(event) {
     });
   } catch (e) {
     showAnswer(null, performance.now() - started, {});
+    show('sent-body', `POST /signups?mode=${mode} ${JSON.stringify(body)}`);
     showProblem('The request failed', String(e));
     $('submit').disabled = false;
     return;
   }
   const elapsed = performance.now() - started;
+  // What this page sent: the API echoes neither the name nor the mode.
+  show('sent-body', `POST /signups?mode=${mode} ${JSON.stringify(body)}`);
   const timings = parseServerTiming(response.headers.get('server-timing'));
   let json = null;
   try { json = await response.json(); } catch { /* not JSON: status and timings say enough */ }
