@@ -1,11 +1,16 @@
-// The signup page (GET /) in a real browser: Debian's chromium driven by playwright-core.
+// The page (GET /) in a real browser: Debian's chromium driven by playwright-core.
 //
 //   node .ci/page-test.mjs http://127.0.0.1:PORT [screenshot dir, default docs]
 //
-// Against a running confirmd whose SMTP server accepts mail (CI: maildev). Signs up through the
-// form in sync mode (201, with the db/smtp/total Server-Timing on the page), in background mode
-// (202, then the email's state turns `sent`), and with a bad address (a readable 422), and takes
-// a screenshot of each. Every wait has a deadline; nothing sleeps. Exits non-zero on a failure.
+// Against `confirmd demo --serve --smtp-latency 150ms` (CI), whose page has the race, the inbox
+// and the outage button beside the signup form. Signs up through the form in sync mode (201,
+// with the db/smtp/total Server-Timing on the page), in background mode (202, then the email's
+// state turns `sent`), and with a bad address (a readable 422); races 50 signups per mode and
+// reads background's p50 below sync's on the page, and a refused race (422); signs up with a
+// name full of markup, opens its email in the inbox, follows the link to the confirmation page,
+// presses its button, and sees the signup's link confirmed on the page; an invalid link's page;
+// a mail server that refuses for a while, and the background email retried, then sent. A
+// screenshot of each. Every wait has a deadline; nothing sleeps. Exits non-zero on a failure.
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -19,6 +24,7 @@ if (!base) {
 }
 const WAIT_MS = 15_000;
 const SENT_WITHIN_MS = 30_000;
+const RACE_WITHIN_MS = 120_000;
 
 function check(ok, what) {
   if (!ok) throw new Error(`FAILED: ${what}`);
@@ -92,7 +98,7 @@ try {
   const page = await browser.newPage();
   const problems = [];
   page.on('pageerror', (e) => problems.push(`page error: ${e.message}`));
-  // The browser logs each non-2xx fetch as an error: the 422 asked for below is expected.
+  // The browser logs each non-2xx fetch as an error: the 422s asked for below are expected.
   const expected = /^Failed to load resource: the server responded with a status of 422\b/;
   page.on('console', (m) => { if (m.type() === 'error' && !expected.test(m.text())) problems.push(`console error: ${m.text()}`); });
   page.on('dialog', (d) => { problems.push(`a dialog opened: ${d.message()}`); d.dismiss(); });
@@ -102,6 +108,8 @@ try {
   const csp = (await home.headerValue('content-security-policy')) ?? '';
   check(/script-src 'self'(;|$)/.test(csp), `GET / has a CSP that allows no inline script: ${csp}`);
   await page.locator('#signup').waitFor({ timeout: WAIT_MS });
+  const ids = await page.evaluate(() => [...document.querySelectorAll('[id]')].map((e) => e.id));
+  check(ids.length === new Set(ids).size, 'every id on the page names one element');
   const run = Date.now();
   const evil = '<img src=x onerror=alert(1)>';
 
@@ -111,6 +119,8 @@ try {
   await textOf(page, '#status', /^201\b/);
   check(true, 'the page shows 201');
   await timingsShown(page, response, ['db', 'smtp', 'total']);
+  const sentBody = await textOf(page, '#sent-body', /^POST \/signups\?mode=sync /);
+  check(sentBody.includes(evil), `the form's result shows the name with markup as text: ${sentBody}`);
   await textOf(page, '#state', /^sent$/);
   check(true, 'the page shows the sync email sent');
   await page.screenshot({ path: join(shots, 'page-signup-sync.png'), fullPage: true });
@@ -147,6 +157,106 @@ try {
   check(title === problem.title && detail === problem.detail, `the page shows the problem: "${title}: ${detail}"`);
   check(await page.locator('#email-state').isHidden(), 'no email state is shown for a refused signup');
   await page.screenshot({ path: join(shots, 'page-signup-error.png'), fullPage: true });
+
+  // The race: 50 signups per mode, 10 at a time, the mail server answering after 150 ms.
+  check(await page.locator('#race').isVisible(), 'the demo shows the race');
+  await page.fill('#race-requests', '0');
+  await page.click('#race-start');
+  await textOf(page, '#race-state', /^refused: 422$/);
+  const raceTitle = await textOf(page, '#race-problem-title', /\S/);
+  const raceDetail = await textOf(page, '#race-problem-detail', /requests must be between 1 and \d+/);
+  check(true, `a bad race input shows a readable problem: "${raceTitle}: ${raceDetail}"`);
+  await page.fill('#race-requests', '50');
+  await page.fill('#race-concurrency', '10');
+  await page.fill('#race-latency', '150');
+  await page.click('#race-start');
+  await textOf(page, '#race-state', /^running$/);
+  // Live: a progress event reaches the table before the race's end.
+  await textOf(page, '#race-background-answered', /^\d+ of 50$/, RACE_WITHIN_MS);
+  check((await page.locator('#race-state').textContent()) !== 'failed', 'the race streams its progress');
+  await textOf(page, '#race-state', /^done$/, RACE_WITHIN_MS);
+  for (const mode of ['sync', 'background']) {
+    await textOf(page, `#race-${mode}-answered`, /^50 of 50$/);
+    await textOf(page, `#race-${mode}-sent`, /^50$/);
+  }
+  const p50 = async (mode) => Number(await textOf(page, `#race-${mode}-p50`, /^\d+(\.\d+)?$/));
+  const [syncP50, backgroundP50] = [await p50('sync'), await p50('background')];
+  check(syncP50 >= 150, `sync p50 ${syncP50} ms includes the mail server's 150 ms`);
+  check(backgroundP50 < syncP50, `background p50 ${backgroundP50} ms is below sync p50 ${syncP50} ms`);
+  for (const [id, what] of [['race-chart-latency', 'latency'], ['race-chart-delivery', 'signup→sent']]) {
+    check(await page.locator(`#${id}`).isVisible(), `the ${what} chart is shown`);
+    check((await page.locator(`#${id} rect`).count()) === 8, `the ${what} chart has a bar per mode and percentile`);
+  }
+  const reading = await page.locator('#race-reading li').allTextContents();
+  check(reading.length >= 2 && reading[0].startsWith('sync: p50') && reading[1].startsWith('background: p50'),
+    `the page ends with the demo's plain reading: ${JSON.stringify(reading)}`);
+  await textOf(page, '#race-text', /50 signups per mode, 10 at a time/);
+  await page.locator('#race').screenshot({ path: join(shots, 'page-race.png') });
+
+  // The inbox: a signup whose name is markup, its email opened, its link followed.
+  const address = `page-inbox-${run}@example.com`;
+  response = await signUp(page, { email: address, name: evil, mode: 'sync' });
+  check(response.status() === 201, `the inbox's signup answered ${response.status()}`);
+  await textOf(page, '#link-state', /^pending/, SENT_WITHIN_MS);
+  check(true, 'the page found the signup\'s email in the inbox and its link pending');
+  const item = page.locator('.mail-item', { hasText: address });
+  await item.first().waitFor({ timeout: WAIT_MS });
+  await item.first().click();
+  await textOf(page, '#mail-to', new RegExp(`^${address.replace(/[.+]/g, '\\$&')}$`));
+  await textOf(page, '#mail-subject', /\S/);
+  await textOf(page, '#mail-from', /@/);
+  await textOf(page, '#mail-text', /\/confirm\?token=/);
+  const frame = page.frameLocator('#mail-html');
+  await frame.locator('a', { hasText: 'Confirm my email address' }).waitFor({ timeout: WAIT_MS });
+  check(true, 'the HTML part shows in its sandboxed frame');
+  check((await page.locator('#mail-html').getAttribute('sandbox')) === '', 'the frame allows nothing (no script, no same origin)');
+  check((await page.locator('img').count()) === 0, 'no element came from the name with markup');
+  await page.locator('#inbox').screenshot({ path: join(shots, 'page-inbox.png') });
+
+  // The link: its page asks, its button confirms, and the signup's link turns confirmed.
+  const [confirmPage] = await Promise.all([
+    browser.waitForEvent('page', { timeout: WAIT_MS }),
+    page.click('#mail-link'),
+  ]);
+  await confirmPage.waitForLoadState('load', { timeout: WAIT_MS });
+  await textOf(confirmPage, 'h1', /^Confirm your email address$/);
+  check(true, 'the link opens the confirmation page, with its button');
+  await textOf(page, '#link-state', /^pending/);
+  check(true, 'opening the link confirmed nothing');
+  await confirmPage.click('button[type=submit]');
+  await textOf(confirmPage, 'h1', /^Email address confirmed$/);
+  await confirmPage.screenshot({ path: join(shots, 'page-confirmed.png') });
+  await textOf(page, '#link-state', /^confirmed$/, WAIT_MS);
+  check(true, 'the page shows the signup confirmed');
+  await page.screenshot({ path: join(shots, 'page-signup-confirmed.png'), fullPage: true });
+  const again = await confirmPage.goto(await page.locator('#mail-link').getAttribute('href'), { timeout: WAIT_MS });
+  check(again.status() === 200, `the link, opened again, answers ${again.status()}`);
+  await textOf(confirmPage, 'h1', /^Already confirmed$/);
+  const invalid = await confirmPage.goto(`${base}/confirm?token=not-a-token`, { timeout: WAIT_MS });
+  check(invalid.status() === 400, `an invalid link answers ${invalid.status()}`);
+  await textOf(confirmPage, 'h1', /^This link is not valid$/);
+  const unknown = await confirmPage.goto(`${base}/confirm?token=${'A'.repeat(43)}`, { timeout: WAIT_MS });
+  check(unknown.status() === 404, `an unknown link answers ${unknown.status()}`);
+  await textOf(confirmPage, 'h1', /^This link is not valid$/);
+  await confirmPage.screenshot({ path: join(shots, 'page-link-invalid.png') });
+  await Promise.all([
+    confirmPage.waitForURL(`${base}/`, { timeout: WAIT_MS }),
+    confirmPage.click('text=Sign up again for a new link'),
+  ]);
+  await confirmPage.locator('#signup').waitFor({ timeout: WAIT_MS });
+  check(true, 'an unknown link\'s page leads to the signup form, for a new link');
+  await confirmPage.close();
+
+  // A mail server that refuses for 3 s: the background email is retried, then sent.
+  await page.click('#outage');
+  await textOf(page, '#outage-state', /^refusing/);
+  response = await signUp(page, { email: `page-retry-${run}@example.com`, name: 'Retry', mode: 'background' });
+  check(response.status() === 202, `the retried signup answered ${response.status()}`);
+  await textOf(page, '#state', /^retrying, next attempt at \S/, SENT_WITHIN_MS);
+  check(true, `the page shows the retry: ${await page.locator('#state').textContent()}`);
+  await page.locator('#email-state').screenshot({ path: join(shots, 'page-retrying.png') });
+  await textOf(page, '#state', /^sent$/, SENT_WITHIN_MS);
+  check(Number(await page.locator('#attempts').textContent()) >= 2, 'sent after more than one attempt');
 
   check((await page.locator('img').count()) === 0, 'the name with markup was never parsed as HTML');
   check(problems.length === 0, `no script error, CSP violation or dialog: ${JSON.stringify(problems)}`);

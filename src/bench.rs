@@ -44,7 +44,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use plotters::prelude::*;
 use serde::{Deserialize, Serialize};
 use time::{OffsetDateTime, format_description::well_known::Rfc3339};
-use tokio::task::JoinSet;
+use tokio::{sync::mpsc, task::JoinSet};
 
 use crate::{cli::BenchArgs, domain::DeliveryMode};
 
@@ -80,6 +80,28 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
 /// printing them: `confirmd demo` runs it against the service it started. Of the output options
 /// only `json` counts here, to keep progress bars off the terminal.
 pub async fn measure(args: &BenchArgs) -> anyhow::Result<Results> {
+    measure_live(args, None).await
+}
+
+/// One measurement as it is taken, for a caller that shows the run while it lasts (the demo's
+/// page): the same figures the report is made of, one at a time.
+#[derive(Clone, Copy, Debug)]
+pub enum Sample {
+    /// A signup was answered (any status) after this long.
+    Answered {
+        mode: DeliveryMode,
+        latency: Duration,
+    },
+    /// The service reported a signup's email sent this many milliseconds after the signup.
+    Sent { mode: DeliveryMode, ms: u64 },
+}
+
+/// [`measure`], also sending each [`Sample`] to `samples` as it is taken. A receiver that went
+/// away stops nothing: the run goes on to its report.
+pub async fn measure_live(
+    args: &BenchArgs,
+    samples: Option<mpsc::UnboundedSender<Sample>>,
+) -> anyhow::Result<Results> {
     let client = reqwest::Client::builder()
         .timeout(REQUEST_TIMEOUT)
         .build()
@@ -94,6 +116,7 @@ pub async fn measure(args: &BenchArgs) -> anyhow::Result<Results> {
         concurrency: args.concurrency,
         delivery_timeout: Duration::from_secs(args.delivery_timeout_s),
         show_progress: !args.json && std::io::stderr().is_terminal(),
+        samples,
     };
     let mut modes = Vec::with_capacity(args.modes.len());
     let mut latencies = Vec::with_capacity(args.modes.len());
@@ -196,6 +219,8 @@ struct Bench {
     concurrency: u64,
     delivery_timeout: Duration,
     show_progress: bool,
+    /// Where each measurement also goes as it is taken, if anyone watches the run live.
+    samples: Option<mpsc::UnboundedSender<Sample>>,
 }
 
 /// What sending one mode's signups observed.
@@ -253,13 +278,13 @@ impl Deliveries {
 
 /// An empty auto-resizing histogram with three significant digits: any value can be recorded,
 /// to within 0.1%.
-fn histogram() -> Histogram<u64> {
+pub(crate) fn histogram() -> Histogram<u64> {
     Histogram::new(3).expect("3 significant digits is a supported precision")
 }
 
 /// Records `value`, growing the histogram as needed (`saturating_record` would not: it clamps
 /// every value to the histogram's current, tiny, range).
-fn record(histogram: &mut Histogram<u64>, value: u64) {
+pub(crate) fn record(histogram: &mut Histogram<u64>, value: u64) {
     if histogram.record(value).is_err() {
         // Only past i64::MAX / 2, far beyond any latency.
         histogram.saturating_record(value);
@@ -307,7 +332,7 @@ impl Bench {
         for _ in 0..self.concurrency.min(self.requests) {
             let (client, next, requests) = (self.client.clone(), Arc::clone(&next), self.requests);
             let (endpoint, addresses) = (Arc::clone(&endpoint), Arc::clone(&addresses));
-            let progress = progress.clone();
+            let (progress, samples) = (progress.clone(), self.samples.clone());
             tasks.spawn(async move {
                 let mut seen = Signups::new();
                 loop {
@@ -320,7 +345,11 @@ impl Bench {
                     let sent = Instant::now();
                     match post(&client, &endpoint, &body).await {
                         Ok((status, id)) => {
-                            record(&mut seen.latency_us, micros(sent.elapsed()));
+                            let latency = sent.elapsed();
+                            record(&mut seen.latency_us, micros(latency));
+                            if let Some(samples) = &samples {
+                                let _ = samples.send(Sample::Answered { mode, latency });
+                            }
                             *seen.statuses.entry(status).or_default() += 1;
                             seen.ids.extend(id);
                         }
@@ -361,7 +390,7 @@ impl Bench {
                 Arc::clone(&self.url),
                 Arc::clone(&queue),
             );
-            let progress = progress.clone();
+            let (progress, samples) = (progress.clone(), self.samples.clone());
             tasks.spawn(async move {
                 let mut seen = Deliveries::new();
                 loop {
@@ -374,7 +403,12 @@ impl Bench {
                     };
                     tokio::time::sleep_until(due.into()).await;
                     match email_state(&client, &url, &id).await {
-                        Email::Sent(ms) => record(&mut seen.sent_ms, ms),
+                        Email::Sent(ms) => {
+                            record(&mut seen.sent_ms, ms);
+                            if let Some(samples) = &samples {
+                                let _ = samples.send(Sample::Sent { mode, ms });
+                            }
+                        }
                         Email::Waiting if deadline.is_none_or(|d| Instant::now() < d) => {
                             queue
                                 .lock()
@@ -460,7 +494,7 @@ fn parse_time(rfc3339: &str) -> Option<OffsetDateTime> {
     OffsetDateTime::parse(rfc3339, &Rfc3339).ok()
 }
 
-fn micros(d: Duration) -> u64 {
+pub(crate) fn micros(d: Duration) -> u64 {
     u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
 }
 
@@ -507,7 +541,7 @@ pub(crate) struct Percentiles {
 
 impl Percentiles {
     /// Reads a histogram recorded in `units_per_ms` (1000 for microseconds, 1 for milliseconds).
-    fn of(histogram: &Histogram<u64>, units_per_ms: f64) -> Option<Percentiles> {
+    pub(crate) fn of(histogram: &Histogram<u64>, units_per_ms: f64) -> Option<Percentiles> {
         if histogram.is_empty() {
             return None;
         }

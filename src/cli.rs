@@ -52,7 +52,8 @@ pub enum Command {
     Bench(BenchArgs),
     /// The whole comparison in one command, with nothing else to install: start a mail catcher
     /// and the service in this process (temporary database), bench both modes, follow one
-    /// confirmation link, print what it means, and clean up.
+    /// confirmation link, print what it means, and clean up. With --serve, keep both running and
+    /// serve the page instead.
     #[cfg(feature = "tools")]
     Demo(DemoArgs),
 }
@@ -144,6 +145,16 @@ pub struct DemoArgs {
     /// Also draw each mode's response latency by percentile to this SVG file.
     #[arg(long, value_name = "FILE.svg")]
     pub plot: Option<PathBuf>,
+
+    /// Instead of running the comparison once, keep the service and the mail catcher running
+    /// and serve the page (at the address printed): sign up, race the two modes, read the
+    /// inbox. Ctrl-C or SIGTERM stops it.
+    #[arg(long, conflicts_with_all = ["json", "plot", "requests"])]
+    pub serve: bool,
+
+    /// With --serve: the loopback port to serve on; 0 picks a free one.
+    #[arg(long, default_value_t = 0, requires = "serve")]
+    pub port: u16,
 }
 
 /// A count of one or more.

@@ -20,6 +20,9 @@
 //!    mean in plain words, each sentence computed from them.
 //!
 //! A failure is one line (the error and its causes, joined by `: `), after the same shutdown.
+//!
+//! `--serve` keeps the service and the catcher running instead, and serves the page with the
+//! race and the inbox until Ctrl-C or SIGTERM: see `demo/serve.rs`.
 
 use std::{
     net::{Ipv4Addr, SocketAddr},
@@ -32,6 +35,8 @@ use mailparse::ParsedMail;
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tracing::warn;
+
+mod serve;
 
 use crate::{
     Application, Settings,
@@ -59,28 +64,42 @@ pub async fn run(args: DemoArgs, settings: Settings) -> anyhow::Result<()> {
 }
 
 async fn demo(args: DemoArgs, settings: Settings) -> anyhow::Result<()> {
-    let catcher = Catcher::start(args.smtp_latency)
-        .await
-        .context("cannot start the mail catcher")?;
+    // Served, the page changes the latency between races: the catcher then answers at once by
+    // itself and waits as its behaviour says (see `serve`).
+    let catcher = Catcher::start(if args.serve {
+        Duration::ZERO
+    } else {
+        args.smtp_latency
+    })
+    .await
+    .context("cannot start the mail catcher")?;
     let database = tempfile::Builder::new()
         .prefix("confirmd-demo-")
         .tempdir()
         .context("cannot create a temporary folder for the database")?;
-    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, args.port))
         .await
-        .context("cannot listen on a loopback port")?;
+        .with_context(|| format!("cannot listen on loopback port {}", args.port))?;
     let url = format!("http://{}", listener.local_addr()?);
     let settings = demo_settings(
         settings,
         &url,
         database.path(),
         catcher.addr(),
-        args.smtp_latency,
+        // Served, a race may ask for any latency up to the page's bound.
+        if args.serve {
+            args.smtp_latency.max(serve::MAX_SMTP_LATENCY)
+        } else {
+            args.smtp_latency
+        },
         args.concurrency,
     )?;
     let app = Application::build_on(settings, listener)
         .await
         .context("cannot start confirmd")?;
+    if args.serve {
+        return serve::run(app, catcher, database, url, &args).await;
+    }
     let shutdown = app.shutdown_token();
     let service = tokio::spawn(app.run_until_stopped());
     if !args.json {
@@ -332,15 +351,21 @@ async fn follow_a_link(url: &str, catcher: &Catcher) -> anyhow::Result<FollowedL
 /// quoted-printable, with `=` written `=3D` and long lines folded by soft breaks, which
 /// mailparse undoes.
 fn text_body(raw: &[u8]) -> Option<String> {
-    fn text_part<'m, 'a>(part: &'m ParsedMail<'a>) -> Option<&'m ParsedMail<'a>> {
-        if part.ctype.mimetype.eq_ignore_ascii_case("text/plain") {
+    body_of(&mailparse::parse_mail(raw).ok()?, "text/plain")
+}
+
+/// The decoded body of the first part of `message` of type `mimetype`, with `\n` line endings.
+fn body_of(message: &ParsedMail, mimetype: &str) -> Option<String> {
+    fn part_of<'m, 'a>(part: &'m ParsedMail<'a>, mimetype: &str) -> Option<&'m ParsedMail<'a>> {
+        if part.ctype.mimetype.eq_ignore_ascii_case(mimetype) {
             return Some(part);
         }
-        part.subparts.iter().find_map(text_part)
+        part.subparts
+            .iter()
+            .find_map(|part| part_of(part, mimetype))
     }
-    let message = mailparse::parse_mail(raw).ok()?;
-    let text = text_part(&message)?.get_body().ok()?;
-    Some(text.replace("\r\n", "\n"))
+    let body = part_of(message, mimetype)?.get_body().ok()?;
+    Some(body.replace("\r\n", "\n"))
 }
 
 /// The first http(s) URL in `text` that contains `/confirm?token=`.

@@ -139,6 +139,13 @@ impl Application {
         })
     }
 
+    /// Serves `routes` beside the service's own, outside its layers and its OpenAPI document:
+    /// `confirmd demo --serve` adds the page's race and inbox, which the service itself has not.
+    pub fn with_routes(mut self, routes: axum::Router) -> Application {
+        self.router = self.router.merge(routes);
+        self
+    }
+
     pub fn local_addr(&self) -> SocketAddr {
         self.listener
             .local_addr()

@@ -282,9 +282,12 @@ fn page(outcome: Outcome) -> Response {
             None,
         ),
     };
+    // An expired or unknown link leads to the signup page (`GET /`, beside `/confirm`), where a
+    // new one is a form away.
+    let new_link = matches!(outcome, Outcome::Expired | Outcome::Unknown);
     match templates::render(
         "confirm_page.html",
-        context! { title, heading => title, message, token },
+        context! { title, heading => title, message, token, new_link },
     ) {
         Ok(html) => (status, Html(html)).into_response(),
         Err(e) => Error::Internal(e.into()).into_response(),

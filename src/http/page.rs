@@ -4,6 +4,10 @@
 //! build step. It only shows what the API says: the status and `Server-Timing` of
 //! `POST /signups`, then the email's state from polling `GET /signups/{id}`.
 //!
+//! Under `confirmd demo --serve` the same page also races the two modes and shows the demo's
+//! inbox, through routes only the demo adds (`crate::demo`, the `tools` feature). The page asks
+//! `GET /demo` first; here, without the demo, that is a 404 and those parts stay hidden.
+//!
 //! Both routes stay out of the OpenAPI document: they are for a browser, not for API clients,
 //! and schemathesis (CI) tests the document's JSON API only. The script is a file of its own so
 //! that the Content-Security-Policy can refuse every inline script: whatever a signup's data

@@ -177,6 +177,12 @@ async fn an_expired_link_is_gone_and_its_page_says_how_to_get_a_new_one() {
         page.contains("expired") && page.contains("Sign up again"),
         "{page}"
     );
+    // `/confirm` and the signup page (`/`) share a folder: "." is the signup page, also behind a
+    // proxy's path prefix.
+    assert!(
+        page.contains(r#"<a href=".">Sign up again for a new link</a>"#),
+        "{page}"
+    );
     assert!(
         !page.contains("<form"),
         "no button on an expired link: {page}"

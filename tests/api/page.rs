@@ -1,5 +1,6 @@
 //! `GET /`: the signup page is served from the binary, with its script, under a
-//! Content-Security-Policy that runs no inline script; and it stays out of the OpenAPI document.
+//! Content-Security-Policy that runs no inline script; it stays out of the OpenAPI document, and
+//! the service alone has none of the demo's routes (race, inbox).
 //! What the page does in a browser is tested by `.ci/page-test.mjs` (Debian's chromium, in CI).
 
 use reqwest::StatusCode;
@@ -39,6 +40,15 @@ async fn the_signup_page_and_its_script_are_served_under_a_csp_without_inline_sc
     assert!(js.contains("/signups?mode="));
     // Data goes into the page as text only.
     assert!(!js.contains("innerHTML"), "the script must not insert HTML");
+
+    // The race and the inbox are the demo's (tests/demo_serve.rs): the service alone says so,
+    // and its page shows neither.
+    let demo = app.get("/demo").await;
+    assert_eq!(demo.status(), StatusCode::NOT_FOUND);
+    assert_eq!(demo.headers()["content-type"], "application/problem+json");
+    assert!(js.contains("fetch('/demo'"));
+    let race = app.get("/demo/race").await;
+    assert_eq!(race.status(), StatusCode::NOT_FOUND);
 
     let doc: Value = app.get("/openapi.json").await.json().await.unwrap();
     assert!(doc["paths"].get("/").is_none());
