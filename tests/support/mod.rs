@@ -1,7 +1,9 @@
 //! The kit every integration test shares, one copy of each part: a free port ([`free_port`]),
 //! the app started inside the test process ([`app`]), the real binary as a child process
 //! ([`binary`] for a command run to the end, [`process`] for a service that keeps running), the
-//! confirmation link in an email ([`links`]), and the SMTP server the app sends to ([`smtp`]).
+//! confirmation link in an email ([`links`]), the SMTP server the app sends to ([`smtp`]),
+//! bursts of signups from many clients ([`burst`]), and PostgreSQL databases and servers of the
+//! tests' own ([`postgres`]).
 //!
 //! A test includes it with `mod support;` (`#[path = "../support/mod.rs"] mod support;` from a
 //! folder such as `tests/api/`) and names the parts it uses.
@@ -11,7 +13,9 @@
 
 pub mod app;
 pub mod binary;
+pub mod burst;
 pub mod links;
+pub mod postgres;
 pub mod process;
 pub mod smtp;
 
