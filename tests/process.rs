@@ -8,7 +8,7 @@
 //! `CONFIRMD_E2E_SMTP_PORT` and `CONFIRMD_E2E_MAILDEV_URL` to send its email to maildev).
 
 mod support;
-use support::{links, process, smtp};
+use support::{burst, links, process, smtp};
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -16,9 +16,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use reqwest::StatusCode;
-use tokio::task::JoinSet;
 use tokio::time::Instant;
 
+use burst::{addresses, burst, copies_by_recipient, duplicates, wait_for, wait_until_delivered};
 use process::{ServiceHome, free_port};
 use smtp::{Behaviour, ReceivedMail, SmtpServer};
 
@@ -43,186 +43,6 @@ fn fast_retries(smtp_port: u16) -> Vec<(&'static str, String)> {
         ("CONFIRMD_WORKER__SWEEP_INTERVAL_MS", "100".into()),
         ("CONFIRMD_WORKER__LEASE_MS", "3000".into()),
     ]
-}
-
-/// `count` distinct addresses, `{label}-{i}@example.com`.
-fn addresses(label: &str, count: usize) -> Vec<String> {
-    (0..count)
-        .map(|i| format!("{label}-{i}@example.com"))
-        .collect()
-}
-
-/// What a burst of signups came to, as its clients saw it.
-#[derive(Debug, Default)]
-struct Burst {
-    /// Emails whose signup got the mode's success status: the service promised these.
-    acknowledged: Vec<String>,
-    /// Every status that came back, with how often.
-    statuses: BTreeMap<u16, usize>,
-    /// Answers whose body mentions SQLite's "database is locked".
-    locked: usize,
-    /// Requests that got no answer (refused, reset, timed out): when the client learnt it, and
-    /// the error. A client stops at its first one.
-    errors: Vec<(Instant, String)>,
-    /// From the first request to the last answer.
-    elapsed: Duration,
-}
-
-impl Burst {
-    fn server_errors(&self) -> usize {
-        self.statuses
-            .iter()
-            .filter(|(status, _)| **status >= 500)
-            .map(|(_, n)| n)
-            .sum()
-    }
-
-    fn merge(&mut self, other: Burst) {
-        self.acknowledged.extend(other.acknowledged);
-        for (status, n) in other.statuses {
-            *self.statuses.entry(status).or_default() += n;
-        }
-        self.locked += other.locked;
-        self.errors.extend(other.errors);
-    }
-}
-
-/// Signs `emails` up in `mode` from `clients` concurrent clients, each with its own connection
-/// and sending one request after another. `acknowledged` counts successes as they come, so the
-/// test can act in the middle of the burst.
-async fn burst(
-    address: String,
-    mode: &'static str,
-    emails: Vec<String>,
-    clients: usize,
-    acknowledged: Arc<AtomicUsize>,
-) -> Burst {
-    let success = match mode {
-        "sync" => StatusCode::CREATED,
-        _ => StatusCode::ACCEPTED,
-    };
-    let url = format!("{address}/signups?mode={mode}");
-    let emails = Arc::new(emails);
-    let next = Arc::new(AtomicUsize::new(0));
-    let started = Instant::now();
-    let mut tasks = JoinSet::new();
-    for _ in 0..clients {
-        let (url, emails, next, acknowledged) = (
-            url.clone(),
-            Arc::clone(&emails),
-            Arc::clone(&next),
-            Arc::clone(&acknowledged),
-        );
-        tasks.spawn(async move {
-            let client = reqwest::Client::builder()
-                .pool_max_idle_per_host(1)
-                .timeout(Duration::from_secs(30))
-                .build()
-                .expect("a reqwest client");
-            let mut seen = Burst::default();
-            while let Some(email) = emails.get(next.fetch_add(1, Ordering::SeqCst)) {
-                let answer = client
-                    .post(&url)
-                    .json(&serde_json::json!({ "email": email }))
-                    .send()
-                    .await;
-                let response = match answer {
-                    Ok(response) => response,
-                    Err(e) => {
-                        seen.errors.push((Instant::now(), e.to_string()));
-                        break;
-                    }
-                };
-                let status = response.status();
-                // A body cut short by the server's death is a failed request too: the status
-                // alone is not an acknowledgement the client could rely on.
-                let body = match response.text().await {
-                    Ok(body) => body,
-                    Err(e) => {
-                        seen.errors.push((Instant::now(), e.to_string()));
-                        break;
-                    }
-                };
-                *seen.statuses.entry(status.as_u16()).or_default() += 1;
-                if body.contains("database is locked") {
-                    seen.locked += 1;
-                }
-                if status == success {
-                    seen.acknowledged.push(email.clone());
-                    acknowledged.fetch_add(1, Ordering::SeqCst);
-                }
-            }
-            seen
-        });
-    }
-    let mut all = Burst::default();
-    while let Some(seen) = tasks.join_next().await {
-        all.merge(seen.expect("a client task does not panic"));
-    }
-    all.elapsed = started.elapsed();
-    all
-}
-
-/// How many copies of its email each recipient got.
-fn copies_by_recipient(mail: &[ReceivedMail]) -> BTreeMap<String, usize> {
-    let mut copies = BTreeMap::new();
-    for message in mail {
-        for recipient in &message.to {
-            *copies.entry(recipient.to_ascii_lowercase()).or_default() += 1;
-        }
-    }
-    copies
-}
-
-/// Extra copies beyond the first, over all recipients.
-fn duplicates(copies: &BTreeMap<String, usize>) -> usize {
-    copies.values().map(|n| n - 1).sum()
-}
-
-/// Polls until every `acknowledged` address got its email and the outbox holds only sent rows
-/// (so nothing committed is still on its way), and returns the mail received by then.
-async fn wait_until_delivered(
-    smtp: &SmtpServer,
-    home: &ServiceHome,
-    acknowledged: &[String],
-) -> Vec<ReceivedMail> {
-    let deadline = Instant::now() + DELIVERY_PATIENCE;
-    let mut tick = tokio::time::interval(Duration::from_millis(100));
-    loop {
-        tick.tick().await;
-        let mail = smtp.received();
-        let copies = copies_by_recipient(&mail);
-        let missing: Vec<&String> = acknowledged
-            .iter()
-            .filter(|email| !copies.contains_key(*email))
-            .collect();
-        let states = home.outbox_states().await;
-        let all_sent = states.keys().all(|state| state == "sent");
-        if missing.is_empty() && all_sent {
-            return mail;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "after {DELIVERY_PATIENCE:?}, {} of {} acknowledged emails have not arrived \
-             (first few: {:?}); outbox by state: {states:?}",
-            missing.len(),
-            acknowledged.len(),
-            &missing[..missing.len().min(5)],
-        );
-    }
-}
-
-/// Polls `condition` every 10 ms; panics with `what` if it is still false after `within`.
-async fn wait_for(what: &str, within: Duration, mut condition: impl AsyncFnMut() -> bool) {
-    let deadline = Instant::now() + within;
-    let mut tick = tokio::time::interval(Duration::from_millis(10));
-    loop {
-        tick.tick().await;
-        if condition().await {
-            return;
-        }
-        assert!(Instant::now() < deadline, "{what}: not within {within:?}");
-    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -255,7 +75,7 @@ async fn emails_acknowledged_while_smtp_is_down_survive_a_crash() {
     let smtp = SmtpServer::start_on(smtp_port).await;
     let restarted_at = Instant::now();
     let _second = home.start().await;
-    let mail = wait_until_delivered(&smtp, &home, &signups.acknowledged).await;
+    let mail = wait_until_delivered(&smtp, &home, &signups.acknowledged, DELIVERY_PATIENCE).await;
 
     let copies = copies_by_recipient(&mail);
     let delivered: BTreeSet<&String> = copies.keys().collect();
@@ -317,7 +137,7 @@ async fn a_crash_mid_burst_loses_no_acknowledged_email() {
     smtp.set_behaviour(Behaviour::Accept);
     let restarted_at = Instant::now();
     let _second = home.start().await;
-    let mail = wait_until_delivered(&smtp, &home, &signups.acknowledged).await;
+    let mail = wait_until_delivered(&smtp, &home, &signups.acknowledged, DELIVERY_PATIENCE).await;
 
     let copies = copies_by_recipient(&mail);
     let committed = home.outbox_states().await.values().sum::<i64>();
@@ -423,7 +243,7 @@ async fn sigterm_finishes_what_is_in_hand_and_sends_nothing_twice() {
     let _second = home.start().await;
     let mut acknowledged = signups.acknowledged.clone();
     acknowledged.extend(sync_signup.acknowledged);
-    let mail = wait_until_delivered(&smtp, &home, &acknowledged).await;
+    let mail = wait_until_delivered(&smtp, &home, &acknowledged, DELIVERY_PATIENCE).await;
 
     let copies = copies_by_recipient(&mail);
     println!(
@@ -685,7 +505,7 @@ async fn no_database_file_ever_holds_a_token_the_emails_carried() {
     let while_waiting = home.database_files();
 
     let smtp = SmtpServer::start_on(smtp_port).await;
-    let mail = wait_until_delivered(&smtp, &home, &emails).await;
+    let mail = wait_until_delivered(&smtp, &home, &emails, DELIVERY_PATIENCE).await;
     let after_sent = home.database_files();
     service.kill_9();
     let after_kill = home.database_files();

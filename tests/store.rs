@@ -296,8 +296,10 @@ async fn a_state_the_code_does_not_know_is_an_error_where_the_row_is_read() {
     ));
 }
 
+// Only its fresh databases: the private server is for the child-process tests.
 #[cfg(confirmd_test_postgres)]
 #[path = "support/postgres.rs"]
+#[allow(dead_code)]
 mod database;
 
 /// Stands in for the PostgreSQL tests below when they are not compiled (see build.rs).

@@ -2,8 +2,8 @@
 //! the app started inside the test process ([`app`]), the real binary as a child process
 //! ([`binary`] for a command run to the end, [`process`] for a service that keeps running), the
 //! confirmation link in an email ([`links`]), the SMTP server the app sends to ([`smtp`]), the
-//! trace collector it exports to ([`otlp`]), and a fresh PostgreSQL database for the runs on
-//! that backend ([`postgres`]).
+//! trace collector it exports to ([`otlp`]), bursts of signups from many clients ([`burst`]),
+//! and PostgreSQL databases and servers of the tests' own ([`postgres`]).
 //!
 //! A test includes it with `mod support;` (`#[path = "../support/mod.rs"] mod support;` from a
 //! folder such as `tests/api/`) and names the parts it uses.
@@ -13,6 +13,7 @@
 
 pub mod app;
 pub mod binary;
+pub mod burst;
 pub mod links;
 pub mod otlp;
 pub mod postgres;

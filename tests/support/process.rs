@@ -28,6 +28,8 @@ const LOG_TAIL_LINES: usize = 80;
 /// The folder a service runs in: its database, its (absent) config folder and its logs.
 pub struct ServiceHome {
     dir: TempDir,
+    /// A PostgreSQL database every run uses instead of the SQLite file in the folder.
+    postgres: Option<String>,
     /// Settings every run gets, as `CONFIRMD_*` variables, on top of the ones for the folder.
     env: Vec<(String, String)>,
     /// How many processes were started here, to give each its own log file.
@@ -45,6 +47,7 @@ impl ServiceHome {
     {
         ServiceHome {
             dir: tempfile::tempdir().expect("a temporary folder"),
+            postgres: None,
             env: env.into_iter().map(|(k, v)| (k.into(), v.into())).collect(),
             runs: 0,
             file_limit: None,
@@ -58,7 +61,17 @@ impl ServiceHome {
         self
     }
 
+    /// Every run uses the PostgreSQL database at `url` (several runs at once: several
+    /// instances on one database) instead of a SQLite file in the folder.
+    pub fn on_postgres(mut self, url: &str) -> ServiceHome {
+        self.postgres = Some(url.to_owned());
+        self
+    }
+
     pub fn database_url(&self) -> String {
+        if let Some(url) = &self.postgres {
+            return url.clone();
+        }
         format!(
             "sqlite://{}?mode=rwc",
             self.dir.path().join("confirmd.db").display()
@@ -111,15 +124,16 @@ impl ServiceHome {
         service
     }
 
-    /// The `email_outbox` rows by state, read straight from the database file (the child may be
+    /// The `email_outbox` rows by state, read straight from the database (the child may be
     /// running, killed or stopped).
     pub async fn outbox_states(&self) -> BTreeMap<String, i64> {
+        const SQL: &str = "SELECT state, COUNT(*) FROM email_outbox GROUP BY state";
         let db = self.open_database().await;
-        let rows: Vec<(String, i64)> =
-            sqlx::query_as("SELECT state, COUNT(*) FROM email_outbox GROUP BY state")
-                .fetch_all(&db)
-                .await
-                .expect("the outbox can be read");
+        let rows: Vec<(String, i64)> = match &db {
+            Database::Sqlite(pool) => sqlx::query_as(SQL).fetch_all(pool).await,
+            Database::Postgres(pool) => sqlx::query_as(SQL).fetch_all(pool).await,
+        }
+        .expect("the outbox can be read");
         db.close().await;
         rows.into_iter().collect()
     }
@@ -127,13 +141,27 @@ impl ServiceHome {
     /// How many `email_outbox` rows of this mode are in this state.
     pub async fn outbox_count(&self, mode: &str, state: &str) -> i64 {
         let db = self.open_database().await;
-        let count =
-            sqlx::query_scalar("SELECT COUNT(*) FROM email_outbox WHERE mode = ?1 AND state = ?2")
+        let count = match &db {
+            Database::Sqlite(pool) => {
+                sqlx::query_scalar(
+                    "SELECT COUNT(*) FROM email_outbox WHERE mode = ?1 AND state = ?2",
+                )
                 .bind(mode)
                 .bind(state)
-                .fetch_one(&db)
+                .fetch_one(pool)
                 .await
-                .expect("the outbox can be read");
+            }
+            Database::Postgres(pool) => {
+                sqlx::query_scalar(
+                    "SELECT COUNT(*) FROM email_outbox WHERE mode = $1 AND state = $2",
+                )
+                .bind(mode)
+                .bind(state)
+                .fetch_one(pool)
+                .await
+            }
+        }
+        .expect("the outbox can be read");
         db.close().await;
         count
     }
@@ -141,10 +169,11 @@ impl ServiceHome {
     /// One number from the database, e.g. `SELECT MIN(attempts) FROM email_outbox`.
     pub async fn query_number(&self, sql: &'static str) -> i64 {
         let db = self.open_database().await;
-        let number = sqlx::query_scalar(sql)
-            .fetch_one(&db)
-            .await
-            .expect("the query runs");
+        let number = match &db {
+            Database::Sqlite(pool) => sqlx::query_scalar(sql).fetch_one(pool).await,
+            Database::Postgres(pool) => sqlx::query_scalar(sql).fetch_one(pool).await,
+        }
+        .expect("the query runs");
         db.close().await;
         number
     }
@@ -176,16 +205,44 @@ impl ServiceHome {
         self.dir.path().join(name)
     }
 
-    async fn open_database(&self) -> sqlx::SqlitePool {
+    /// One connection to the database, for one question; closed when dropped.
+    async fn open_database(&self) -> Database {
+        if let Some(url) = &self.postgres {
+            let db = sqlx::postgres::PgPoolOptions::new()
+                .max_connections(1)
+                .connect(url)
+                .await
+                .expect("the PostgreSQL database answers");
+            return Database::Postgres(db);
+        }
         let options = SqliteConnectOptions::from_str(&self.database_url())
             .expect("a valid database URL")
             // What the service uses; setting it again is a no-op, and it keeps this reader from
             // changing the journal of a database the child has open.
             .journal_mode(SqliteJournalMode::Wal)
             .busy_timeout(Duration::from_secs(5));
-        sqlx::SqlitePool::connect_with(options)
-            .await
-            .expect("the database opens")
+        Database::Sqlite(
+            sqlx::sqlite::SqlitePoolOptions::new()
+                .max_connections(1)
+                .connect_with(options)
+                .await
+                .expect("the database opens"),
+        )
+    }
+}
+
+/// The service's database, opened beside it.
+enum Database {
+    Sqlite(sqlx::SqlitePool),
+    Postgres(sqlx::PgPool),
+}
+
+impl Database {
+    async fn close(self) {
+        match self {
+            Database::Sqlite(pool) => pool.close().await,
+            Database::Postgres(pool) => pool.close().await,
+        }
     }
 }
 
