@@ -31,6 +31,11 @@ function check(ok, what) {
   console.log(`ok: ${what}`);
 }
 
+// Logs a step whose waits above it (textOf, waitFor) already threw if it did not happen.
+function passed(what) {
+  console.log(`ok: ${what}`);
+}
+
 // Waits until the element's text matches, or throws with what it showed last.
 async function textOf(page, selector, pattern, timeout = WAIT_MS) {
   try {
@@ -79,7 +84,7 @@ async function timingsShown(page, response, parts) {
     check(shown === sent[part], `the page shows ${part} = ${shown}, as the header says`);
   }
   const elapsed = await textOf(page, '#elapsed', /^\d+(\.\d+)? ms$/);
-  check(true, `the page shows the browser-measured response time: ${elapsed}`);
+  passed(`the page shows the browser-measured response time: ${elapsed}`);
 }
 
 const profile = mkdtempSync(join(tmpdir(), 'confirmd-page-test-'));
@@ -117,19 +122,19 @@ try {
   let response = await signUp(page, { email: `page-sync-${run}@example.com`, name: evil, mode: 'sync' });
   check(response.status() === 201, `sync signup answered ${response.status()}`);
   await textOf(page, '#status', /^201\b/);
-  check(true, 'the page shows 201');
+  passed('the page shows 201');
   await timingsShown(page, response, ['db', 'smtp', 'total']);
   const sentBody = await textOf(page, '#sent-body', /^POST \/signups\?mode=sync /);
   check(sentBody.includes(evil), `the form's result shows the name with markup as text: ${sentBody}`);
   await textOf(page, '#state', /^sent$/);
-  check(true, 'the page shows the sync email sent');
+  passed('the page shows the sync email sent');
   await page.screenshot({ path: join(shots, 'page-signup-sync.png'), fullPage: true });
 
   // Background: 202, then the state followed to `sent`.
   response = await signUp(page, { email: `page-background-${run}@example.com`, name: evil, mode: 'background' });
   check(response.status() === 202, `background signup answered ${response.status()}`);
   await textOf(page, '#status', /^202\b/);
-  check(true, 'the page shows 202');
+  passed('the page shows 202');
   await timingsShown(page, response, ['db', 'total']);
   check((await page.locator('#timing-smtp').textContent()) === '—', 'no smtp timing for a background signup');
   const states = new Set();
@@ -142,7 +147,7 @@ try {
     if (Date.now() > sawSent) throw new Error(`FAILED: the background email never showed sent; states seen: ${[...states]}`);
     await page.waitForFunction((s) => document.querySelector('#state').textContent !== s, state, { timeout: SENT_WITHIN_MS }).catch(() => {});
   }
-  check(true, `the page followed the background email to sent (states shown: ${[...states].join(' -> ')})`);
+  passed(`the page followed the background email to sent (states shown: ${[...states].join(' -> ')})`);
   await textOf(page, '#attempts', /^[1-9]\d*$/);
   await page.screenshot({ path: join(shots, 'page-signup-background.png'), fullPage: true });
 
@@ -165,7 +170,7 @@ try {
   await textOf(page, '#race-state', /^refused: 422$/);
   const raceTitle = await textOf(page, '#race-problem-title', /\S/);
   const raceDetail = await textOf(page, '#race-problem-detail', /requests must be between 1 and \d+/);
-  check(true, `a bad race input shows a readable problem: "${raceTitle}: ${raceDetail}"`);
+  passed(`a bad race input shows a readable problem: "${raceTitle}: ${raceDetail}"`);
   await page.fill('#race-requests', '50');
   await page.fill('#race-concurrency', '10');
   await page.fill('#race-latency', '150');
@@ -198,7 +203,7 @@ try {
   response = await signUp(page, { email: address, name: evil, mode: 'sync' });
   check(response.status() === 201, `the inbox's signup answered ${response.status()}`);
   await textOf(page, '#link-state', /^pending/, SENT_WITHIN_MS);
-  check(true, 'the page found the signup\'s email in the inbox and its link pending');
+  passed('the page found the signup\'s email in the inbox and its link pending');
   const item = page.locator('.mail-item', { hasText: address });
   await item.first().waitFor({ timeout: WAIT_MS });
   await item.first().click();
@@ -208,7 +213,7 @@ try {
   await textOf(page, '#mail-text', /\/confirm\?token=/);
   const frame = page.frameLocator('#mail-html');
   await frame.locator('a', { hasText: 'Confirm my email address' }).waitFor({ timeout: WAIT_MS });
-  check(true, 'the HTML part shows in its sandboxed frame');
+  passed('the HTML part shows in its sandboxed frame');
   check((await page.locator('#mail-html').getAttribute('sandbox')) === '', 'the frame allows nothing (no script, no same origin)');
   check((await page.locator('img').count()) === 0, 'no element came from the name with markup');
   await page.locator('#inbox').screenshot({ path: join(shots, 'page-inbox.png') });
@@ -220,14 +225,14 @@ try {
   ]);
   await confirmPage.waitForLoadState('load', { timeout: WAIT_MS });
   await textOf(confirmPage, 'h1', /^Confirm your email address$/);
-  check(true, 'the link opens the confirmation page, with its button');
+  passed('the link opens the confirmation page, with its button');
   await textOf(page, '#link-state', /^pending/);
-  check(true, 'opening the link confirmed nothing');
+  passed('opening the link confirmed nothing');
   await confirmPage.click('button[type=submit]');
   await textOf(confirmPage, 'h1', /^Email address confirmed$/);
   await confirmPage.screenshot({ path: join(shots, 'page-confirmed.png') });
   await textOf(page, '#link-state', /^confirmed$/, WAIT_MS);
-  check(true, 'the page shows the signup confirmed');
+  passed('the page shows the signup confirmed');
   await page.screenshot({ path: join(shots, 'page-signup-confirmed.png'), fullPage: true });
   const again = await confirmPage.goto(await page.locator('#mail-link').getAttribute('href'), { timeout: WAIT_MS });
   check(again.status() === 200, `the link, opened again, answers ${again.status()}`);
@@ -244,7 +249,7 @@ try {
     confirmPage.click('text=Sign up again for a new link'),
   ]);
   await confirmPage.locator('#signup').waitFor({ timeout: WAIT_MS });
-  check(true, 'an unknown link\'s page leads to the signup form, for a new link');
+  passed('an unknown link\'s page leads to the signup form, for a new link');
   await confirmPage.close();
 
   // A mail server that refuses for 3 s: the background email is retried, then sent.
@@ -253,7 +258,7 @@ try {
   response = await signUp(page, { email: `page-retry-${run}@example.com`, name: 'Retry', mode: 'background' });
   check(response.status() === 202, `the retried signup answered ${response.status()}`);
   await textOf(page, '#state', /^retrying, next attempt at \S/, SENT_WITHIN_MS);
-  check(true, `the page shows the retry: ${await page.locator('#state').textContent()}`);
+  passed(`the page shows the retry: ${await page.locator('#state').textContent()}`);
   await page.locator('#email-state').screenshot({ path: join(shots, 'page-retrying.png') });
   await textOf(page, '#state', /^sent$/, SENT_WITHIN_MS);
   check(Number(await page.locator('#attempts').textContent()) >= 2, 'sent after more than one attempt');
