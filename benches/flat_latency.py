@@ -3,6 +3,7 @@
 
     cargo build --release
     python3 benches/flat_latency.py --smtp-port 1025 [--users 1000000] [--requests 2000]
+    python3 benches/flat_latency.py --smtp-port 1025 --postgres postgres://postgres@127.0.0.1:5432/postgres
 
 Runs `confirmd bench` (both modes) against a release confirmd on an empty database and on one
 seeded with --users past signups, alternating over --rounds rounds (benches/seed_users.py: a user, a token
@@ -10,6 +11,10 @@ and a sent email each), with the same SMTP catcher, and prints both results side
 their ratio. Each database is created and migrated by confirmd itself, seeded while it is
 stopped, and measured after a restart. Afterwards, run benches/query_plans.py on a seeded
 database to see why the cost is flat: every statement is an index lookup. Standard library only.
+
+With --postgres URL (a PostgreSQL server), both databases are fresh databases on that server
+(created and dropped here with psql; --keep keeps the seeded one, by the name it prints), and
+benches/query_plans_pg.py shows the plans on the kept one.
 """
 
 import argparse
@@ -21,6 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.parse
 import urllib.request
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -38,10 +44,13 @@ class Service:
 
     def __init__(self, binary, database, smtp_port):
         self.port = free_port()
+        url = database if is_postgres(database) else f"sqlite://{database}?mode=rwc"
         env = dict(os.environ,
                    RUST_LOG="warn",
                    CONFIRMD_SERVER__LISTEN=f"127.0.0.1:{self.port}",
-                   CONFIRMD_DATABASE__URL=f"sqlite://{database}?mode=rwc",
+                   CONFIRMD_DATABASE__URL=url,
+                   # A server database has no folder to generate a secret in.
+                   CONFIRMD_TOKEN__SECRET="confirmd-flat-latency-token-secret-0123456789",
                    CONFIRMD_SMTP__HOST="127.0.0.1",
                    CONFIRMD_SMTP__PORT=str(smtp_port),
                    # One client drives every signup: the per-client limit is off.
@@ -61,6 +70,19 @@ class Service:
     def stop(self):
         self.process.send_signal(signal.SIGTERM)
         self.process.wait(timeout=30)
+
+
+def is_postgres(database):
+    return database.startswith(("postgres://", "postgresql://"))
+
+
+def postgres_database(server, name, action):
+    """CREATE or DROP the database `name` on `server`; returns its URL."""
+    statement = f"CREATE DATABASE {name}" if action == "create" else \
+        f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+    subprocess.run(["psql", server, "-X", "-q", "-v", "ON_ERROR_STOP=1", "-c", statement],
+                   check=True)
+    return urllib.parse.urlsplit(server)._replace(path=f"/{name}").geturl()
 
 
 def measure(binary, database, args):
@@ -83,26 +105,44 @@ def main():
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--binary", default=os.path.join(ROOT, "target", "release", "confirmd"))
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--keep", help="keep the seeded database at this path")
+    parser.add_argument("--keep", help="keep the seeded database at this path (with --postgres: "
+                                           "under this database name)")
+    parser.add_argument("--postgres", metavar="URL",
+                        help="a PostgreSQL server: measure on fresh databases there")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
-        empty = os.path.join(tmp, "empty.db")
-        seeded = args.keep or os.path.join(tmp, "seeded.db")
+        if args.postgres:
+            names = [f"confirmd_flat_empty_{os.getpid()}",
+                     args.keep or f"confirmd_flat_seeded_{os.getpid()}"]
+            empty, seeded = (postgres_database(args.postgres, name, "create") for name in names)
+            Service(args.binary, empty, args.smtp_port).stop()  # migrates it
+        else:
+            empty = os.path.join(tmp, "empty.db")
+            seeded = args.keep or os.path.join(tmp, "seeded.db")
         Service(args.binary, seeded, args.smtp_port).stop()  # creates and migrates it
         subprocess.run([sys.executable, os.path.join(HERE, "seed_users.py"),
                         "--users", str(args.users), seeded], check=True)
         # Alternating rounds, so that a busy moment of the machine cannot favour one database.
         results = {"empty": [], f"{args.users:,} users": []}
-        for _ in range(args.rounds):
-            results["empty"].append(measure(args.binary, empty, args))
-            results[f"{args.users:,} users"].append(measure(args.binary, seeded, args))
+        try:
+            for _ in range(args.rounds):
+                results["empty"].append(measure(args.binary, empty, args))
+                results[f"{args.users:,} users"].append(measure(args.binary, seeded, args))
+        finally:
+            if args.postgres:
+                postgres_database(args.postgres, names[0], "drop")
+                if args.keep:
+                    print(f"kept the seeded database: {seeded}")
+                else:
+                    postgres_database(args.postgres, names[1], "drop")
 
     def median(label, mode, pick):
         values = sorted(pick(run[mode]) for run in results[label])
         return values[len(values) // 2]
 
-    print(f"\n{args.requests} signups per mode, concurrency {args.concurrency}, "
+    print(f"\n{'PostgreSQL' if args.postgres else 'SQLite'}: "
+          f"{args.requests} signups per mode, concurrency {args.concurrency}, "
           f"median of {args.rounds} alternating rounds, latency in ms")
     labels = list(results)
     print(f"{'mode':<11} {'':<5} " + " ".join(f"{label:>16}" for label in labels) + f" {'ratio':>7}")

@@ -15,8 +15,14 @@
 //! a new address. At the end the peak resident
 //! memory (`VmHWM`) of both processes is read from `/proc`.
 //!
+//! With `--postgres URL` both run on that PostgreSQL server instead, each on a fresh database
+//! that is dropped at the end: the floor's `INSERT` on a pool of as many connections as
+//! confirmd's (`database.max_connections`), and confirmd as it runs when instances share a
+//! database.
+//!
 //! ```text
 //! cargo bench --bench floor -- [--connections 32] [--seconds 10] [--rounds 3] [--smtp HOST:PORT] [--idle-workers]
+//!                              [--postgres postgres://postgres@127.0.0.1:5432/postgres]
 //! ```
 //!
 //! Needs `wrk` (`apt-get install wrk`). confirmd's emails go to the mail catcher at `--smtp`
@@ -31,6 +37,7 @@ use std::{
     net::{SocketAddr, TcpListener, TcpStream},
     path::Path,
     process::{Child, Command, Stdio},
+    str::FromStr,
     time::{Duration, Instant},
 };
 
@@ -38,11 +45,20 @@ use anyhow::{Context, bail};
 use axum::{Json, Router, extract::State, http::StatusCode, routing::post};
 use clap::{Parser, Subcommand};
 use confirmd::{
+    Settings,
     catcher::Catcher,
-    store::{Store, sqlite},
+    store::{Engine, Store, sqlite},
 };
 use serde::Deserialize;
-use sqlx::{SqlitePool, sqlite::SqlitePoolOptions};
+use sqlx::{
+    AssertSqlSafe, ConnectOptions, Connection, PgPool, SqlitePool,
+    postgres::{PgConnectOptions, PgPoolOptions},
+    sqlite::SqlitePoolOptions,
+};
+
+/// The secret confirmd derives its links with on PostgreSQL, where there is no folder of a
+/// database file to generate one in.
+const TOKEN_SECRET: &str = "confirmd-floor-bench-token-secret-0123456789";
 
 /// Issues the requests: a new address for every one, from a per-run tag, the wrk thread and a
 /// counter; and prints the figures in one line the driver parses.
@@ -99,6 +115,10 @@ struct Options {
     /// idle and the rounds measure the signup path and the hand-off alone.
     #[arg(long, conflicts_with = "smtp")]
     idle_workers: bool,
+    /// A PostgreSQL server (any database URL of it): run both servers on it, each on a fresh
+    /// database, dropped at the end, instead of on SQLite files.
+    #[arg(long, value_name = "URL")]
+    postgres: Option<String>,
     /// `cargo bench` passes this to every benchmark.
     #[arg(long, hide = true)]
     bench: bool,
@@ -130,13 +150,24 @@ async fn serve_floor(database: &str) -> anyhow::Result<()> {
     let store = Store::connect(database, 1).await?;
     store.migrate().await?;
     store.close().await;
-    let pool = SqlitePoolOptions::new()
-        .max_connections(1)
-        .connect_with(sqlite::connect_options(database)?)
-        .await?;
-    let app = Router::new()
-        .route("/signups", post(insert_user))
-        .with_state(pool);
+    let app = if Engine::of(database) == Some(Engine::Postgres) {
+        // As many connections as confirmd's one PostgreSQL pool has by default.
+        let pool = PgPoolOptions::new()
+            .max_connections(Settings::defaults().database.max_connections)
+            .connect(database)
+            .await?;
+        Router::new()
+            .route("/signups", post(insert_user_postgres))
+            .with_state(pool)
+    } else {
+        let pool = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(sqlite::connect_options(database)?)
+            .await?;
+        Router::new()
+            .route("/signups", post(insert_user))
+            .with_state(pool)
+    };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     println!("{}", listener.local_addr()?.port());
     axum::serve(listener, app).await?;
@@ -167,8 +198,112 @@ async fn insert_user(
     }
 }
 
+async fn insert_user_postgres(
+    State(pool): State<PgPool>,
+    Json(body): Json<SignupRequest>,
+) -> (StatusCode, Json<serde_json::Value>) {
+    let id = uuid::Uuid::now_v7();
+    let now = time::OffsetDateTime::now_utc().unix_timestamp() * 1000;
+    let inserted = sqlx::query(
+        "INSERT INTO users (id, email, name, status, created_at) VALUES ($1, $2, $3, 'pending', $4)",
+    )
+    .bind(id)
+    .bind(&body.email)
+    .bind(&body.name)
+    .bind(now)
+    .execute(&pool)
+    .await;
+    match inserted {
+        Ok(_) => (
+            StatusCode::CREATED,
+            Json(serde_json::json!({ "id": id.to_string() })),
+        ),
+        Err(e) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(serde_json::json!({ "error": e.to_string() })),
+        ),
+    }
+}
+
 // ------------------------------------------------------------------------------------------------
 // The driver.
+
+/// The two servers' databases: SQLite files in the run's folder, or two fresh databases on a
+/// PostgreSQL server, dropped by [`Databases::drop_all`].
+struct Databases {
+    floor: String,
+    confirmd: String,
+    /// The server's URL and the databases to drop there.
+    postgres: Option<(String, Vec<String>)>,
+}
+
+impl Databases {
+    fn create(
+        dir: &Path,
+        postgres: Option<&str>,
+        runtime: &tokio::runtime::Runtime,
+    ) -> anyhow::Result<Databases> {
+        let Some(server) = postgres else {
+            let file = |name: &str| format!("sqlite://{}?mode=rwc", dir.join(name).display());
+            return Ok(Databases {
+                floor: file("floor.db"),
+                confirmd: file("confirmd.db"),
+                postgres: None,
+            });
+        };
+        let names: Vec<String> = ["floor", "confirmd"]
+            .iter()
+            .map(|which| format!("confirmd_bench_{which}_{}", std::process::id()))
+            .collect();
+        let options = PgConnectOptions::from_str(server)?;
+        runtime.block_on(async {
+            let mut admin = options
+                .connect()
+                .await
+                .with_context(|| format!("no PostgreSQL server answers at {server}"))?;
+            for name in &names {
+                sqlx::raw_sql(AssertSqlSafe(format!("CREATE DATABASE {name}")))
+                    .execute(&mut admin)
+                    .await?;
+            }
+            admin.close().await?;
+            Ok::<_, anyhow::Error>(())
+        })?;
+        let url = |name: &str| options.clone().database(name).to_url_lossy().to_string();
+        Ok(Databases {
+            floor: url(&names[0]),
+            confirmd: url(&names[1]),
+            postgres: Some((server.to_owned(), names)),
+        })
+    }
+
+    fn engine(&self) -> &'static str {
+        if self.postgres.is_some() {
+            "PostgreSQL"
+        } else {
+            "SQLite"
+        }
+    }
+
+    /// Drops the PostgreSQL databases (the servers must have stopped).
+    fn drop_all(self, runtime: &tokio::runtime::Runtime) -> anyhow::Result<()> {
+        let Some((server, names)) = self.postgres else {
+            return Ok(());
+        };
+        runtime.block_on(async {
+            let mut admin = PgConnectOptions::from_str(&server)?.connect().await?;
+            for name in &names {
+                sqlx::raw_sql(AssertSqlSafe(format!(
+                    "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+                )))
+                .execute(&mut admin)
+                .await?;
+            }
+            admin.close().await?;
+            Ok(())
+        })
+    }
+}
 
 /// One server under test: its process and where to send signups.
 struct Target {
@@ -231,13 +366,17 @@ fn compare(options: &Options) -> anyhow::Result<()> {
     let script = dir.path().join("signup.lua");
     std::fs::write(&script, WRK_SCRIPT)?;
 
-    let floor = start_floor(dir.path())?;
-    let confirmd = start_confirmd(dir.path(), smtp, options.idle_workers)?;
+    let databases = Databases::create(dir.path(), options.postgres.as_deref(), &runtime)?;
+    let floor = start_floor(&databases.floor)?;
+    let confirmd = start_confirmd(dir.path(), &databases.confirmd, smtp, options.idle_workers)?;
     let mut targets = [floor, confirmd];
 
     println!(
-        "wrk -t2 -c{} -d{}s, {} rounds, alternating; warm-up 2 s each",
-        options.connections, options.seconds, options.rounds
+        "wrk -t2 -c{} -d{}s, {} rounds, alternating; warm-up 2 s each; both on {}",
+        options.connections,
+        options.seconds,
+        options.rounds,
+        databases.engine()
     );
     let metrics = targets[1]
         .url
@@ -309,7 +448,8 @@ fn compare(options: &Options) -> anyhow::Result<()> {
             runtime.block_on(catcher.stop());
         }
     }
-    Ok(())
+    drop(targets);
+    databases.drop_all(&runtime)
 }
 
 /// The round with the median throughput (its latency figures come with it).
@@ -319,10 +459,9 @@ fn median_run(runs: &[WrkRun]) -> WrkRun {
     sorted[sorted.len() / 2]
 }
 
-fn start_floor(dir: &Path) -> anyhow::Result<Target> {
-    let database = format!("sqlite://{}?mode=rwc", dir.join("floor.db").display());
+fn start_floor(database: &str) -> anyhow::Result<Target> {
     let mut child = Command::new(std::env::current_exe()?)
-        .args(["serve-floor", &database])
+        .args(["serve-floor", database])
         .stdout(Stdio::piped())
         .spawn()
         .context("cannot start the floor server")?;
@@ -340,15 +479,20 @@ fn start_floor(dir: &Path) -> anyhow::Result<Target> {
     })
 }
 
-fn start_confirmd(dir: &Path, smtp: SocketAddr, idle_workers: bool) -> anyhow::Result<Target> {
+fn start_confirmd(
+    dir: &Path,
+    database: &str,
+    smtp: SocketAddr,
+    idle_workers: bool,
+) -> anyhow::Result<Target> {
     let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-    let database = format!("sqlite://{}?mode=rwc", dir.join("confirmd.db").display());
     let child = Command::new(env!("CARGO_BIN_EXE_confirmd"))
         .arg("serve")
         .current_dir(dir)
         .env("RUST_LOG", "warn")
         .env("CONFIRMD_SERVER__LISTEN", format!("127.0.0.1:{port}"))
-        .env("CONFIRMD_DATABASE__URL", &database)
+        .env("CONFIRMD_DATABASE__URL", database)
+        .env("CONFIRMD_TOKEN__SECRET", TOKEN_SECRET)
         .env("CONFIRMD_SMTP__HOST", smtp.ip().to_string())
         .env("CONFIRMD_SMTP__PORT", smtp.port().to_string())
         .env("CONFIRMD_DELIVERY__DEFAULT_MODE", "background")

@@ -46,8 +46,14 @@ def main():
         has_unhex = True
     except sqlite3.OperationalError:
         has_unhex = False
+    statements = 0
     for path in sorted(glob.glob(os.path.join(root, ".sqlx", "query-*.json"))):
-        query = json.load(open(path))["query"]
+        data = json.load(open(path))
+        # The PostgreSQL backend's statements are benches/query_plans_pg.py's.
+        if data.get("db_name", "SQLite") != "SQLite":
+            continue
+        statements += 1
+        query = data["query"]
         params = len(set(re.findall(r"\?\d+", query))) or query.count("?")
         if not has_unhex:
             # Python's SQLite may predate unhex() (3.41); the plan does not depend on it.
@@ -59,7 +65,7 @@ def main():
             if is_table_scan(detail, partial_indexes):
                 scans.append((query, detail))
         print()
-    print(f"{len(glob.glob(os.path.join(root, '.sqlx', 'query-*.json')))} statements; "
+    print(f"{statements} statements; "
           f"full table scans: {len(scans)}")
     for query, detail in scans:
         print(f"  {detail}: {' '.join(query.split())[:120]}")

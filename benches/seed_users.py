@@ -2,26 +2,73 @@
 """Fills a confirmd database with N users who signed up in the past (for the flat-latency benchmark).
 
     python3 benches/seed_users.py --users 1000000 /path/to/confirmd.db
+    python3 benches/seed_users.py --users 1000000 postgres://postgres@127.0.0.1:5432/DATABASE
 
 The database must exist and be migrated: start confirmd on it once (it migrates at start) and
 stop it, then seed, then start it again and measure. Each seeded user has what a real one
 leaves behind: a user row (half of them confirmed), a token, and a sent outbox row, with
-timestamps spread over the past year. The rows are generated inside SQLite by a recursive
-query, so a million users take about a minute. Standard library only.
+timestamps spread over the past year. The rows are generated inside the database (SQLite's
+recursive query, PostgreSQL's generate_series, through psql), so a million users take about a
+minute. Standard library only.
 """
 
 import argparse
 import sqlite3
+import subprocess
 import time
+
+# The same rows on PostgreSQL, in its schema (migrations/postgres/): UUID ids from the index,
+# 32-byte token hashes, an outbox row per user with a signup id of its own.
+POSTGRES_SEED = """
+BEGIN;
+INSERT INTO users (id, email, name, status, created_at, confirmed_at)
+SELECT md5('seed-' || i)::uuid, 'seed.' || i || '@example.com', 'Seeded User',
+       CASE WHEN i % 2 = 0 THEN 'confirmed' ELSE 'pending' END,
+       :start + i * (:year / :users),
+       CASE WHEN i % 2 = 0 THEN :start + i * (:year / :users) + 60000 END
+FROM generate_series(1, :users) AS i;
+INSERT INTO confirmation_tokens (token_hash, user_id, created_at, expires_at)
+SELECT decode(md5('token-' || email) || md5('hash-' || email), 'hex'), id, created_at,
+       created_at + 86400000
+FROM users WHERE email LIKE 'seed.%';
+INSERT INTO email_outbox (signup_id, user_id, kind, recipient, token_hash, mode, state, attempts,
+                          next_attempt_at, created_at, sent_at)
+SELECT 'seed-' || id, id, 'confirmation', email,
+       decode(md5('token-' || email) || md5('hash-' || email), 'hex'),
+       CASE WHEN created_at % 3 = 0 THEN 'sync' ELSE 'background' END,
+       'sent', 1, created_at, created_at, created_at + 80
+FROM users WHERE email LIKE 'seed.%';
+COMMIT;
+VACUUM ANALYZE;
+SELECT (SELECT COUNT(*) FROM users), (SELECT COUNT(*) FROM confirmation_tokens),
+       (SELECT COUNT(*) FROM email_outbox);
+"""
+
+
+def seed_postgres(url, users, start):
+    began = time.monotonic()
+    done = subprocess.run(
+        ["psql", url, "-X", "-q", "-At", "-v", "ON_ERROR_STOP=1", "-v", f"users={users}",
+         "-v", f"start={start}", "-v", f"year={YEAR_MS}"],
+        input=POSTGRES_SEED, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"seeding {url} failed:\n{done.stderr}")
+    counts = done.stdout.strip().splitlines()[-1].split("|")
+    print(f"seeded in {time.monotonic() - began:.1f} s: users {counts[0]}, "
+          f"confirmation_tokens {counts[1]}, email_outbox {counts[2]}")
 
 YEAR_MS = 365 * 24 * 3600 * 1000
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("database", help="path to a migrated confirmd SQLite file")
+    parser.add_argument("database",
+                        help="path to a migrated confirmd SQLite file, or a postgres:// URL")
     parser.add_argument("--users", type=int, default=1_000_000)
     args = parser.parse_args()
+    if args.database.startswith(("postgres://", "postgresql://")):
+        seed_postgres(args.database, args.users, int(time.time() * 1000) - YEAR_MS)
+        return
 
     conn = sqlite3.connect(args.database, isolation_level=None)
     tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}

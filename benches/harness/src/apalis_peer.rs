@@ -80,7 +80,7 @@ pub struct JobContext {
     pub mailer: Option<Mailer>,
 }
 
-async fn run_job(job: Job, context: Data<JobContext>) -> Result<(), BoxDynError> {
+pub(crate) async fn run_job(job: Job, context: Data<JobContext>) -> Result<(), BoxDynError> {
     let i = job as usize;
     context.clock.picked(i);
     if let Some(mailer) = &context.mailer {

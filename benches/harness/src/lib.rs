@@ -19,8 +19,10 @@
 //! benchmark supplies ([`pickup::Observed`]), which is also how a pick-up is seen.
 
 pub mod apalis_peer;
+pub mod apalis_postgres_peer;
 pub mod outbox;
 pub mod pickup;
+pub mod postgres;
 
 use std::{
     fmt,

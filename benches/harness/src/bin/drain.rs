@@ -226,6 +226,7 @@ async fn measure(sender: Sender, args: &Args) -> anyhow::Result<Duration> {
                 smtp: args.smtp.clone(),
                 workers: args.concurrency,
                 queue_capacity: args.queue_capacity,
+                postgres: None,
             })
             .await?;
             outbox.seed(args.emails).await?;
@@ -238,7 +239,7 @@ async fn measure(sender: Sender, args: &Args) -> anyhow::Result<Duration> {
             clock.wait_picked(args.emails, deadline).await?;
             outbox.wait_sent(args.emails, deadline).await?;
             let took = started.elapsed();
-            outbox.stop().await;
+            outbox.stop().await?;
             Ok(took)
         }
     }

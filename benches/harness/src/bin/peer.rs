@@ -117,6 +117,7 @@ impl Subject {
                     smtp: args.smtp.clone(),
                     workers: args.workers,
                     queue_capacity: args.queue_capacity,
+                    postgres: None,
                 })
                 .await?,
             )),
@@ -167,10 +168,7 @@ impl Subject {
 
     async fn stop(self) -> anyhow::Result<()> {
         match self {
-            Subject::Confirmd(outbox) => {
-                outbox.stop().await;
-                Ok(())
-            }
+            Subject::Confirmd(outbox) => outbox.stop().await,
             Subject::Apalis(peer) => peer.stop().await,
         }
     }
