@@ -5,8 +5,8 @@
     python3 benches/retention.py [--rows 10000000] [--requests 2000] [--rounds 3]
 
 Builds two databases with a release confirmd (it creates and migrates each): one left empty, one
-seeded with --rows sent emails written over the last --span-days days (their users and tokens
-from benches/seed_users.py, then more sent rows spread over those users). With the default
+seeded with --rows sent emails written over the last --span-days days (--users users and their
+tokens from benches/seed_users.py, then more sent rows spread over those users). With the default
 retention (`retention.sent_days = 3`) and a span of 4 days, a quarter of the seeded rows are
 past the age: the pruner deletes them, batch by batch, while the measurement runs. Each round,
 on each database alternately: time --scrapes `GET /metrics` (median), then `confirmd bench`
@@ -71,8 +71,8 @@ def catcher(port):
     threading.Thread(target=lambda: asyncio.run(serve()), daemon=True).start()
 
 
-def seed(database, rows, span_days):
-    users = min(rows, 1_000_000)
+def seed(database, rows, users, span_days):
+    users = min(rows, users)
     subprocess.run([sys.executable, os.path.join(HERE, "seed_users.py"), "--users", str(users),
                     database], check=True)
     conn = sqlite3.connect(database, isolation_level=None)
@@ -80,14 +80,14 @@ def seed(database, rows, span_days):
     began = time.monotonic()
     # seed_users.py dates its rows over the past year: bring them into the span, then add the
     # rest, oldest first.
-    span = span_days * DAY_MS
+    span = int(span_days * DAY_MS)
     conn.execute("BEGIN IMMEDIATE")
     conn.execute("UPDATE email_outbox SET created_at = :now - :span + rowid * (:span / :rows), "
                  "sent_at = :now - :span + rowid * (:span / :rows) + 80",
                  {"now": now, "span": span, "rows": rows})
     conn.execute(
         """
-        WITH RECURSIVE n(i) AS (SELECT :users + 1 UNION ALL SELECT i + 1 FROM n WHERE i < :rows)
+        WITH RECURSIVE n(i) AS (SELECT :users + 1 WHERE :users < :rows UNION ALL SELECT i + 1 FROM n WHERE i < :rows)
         INSERT INTO email_outbox (user_id, recipient, mode, state, attempts, next_attempt_at,
                                   created_at, sent_at)
         SELECT printf('seed-%012d', 1 + i % :users), printf('seed.%d@example.com', 1 + i % :users),
@@ -138,6 +138,8 @@ def measure(binary, database, args):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=10_000_000)
+    parser.add_argument("--users", type=int, default=1_000_000,
+                        help="users the rows are spread over (each has a token)")
     parser.add_argument("--span-days", type=float, default=4.0)
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--concurrency", type=int, default=8)
@@ -153,7 +155,7 @@ def main():
         empty = os.path.join(tmp, "empty.db")
         seeded = args.keep or os.path.join(tmp, "seeded.db")
         Service(args.binary, seeded, args.smtp_port).stop()  # creates and migrates it
-        seed(seeded, args.rows, args.span_days)
+        seed(seeded, args.rows, args.users, args.span_days)
         before = outbox_rows(seeded)
         label = f"{before:,} rows"
         results = {"empty": [], label: []}
