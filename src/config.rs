@@ -31,6 +31,7 @@ pub struct Settings {
     pub signup: SignupSettings,
     pub worker: WorkerSettings,
     pub token: TokenSettings,
+    pub retention: RetentionSettings,
     pub telemetry: TelemetrySettings,
 }
 
@@ -200,6 +201,44 @@ pub struct TokenSettings {
     pub generate_secret: bool,
 }
 
+/// How long the outbox keeps what it no longer needs, and how the pruner deletes it (see
+/// `delivery::pruner`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionSettings {
+    /// Sent and superseded emails are deleted this many days after they were written; 0 keeps
+    /// them forever.
+    pub sent_days: u64,
+    /// Failed emails are kept this long for operators to read and requeue, and so is the
+    /// pending signup they belong to; 0 keeps them forever.
+    pub failed_days: u64,
+    /// How often the pruner looks for rows to delete.
+    pub interval_s: u64,
+    /// Most rows one prune statement deletes: the longest it holds SQLite's write lock.
+    pub batch_size: u32,
+    /// The pause between two batches, in which signups take the write lock.
+    pub batch_pause_ms: u64,
+}
+
+impl RetentionSettings {
+    /// The age after which sent and superseded emails go, if they go at all.
+    pub fn sent_age(&self) -> Option<Duration> {
+        (self.sent_days > 0).then(|| Duration::from_secs(self.sent_days.saturating_mul(DAY_S)))
+    }
+    /// The age after which failed emails go, if they go at all.
+    pub fn failed_age(&self) -> Option<Duration> {
+        (self.failed_days > 0).then(|| Duration::from_secs(self.failed_days.saturating_mul(DAY_S)))
+    }
+    pub fn interval(&self) -> Duration {
+        Duration::from_secs(self.interval_s)
+    }
+    pub fn batch_pause(&self) -> Duration {
+        Duration::from_millis(self.batch_pause_ms)
+    }
+}
+
+const DAY_S: u64 = 24 * 3600;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
@@ -288,7 +327,9 @@ impl Settings {
                 "must be set together with smtp.username",
             ));
         }
-        let positive: [(&'static str, u64); 13] = [
+        let positive: [(&'static str, u64); 15] = [
+            ("retention.interval_s", self.retention.interval_s),
+            ("retention.batch_size", self.retention.batch_size.into()),
             (
                 "server.header_read_timeout_ms",
                 self.server.header_read_timeout_ms,
@@ -391,6 +432,41 @@ impl Settings {
         if self.token.ttl_hours > 24 * 365 {
             return Err(invalid("token.ttl_hours", "must be at most a year"));
         }
+        // The resend interval is read off the last email to an address: a sent row must outlive
+        // it, or an address could be mailed again as soon as its last email was pruned. Keeping
+        // the row as long as its link lives keeps `GET /signups/{id}` answering while the link
+        // can still be clicked.
+        let retention = &self.retention;
+        if retention.sent_days > 0
+            && (retention.sent_days.saturating_mul(DAY_S)
+                < self.signup.resend_interval_s.saturating_mul(10)
+                || retention.sent_days.saturating_mul(24) < self.token.ttl_hours)
+        {
+            return Err(invalid(
+                "retention.sent_days",
+                "must be 0 (keep forever), or at least token.ttl_hours and ten times \
+                 signup.resend_interval_s: the resend interval is read off the last email sent",
+            ));
+        }
+        if retention.failed_days > 0 && retention.failed_days < retention.sent_days {
+            return Err(invalid(
+                "retention.failed_days",
+                "must be 0 (keep forever), or at least retention.sent_days: failed emails are \
+                 kept for operators at least as long as sent ones",
+            ));
+        }
+        if retention.sent_days > 36_500 || retention.failed_days > 36_500 {
+            return Err(invalid(
+                "retention.sent_days",
+                "must be at most 36500 days (use 0 to keep rows forever)",
+            ));
+        }
+        if retention.batch_size > 10_000 {
+            return Err(invalid(
+                "retention.batch_size",
+                "must be at most 10000, so that one batch never holds the write lock for long",
+            ));
+        }
         if crate::store::Engine::of(&self.database.url).is_none() {
             return Err(invalid(
                 "database.url",
@@ -466,6 +542,38 @@ mod tests {
         assert!(err.contains("telemetry.sampling_ratio"), "{err}");
         let err = refused(|t| t.service_name = " ".into());
         assert!(err.contains("telemetry.service_name"), "{err}");
+    }
+
+    #[test]
+    fn retention_outlives_the_resend_interval_and_the_link_and_failed_rows_outlive_sent_ones() {
+        let settings = Settings::defaults().validated().unwrap();
+        assert_eq!(
+            settings.retention.sent_age(),
+            Some(Duration::from_secs(3 * 86_400))
+        );
+        assert_eq!(
+            settings.retention.failed_age(),
+            Some(Duration::from_secs(30 * 86_400))
+        );
+
+        let checked = |change: fn(&mut Settings)| {
+            let mut settings = Settings::defaults();
+            change(&mut settings);
+            settings.validated().map(|_| ()).map_err(|e| e.to_string())
+        };
+        // 0 keeps rows forever.
+        checked(|s| (s.retention.sent_days, s.retention.failed_days) = (0, 0)).unwrap();
+        checked(|s| s.retention.sent_days = 0).unwrap();
+        let err = checked(|s| s.signup.resend_interval_s = 86_400).unwrap_err();
+        assert!(err.contains("retention.sent_days"), "{err}");
+        let err = checked(|s| s.token.ttl_hours = 96).unwrap_err();
+        assert!(err.contains("retention.sent_days"), "{err}");
+        let err = checked(|s| s.retention.failed_days = 2).unwrap_err();
+        assert!(err.contains("retention.failed_days"), "{err}");
+        let err = checked(|s| s.retention.batch_size = 0).unwrap_err();
+        assert!(err.contains("retention.batch_size"), "{err}");
+        let err = checked(|s| s.retention.interval_s = 0).unwrap_err();
+        assert!(err.contains("retention.interval_s"), "{err}");
     }
 
     #[test]

@@ -9,12 +9,19 @@
 //! - `confirmd_queue_wait_seconds`: background mode, from the commit to a worker picking it up;
 //! - `confirmd_signup_group_size`: for each signup, how many were committed in its transaction
 //!   (see the group-commit writer in `store`);
-//! - `confirmd_outbox_emails{state}`: outbox rows by state, counted when scraped;
+//! - `confirmd_outbox_emails{state}`: queued, sending and failed outbox rows, counted when
+//!   scraped off indexes that hold only them, so a scrape costs the same at any table size. Sent
+//!   and superseded rows are not counted: sends are counted as they happen
+//!   (`confirmd_emails_total`), and the rows are pruned after `retention.sent_days`;
+//! - `confirmd_pruned_rows_total{what}`: rows the pruner deleted: `sent_emails` (sent and
+//!   superseded), `failed_emails`, `pending_signups` (users, their tokens and emails going with
+//!   them), `expired_tokens` (of confirmed users);
 //! - `confirmd_smtp_up`: 1 if the SMTP server answered the last background check, 0 if not (and
 //!   until the first check has answered).
 //! - `confirmd_trace_spans_dropped_total`: spans not exported because the trace collector was
 //!   down or slow (see `crate::telemetry`); process-wide, as the exporter is.
-//! - `confirmd_task_restarts_total{task}`: internal tasks (writer, worker, sweeper, SMTP check)
+//! - `confirmd_task_restarts_total{task}`: internal tasks (writer, worker, sweeper, pruner, SMTP
+//!   check)
 //!   restarted after a panic (see `crate::supervise`).
 
 use std::time::Duration;
@@ -24,7 +31,10 @@ use prometheus::{
     Registry, TextEncoder, exponential_buckets,
 };
 
-use crate::{store::OutboxCounts, supervise::Tasks};
+use crate::{
+    store::{ActiveCounts, Prune},
+    supervise::Tasks,
+};
 
 /// The exposition format's content type.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -37,6 +47,7 @@ pub struct Metrics {
     queue_wait: HistogramVec,
     signup_group: Histogram,
     outbox: IntGaugeVec,
+    pruned: IntCounterVec,
     smtp_up: IntGauge,
 }
 
@@ -91,10 +102,21 @@ impl Metrics {
             )
             .expect("valid histogram"),
             outbox: IntGaugeVec::new(
-                Opts::new("confirmd_outbox_emails", "Outbox rows by state"),
+                Opts::new(
+                    "confirmd_outbox_emails",
+                    "Outbox rows waiting or kept for operators, by state: queued, sending, failed",
+                ),
                 &["state"],
             )
             .expect("valid gauge"),
+            pruned: IntCounterVec::new(
+                Opts::new(
+                    "confirmd_pruned_rows_total",
+                    "Rows deleted by the pruner, by what they were",
+                ),
+                &["what"],
+            )
+            .expect("valid counter"),
             smtp_up: IntGauge::new(
                 "confirmd_smtp_up",
                 "1 if the SMTP server answered the last background check, else 0",
@@ -108,6 +130,7 @@ impl Metrics {
             Box::new(metrics.queue_wait.clone()),
             Box::new(metrics.signup_group.clone()),
             Box::new(metrics.outbox.clone()),
+            Box::new(metrics.pruned.clone()),
             Box::new(metrics.smtp_up.clone()),
             Box::new(crate::telemetry::spans_dropped()),
         ] {
@@ -120,6 +143,9 @@ impl Metrics {
         for outcome in ["sent", "retried", "failed"] {
             metrics.emails.with_label_values(&[outcome]);
         }
+        for what in Prune::LABELS {
+            metrics.pruned.with_label_values(&[what]);
+        }
         metrics
     }
 
@@ -128,7 +154,7 @@ impl Metrics {
         self.registry
             .register(Box::new(tasks.restarts_counter()))
             .expect("unique metric names");
-        for task in ["writer", "worker", "sweeper"] {
+        for task in ["writer", "worker", "sweeper", "pruner"] {
             tasks.restarts_counter().with_label_values(&[task]);
         }
         self
@@ -179,14 +205,17 @@ impl Metrics {
         self.signup_group.observe(size as f64);
     }
 
+    /// Counts rows the pruner deleted.
+    pub fn observe_pruned(&self, what: Prune, rows: u64) {
+        self.pruned.with_label_values(&[what.label()]).inc_by(rows);
+    }
+
     /// The text exposition, with the outbox gauges set from `counts`.
-    pub fn render(&self, counts: &OutboxCounts) -> String {
+    pub fn render(&self, counts: &ActiveCounts) -> String {
         for (state, value) in [
             ("queued", counts.queued),
             ("sending", counts.sending),
-            ("sent", counts.sent),
             ("failed", counts.failed),
-            ("superseded", counts.superseded),
         ] {
             self.outbox.with_label_values(&[state]).set(value);
         }

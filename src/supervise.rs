@@ -1,5 +1,5 @@
 //! Supervision of confirmd's long-lived internal tasks: the group-commit writer, the delivery
-//! workers and the sweeper.
+//! workers, the sweeper and the pruner.
 //!
 //! A bare `tokio::spawn` swallows a panic: the task is gone, its `JoinHandle` holds the panic
 //! nobody reads, and the service goes on answering as if nothing happened (every signup 503 with
@@ -8,7 +8,7 @@
 //! down (so `/readyz` answers 503) for a short pause, and starts the body again. A body that
 //! panics again and again is restarted at most once per [`MAX_PAUSE`], never in a hot loop.
 //!
-//! Restarting is safe for all three tasks because none keeps state of its own across iterations:
+//! Restarting is safe for all of them because none keeps state of its own across iterations:
 //! the outbox table is the queue, a claimed row's lease brings it back, and the writer's queue of
 //! signups lives outside its body (the signups of the group in hand when it panicked get an error
 //! answer, since their reply channels are dropped with the body).

@@ -1,13 +1,14 @@
 //! The store on its own: the outbox's state machine (a sender whose lease ran out cannot
 //! overwrite the outcome of the sender that took its row over) on both engines, SQLite's
-//! group-commit writer, and on PostgreSQL what several instances on one database must not break.
+//! group-commit writer, retention (what the pruner deletes, in bounded batches) on both engines,
+//! and on PostgreSQL what several instances on one database must not break.
 
 use std::time::Duration;
 
 use confirmd::{
-    domain::{DeliveryMode, SubscriberEmail, TokenNonce},
+    domain::{DeliveryMode, SubscriberEmail, TokenHash, TokenNonce},
     secret::TokenKey,
-    store::{EmailKind, NewSignup, Store, StoreError, StoredSignup},
+    store::{EmailKind, NewSignup, Prune, Store, StoreError, StoredSignup},
 };
 use sqlx::{Connection, SqliteConnection};
 use tokio::time::Instant;
@@ -88,6 +89,190 @@ async fn lease_fencing(a_store: &Store, b_store: &Store) {
     a_store.mark_sent(a.claim, 2_600, 60_000).await.unwrap();
     let view = b_store.signup(&stored.signup_id).await.unwrap().unwrap();
     assert_eq!(view.sent_at, Some(2_500));
+}
+
+#[tokio::test]
+async fn the_pruner_deletes_what_is_old_enough_and_keeps_the_rest() {
+    let (_dir, store) = store().await;
+    retention(&store).await;
+}
+
+#[tokio::test]
+async fn a_prune_deletes_in_batches_of_at_most_its_limit() {
+    let (_dir, store) = store().await;
+    prune_batches(&store).await;
+}
+
+/// Milliseconds since the Unix epoch, as the process reads them.
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+/// Waits until both clocks (the process's, and the database's, which PostgreSQL's rows are
+/// stamped by) are past `time`, so rows written next are younger than it.
+async fn clocks_past(store: &Store, time: i64) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let probe = store
+            .create_signup(signup(&format!("clock{}@example.com", now_ms()), now_ms()))
+            .await
+            .unwrap();
+        let written = store.signup(&probe.signup_id).await.unwrap().unwrap();
+        if written.created_at > time && now_ms() > time {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the clock never moved past {time}"
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+/// A background signup of `email` whose row is claimed and marked sent, its link valid until
+/// `link_expires_at`; returns it and its token's hash.
+async fn sent(store: &Store, email: &str, link_expires_at: i64) -> (StoredSignup, TokenHash) {
+    let new = NewSignup {
+        token_expires_at: link_expires_at,
+        ..signup(email, now_ms())
+    };
+    let hash = new.token_hash.clone();
+    let stored = store.create_signup(new).await.unwrap();
+    let claimed = store
+        .claim(stored.outbox_id, Duration::from_secs(60))
+        .await
+        .unwrap()
+        .unwrap();
+    store
+        .mark_sent(claimed.claim, now_ms(), link_expires_at)
+        .await
+        .unwrap();
+    (stored, hash)
+}
+
+/// Rows written before a cutoff go, rows written after it stay, and each rule spares what it
+/// must: a signup with a live link, a failed email younger than the failed age (and its
+/// signup), confirmed users.
+async fn retention(store: &Store) {
+    let far = now_ms() + 3_600_000;
+    let past = now_ms() - 1;
+    // Written before the cutoff.
+    let (old, _) = sent(store, "old@example.com", far).await;
+    let (expired, expired_hash) = sent(store, "expired@example.com", past).await;
+    let (live, live_hash) = sent(store, "live@example.com", far).await;
+    let (confirmed, confirmed_hash) = sent(store, "confirmed@example.com", past).await;
+    let owner = store.token_owner(&confirmed_hash).await.unwrap().unwrap();
+    assert!(store.confirm(&owner, now_ms()).await.unwrap());
+    let failed_signup = NewSignup {
+        token_expires_at: past,
+        ..signup("failed@example.com", now_ms())
+    };
+    let failed_hash = failed_signup.token_hash.clone();
+    let failed = store.create_signup(failed_signup).await.unwrap();
+    let claimed = store
+        .claim(failed.outbox_id, Duration::from_secs(60))
+        .await
+        .unwrap()
+        .unwrap();
+    store.mark_failed(claimed.claim, "refused").await.unwrap();
+    let failed_at = store
+        .signup(&failed.signup_id)
+        .await
+        .unwrap()
+        .unwrap()
+        .created_at;
+    let cutoff = now_ms().max(failed_at) + 1;
+    clocks_past(store, cutoff).await;
+    // Written after it.
+    let (young, _) = sent(store, "young@example.com", far).await;
+    let shown = |stored: &StoredSignup| {
+        let id = stored.signup_id.clone();
+        async move { store.signup(&id).await.unwrap().is_some() }
+    };
+
+    // Sent emails written before the cutoff go (the probes' queued rows stay); younger stay.
+    let done = Prune::DoneEmails {
+        written_before: cutoff,
+    };
+    assert_eq!(store.prune(done, 500).await.unwrap(), 4);
+    assert_eq!(store.prune(done, 500).await.unwrap(), 0);
+    for gone in [&old, &expired, &live, &confirmed] {
+        assert!(!shown(gone).await, "{} was kept", gone.email);
+    }
+    assert!(shown(&young).await);
+
+    // A failed email younger than the failed age stays, and keeps its expired signup.
+    let young_failed = Prune::FailedEmails {
+        written_before: failed_at,
+    };
+    assert_eq!(store.prune(young_failed, 500).await.unwrap(), 0);
+    let signups = Prune::ExpiredSignups {
+        now: now_ms(),
+        failed_since: failed_at,
+    };
+    // Only the signup whose every link expired goes: the live link, the confirmed user and
+    // the young failure keep theirs.
+    assert_eq!(store.prune(signups, 500).await.unwrap(), 1);
+    assert!(store.token_owner(&expired_hash).await.unwrap().is_none());
+    assert!(store.token_owner(&live_hash).await.unwrap().is_some());
+    assert!(store.token_owner(&failed_hash).await.unwrap().is_some());
+    assert!(shown(&failed).await);
+
+    // Once the failed email is past the failed age, it goes, and its signup with it.
+    let old_failed = Prune::FailedEmails {
+        written_before: cutoff,
+    };
+    assert_eq!(store.prune(old_failed, 500).await.unwrap(), 1);
+    assert!(!shown(&failed).await);
+    let signups = Prune::ExpiredSignups {
+        now: now_ms(),
+        failed_since: cutoff,
+    };
+    assert_eq!(store.prune(signups, 500).await.unwrap(), 1);
+    assert!(store.token_owner(&failed_hash).await.unwrap().is_none());
+
+    // The confirmed user's expired token goes; the user stays, and is sent the account notice.
+    let tokens = Prune::ExpiredTokens { now: now_ms() };
+    assert_eq!(store.prune(tokens, 500).await.unwrap(), 1);
+    assert!(store.token_owner(&confirmed_hash).await.unwrap().is_none());
+    let again = store
+        .create_signup(NewSignup {
+            resend_interval_ms: 0,
+            ..signup("confirmed@example.com", now_ms())
+        })
+        .await
+        .unwrap();
+    assert_eq!(again.kind, EmailKind::AccountNotice);
+}
+
+/// 35 old sent rows, pruned 10 at a time: four statements, the last one short.
+async fn prune_batches(store: &Store) {
+    for i in 0..35 {
+        sent(
+            store,
+            &format!("batch{i}@example.com"),
+            now_ms() + 3_600_000,
+        )
+        .await;
+    }
+    let cutoff = now_ms() + 1;
+    clocks_past(store, cutoff).await;
+    let done = Prune::DoneEmails {
+        written_before: cutoff,
+    };
+    let mut batches = Vec::new();
+    loop {
+        let rows = store.prune(done, 10).await.unwrap();
+        batches.push(rows);
+        if rows < 10 {
+            break;
+        }
+    }
+    assert_eq!(batches, [10, 10, 10, 5]);
+    assert_eq!(store.outbox_counts().await.unwrap().sent, 0);
 }
 
 /// A background signup for `email` at `now`, with a resend interval of a minute.
@@ -325,7 +510,7 @@ mod postgres {
     };
     use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
-    use super::{database::TestDatabase, lease_fencing, signup};
+    use super::{database::TestDatabase, lease_fencing, prune_batches, retention, signup};
 
     /// `count` stores on one fresh, migrated database: instances of one deployment.
     async fn instances(count: usize) -> (TestDatabase, Vec<Store>) {
@@ -336,6 +521,18 @@ mod postgres {
         }
         stores[0].migrate().await.unwrap();
         (database, stores)
+    }
+
+    #[tokio::test]
+    async fn the_pruner_deletes_what_is_old_enough_and_keeps_the_rest() {
+        let (_database, stores) = instances(1).await;
+        retention(&stores[0]).await;
+    }
+
+    #[tokio::test]
+    async fn a_prune_deletes_in_batches_of_at_most_its_limit() {
+        let (_database, stores) = instances(1).await;
+        prune_batches(&stores[0]).await;
     }
 
     #[tokio::test]

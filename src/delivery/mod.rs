@@ -17,7 +17,9 @@
 //!
 //! The channel is only a wake-up call: the outbox table is the queue. If the channel is full,
 //! or the process dies with ids in it, nothing is lost: the [`sweeper`] finds due rows in the
-//! table (and rows whose sender died mid-send) and feeds them to the workers again.
+//! table (and rows whose sender died mid-send) and feeds them to the workers again. The
+//! [`pruner`] deletes what the outbox no longer needs: sent emails after days, failed ones after
+//! weeks, and pending signups whose links have all expired.
 //!
 //! Every signup is answered the same way whatever the address's state, so the answer tells
 //! nobody whether an account exists: the row sends a confirmation to a new or pending address, a
@@ -45,6 +47,7 @@
 mod backlog;
 mod confirm;
 mod in_hand;
+mod pruner;
 mod recent_sends;
 mod retry;
 mod send;
@@ -201,7 +204,7 @@ impl From<StoreError> for SignupError {
 }
 
 impl Delivery {
-    /// Builds the delivery core and starts its workers and sweeper on `tasks`; they stop when
+    /// Builds the delivery core and starts its workers, sweeper and pruner on `tasks`; they stop when
     /// `shutdown` is cancelled, each finishing the email in hand.
     pub fn start(
         settings: &Settings,
@@ -269,10 +272,15 @@ impl Delivery {
             .store()
             .hear_new_emails(wake, shutdown.clone(), &tasks);
         let sweeper = {
-            let delivery = delivery.clone();
+            let (delivery, shutdown) = (delivery.clone(), shutdown.clone());
             move || sweeper::run(delivery.clone(), shutdown.clone())
         };
         tasks.spawn(delivery.store().tasks().supervise("sweeper", sweeper));
+        let pruner = {
+            let (delivery, retention) = (delivery.clone(), settings.retention.clone());
+            move || pruner::run(delivery.clone(), retention.clone(), shutdown.clone())
+        };
+        tasks.spawn(delivery.store().tasks().supervise("pruner", pruner));
         delivery
     }
 

@@ -44,9 +44,10 @@ impl Delivery {
         }
     }
 
-    /// The metrics in Prometheus' text format, with the outbox counted by state.
+    /// The metrics in Prometheus' text format, with the states that stay small (queued,
+    /// sending, failed) counted: a scrape never reads the sent rows.
     pub async fn metrics_text(&self) -> Result<String, StoreError> {
-        let counts = self.inner.store.outbox_counts().await?;
+        let counts = self.inner.store.active_counts().await?;
         Ok(self.inner.metrics.render(&counts))
     }
 

@@ -61,8 +61,8 @@ use crate::{config::DatabaseSettings, domain::TokenHash, supervise::Tasks};
 #[cfg(not(sqlx_prepare = "sqlite"))]
 pub use postgres::PostgresStore;
 pub use records::{
-    Claim, ClaimedEmail, FailedEmail, KindCounts, NewSignup, OutboxCounts, OutboxId, Requeue,
-    SignupView, StoredSignup, TokenOwner,
+    ActiveCounts, Claim, ClaimedEmail, FailedEmail, KindCounts, NewSignup, OutboxCounts, OutboxId,
+    Prune, Requeue, SignupView, StoredSignup, TokenOwner,
 };
 #[cfg(not(sqlx_prepare = "postgres"))]
 pub use sqlite::SqliteStore;
@@ -342,9 +342,27 @@ impl Store {
         backend!(self, store => store.rehash_token(id, old, new).await)
     }
 
+    /// Queued, sending and failed emails, for `/metrics`: counted off indexes that hold only
+    /// them, so a scrape costs the same however many sent rows the table holds.
+    pub async fn active_counts(&self) -> Result<ActiveCounts, StoreError> {
+        backend!(self, store => store.active_counts().await)
+    }
+
+    // Retention.
+
+    /// Deletes at most `limit` rows of `what` in one statement (its own transaction), and
+    /// returns how many: fewer than `limit` means none is left. Each statement reads only the
+    /// rows it may delete, off an index. On SQLite it goes through the writer connection, so it
+    /// waits its turn between signup groups and holds the write lock for one batch only; on
+    /// PostgreSQL it skips rows another instance's pruner holds.
+    pub async fn prune(&self, what: Prune, limit: u32) -> Result<u64, StoreError> {
+        backend!(self, store => store.prune(what, limit).await)
+    }
+
     // The operator's view, for `confirmd outbox`.
 
-    /// How many emails are in each state; a state with none counts zero.
+    /// How many emails are in each state; a state with none counts zero. Sent and superseded
+    /// rows are counted one by one: for the operator's command, not for `/metrics`.
     pub async fn outbox_counts(&self) -> Result<OutboxCounts, StoreError> {
         backend!(self, store => store.outbox_counts().await)
     }

@@ -130,6 +130,54 @@ pub struct OutboxCounts {
     pub superseded: i64,
 }
 
+/// The states that stay small however long the service runs, for `/metrics`: each is counted
+/// off an index that holds only its rows, so a scrape costs the same at any table size. Sent and
+/// superseded rows, the bulk of the table, are not counted here: `confirmd_emails_total` counts
+/// sends as they happen, and the pruner deletes the rows after `retention.sent_days`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ActiveCounts {
+    pub queued: i64,
+    pub sending: i64,
+    pub failed: i64,
+}
+
+/// One kind of row the pruner deletes, with the times that make a row old enough: each backend
+/// deletes at most a batch of them per statement (see `Store::prune`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Prune {
+    /// Sent and superseded emails written before this time.
+    DoneEmails { written_before: i64 },
+    /// Failed emails written before this time: operators had until then to requeue them.
+    FailedEmails { written_before: i64 },
+    /// Pending users whose every link expired before `now`, with their tokens and emails, unless
+    /// an email of theirs is still queued or being sent, or failed at or after `failed_since`
+    /// (an operator may still requeue it, and its link is renewed when it is sent).
+    ExpiredSignups { now: i64, failed_since: i64 },
+    /// Tokens of confirmed users that expired before `now`: their links only ever said
+    /// "already confirmed" or "expired".
+    ExpiredTokens { now: i64 },
+}
+
+impl Prune {
+    /// Every [`Prune::label`], for zero lines before the first prune.
+    pub const LABELS: [&'static str; 4] = [
+        "sent_emails",
+        "failed_emails",
+        "pending_signups",
+        "expired_tokens",
+    ];
+
+    /// The `what` label of `confirmd_pruned_rows_total`.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Prune::DoneEmails { .. } => "sent_emails",
+            Prune::FailedEmails { .. } => "failed_emails",
+            Prune::ExpiredSignups { .. } => "pending_signups",
+            Prune::ExpiredTokens { .. } => "expired_tokens",
+        }
+    }
+}
+
 /// What the outbox's rows send, for the operator: the requesters are never told.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct KindCounts {

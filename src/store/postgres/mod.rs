@@ -38,6 +38,7 @@ mod health;
 mod listener;
 mod operator;
 mod outbox;
+mod retention;
 mod signup;
 
 use std::{str::FromStr, sync::Arc, time::Duration};

@@ -16,11 +16,13 @@
 //! so) while it does not, and accepted again as soon as it does.
 //!
 //! The statements are grouped by what they serve: [`signup`] (the signup and the link),
-//! [`outbox`] (the sender's state machine), [`operator`] (`confirmd outbox`).
+//! [`outbox`] (the sender's state machine), [`operator`] (`confirmd outbox`), [`retention`] (the
+//! pruner's deletes and the counts `/metrics` reads).
 
 mod health;
 mod operator;
 mod outbox;
+mod retention;
 mod signup;
 mod writer;
 

@@ -1,0 +1,190 @@
+#!/usr/bin/env python3
+"""Do signups and a /metrics scrape cost the same with millions of sent emails, while the pruner runs?
+
+    cargo build --release
+    python3 benches/retention.py [--rows 10000000] [--requests 2000] [--rounds 3]
+
+Builds two databases with a release confirmd (it creates and migrates each): one left empty, one
+seeded with --rows sent emails written over the last --span-days days (--users users and their
+tokens from benches/seed_users.py, then more sent rows spread over those users). With the default
+retention (`retention.sent_days = 3`) and a span of 4 days, a quarter of the seeded rows are
+past the age: the pruner deletes them, batch by batch, while the measurement runs. Each round,
+on each database alternately: time --scrapes `GET /metrics` (median), then `confirmd bench`
+(both modes) against a catcher in this script that accepts every email at once. Prints the
+medians side by side, with how many outbox rows the seeded database held before and after.
+Standard library only.
+"""
+
+import argparse
+import asyncio
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.join(HERE, "..")
+sys.path.insert(0, HERE)
+from flat_latency import Service, free_port  # noqa: E402
+
+DAY_MS = 24 * 3600 * 1000
+
+
+def catcher(port):
+    """An SMTP server on `port` that accepts every message at once, on a thread of its own."""
+
+    async def session(reader, writer):
+        writer.write(b"220 catcher\r\n")
+        in_data = False
+        while line := await reader.readline():
+            if in_data:
+                if line == b".\r\n":
+                    in_data = False
+                    writer.write(b"250 ok\r\n")
+                    await writer.drain()
+                continue
+            verb = line[:4].upper()
+            if verb == b"DATA":
+                in_data = True
+                writer.write(b"354 go\r\n")
+            elif verb == b"QUIT":
+                writer.write(b"221 bye\r\n")
+                await writer.drain()
+                break
+            elif verb in (b"EHLO", b"HELO"):
+                writer.write(b"250 catcher\r\n")
+            else:
+                writer.write(b"250 ok\r\n")
+            await writer.drain()
+        writer.close()
+
+    async def serve():
+        server = await asyncio.start_server(session, "127.0.0.1", port)
+        async with server:
+            await server.serve_forever()
+
+    threading.Thread(target=lambda: asyncio.run(serve()), daemon=True).start()
+
+
+def seed(database, rows, users, span_days):
+    users = min(rows, users)
+    subprocess.run([sys.executable, os.path.join(HERE, "seed_users.py"), "--users", str(users),
+                    database], check=True)
+    conn = sqlite3.connect(database, isolation_level=None)
+    now = int(time.time() * 1000)
+    began = time.monotonic()
+    # seed_users.py dates its rows over the past year: bring them into the span, then add the
+    # rest, oldest first.
+    span = int(span_days * DAY_MS)
+    conn.execute("BEGIN IMMEDIATE")
+    conn.execute("UPDATE email_outbox SET created_at = :now - :span + rowid * (:span / :rows), "
+                 "sent_at = :now - :span + rowid * (:span / :rows) + 80",
+                 {"now": now, "span": span, "rows": rows})
+    conn.execute(
+        """
+        WITH RECURSIVE n(i) AS (SELECT :users + 1 WHERE :users < :rows UNION ALL SELECT i + 1 FROM n WHERE i < :rows)
+        INSERT INTO email_outbox (user_id, recipient, mode, state, attempts, next_attempt_at,
+                                  created_at, sent_at)
+        SELECT printf('seed-%012d', 1 + i % :users), printf('seed.%d@example.com', 1 + i % :users),
+               'background', 'sent', 1, :now - :span + i * (:span / :rows),
+               :now - :span + i * (:span / :rows), :now - :span + i * (:span / :rows) + 80
+        FROM n
+        """,
+        {"users": users, "rows": rows, "now": now, "span": span},
+    )
+    conn.execute("COMMIT")
+    conn.execute("ANALYZE")
+    count = conn.execute("SELECT COUNT(*) FROM email_outbox").fetchone()[0]
+    print(f"seeded {count:,} outbox rows in {time.monotonic() - began:.0f} s (after the users)",
+          file=sys.stderr)
+    conn.close()
+
+
+def outbox_rows(database):
+    conn = sqlite3.connect(database)
+    try:
+        return conn.execute("SELECT COUNT(*) FROM email_outbox").fetchone()[0]
+    finally:
+        conn.close()
+
+
+def measure(binary, database, args):
+    service = Service(binary, database, args.smtp_port)
+    try:
+        scrapes = []
+        for _ in range(args.scrapes):
+            began = time.perf_counter()
+            urllib.request.urlopen(service.url + "/metrics", timeout=30).read()
+            scrapes.append((time.perf_counter() - began) * 1000)
+        scrapes.sort()
+        out = subprocess.run(
+            [binary, "bench", "--url", service.url, "--requests", str(args.requests),
+             "--concurrency", str(args.concurrency), "--json"],
+            check=True, capture_output=True, text=True).stdout
+        modes = {m["mode"]: m for m in json.loads(out)["modes"]}
+        pruned = urllib.request.urlopen(service.url + "/metrics", timeout=30).read().decode()
+        pruned = sum(float(line.split()[-1]) for line in pruned.splitlines()
+                     if line.startswith("confirmd_pruned_rows_total{"))
+        return {"scrape_ms": scrapes[len(scrapes) // 2], "modes": modes, "pruned": pruned}
+    finally:
+        service.stop()
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=10_000_000)
+    parser.add_argument("--users", type=int, default=1_000_000,
+                        help="users the rows are spread over (each has a token)")
+    parser.add_argument("--span-days", type=float, default=4.0)
+    parser.add_argument("--requests", type=int, default=2000)
+    parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--scrapes", type=int, default=50)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--binary", default=os.path.join(ROOT, "target", "release", "confirmd"))
+    parser.add_argument("--keep", help="keep the seeded database at this path")
+    args = parser.parse_args()
+    args.smtp_port = free_port()
+    catcher(args.smtp_port)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        empty = os.path.join(tmp, "empty.db")
+        seeded = args.keep or os.path.join(tmp, "seeded.db")
+        Service(args.binary, seeded, args.smtp_port).stop()  # creates and migrates it
+        seed(seeded, args.rows, args.users, args.span_days)
+        before = outbox_rows(seeded)
+        label = f"{before:,} rows"
+        results = {"empty": [], label: []}
+        # Alternating rounds, so that a busy moment of the machine cannot favour one database.
+        for _ in range(args.rounds):
+            results["empty"].append(measure(args.binary, empty, args))
+            results[label].append(measure(args.binary, seeded, args))
+        after = outbox_rows(seeded)
+
+    def median(label, pick):
+        values = sorted(pick(run) for run in results[label])
+        return values[len(values) // 2]
+
+    labels = list(results)
+    print(f"\n{args.requests} signups per mode, concurrency {args.concurrency}, {args.scrapes} "
+          f"scrapes, median of {args.rounds} alternating rounds, in ms")
+    print(f"{'':<18} " + " ".join(f"{label:>16}" for label in labels) + f" {'ratio':>7}")
+    rows = [("/metrics scrape", lambda run: run["scrape_ms"])]
+    for mode in ("sync", "background"):
+        rows.append((f"{mode} signup p50", lambda run, m=mode: run["modes"][m]["latency_ms"]["p50"]))
+        rows.append((f"{mode} signup p99", lambda run, m=mode: run["modes"][m]["latency_ms"]["p99"]))
+    for name, pick in rows:
+        values = [median(label, pick) for label in labels]
+        print(f"{name:<18} " + " ".join(f"{v:>16.2f}" for v in values)
+              + f" {values[1] / values[0]:>7.2f}")
+    pruned = sum(run["pruned"] for run in results[label])
+    print(f"seeded outbox rows: {before:,} before, {after:,} after; the pruner deleted "
+          f"{pruned:,.0f} rows during the rounds")
+
+
+if __name__ == "__main__":
+    main()

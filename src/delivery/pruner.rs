@@ -1,0 +1,107 @@
+//! The pruner: deletes what the outbox no longer needs, so the tables, their indexes and every
+//! query over them stay the size of the recent past, not of the service's whole life.
+//!
+//! Every `retention.interval_s` it deletes, in this order:
+//!
+//! - sent and superseded emails written more than `retention.sent_days` ago. The resend interval
+//!   is read off an address's last email, so these must outlive it by far (config checks it);
+//! - failed emails written more than `retention.failed_days` ago, kept until then for operators
+//!   to read and requeue (`confirmd outbox`);
+//! - pending signups whose every link has expired: the user, its tokens and its emails, unless an
+//!   email of theirs still waits to be sent or failed within `retention.failed_days`;
+//! - the expired tokens of confirmed users.
+//!
+//! Confirmed users stay. Each kind goes in batches of at most `retention.batch_size` rows, one
+//! statement each, with `retention.batch_pause_ms` between them, so the pruner never holds
+//! SQLite's write lock for long and signups slip in between its batches. A kind is done when a
+//! batch comes back short. Runs supervised, like the sweeper: it keeps no state between passes.
+
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info};
+
+use super::Delivery;
+use crate::{
+    clock,
+    config::RetentionSettings,
+    metrics::Metrics,
+    store::{Prune, Store, StoreError, millis},
+};
+
+pub(super) async fn run(
+    delivery: Delivery,
+    settings: RetentionSettings,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let pass = Pass::at(clock::now_ms(), &settings);
+        match pass
+            .run(delivery.store(), delivery.metrics(), &settings, &shutdown)
+            .await
+        {
+            Ok(0) => debug!("nothing to prune"),
+            Ok(rows) => info!(rows, "pruned old rows"),
+            Err(e) => error!(error = %e, "prune failed; trying again next interval"),
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => break,
+            () = tokio::time::sleep(settings.interval()) => {}
+        }
+    }
+    debug!("pruner stopped");
+}
+
+/// One pass: what is old enough to go, as of one reading of the clock.
+#[derive(Debug)]
+struct Pass {
+    targets: Vec<Prune>,
+}
+
+impl Pass {
+    /// What a pass at `now` deletes under `settings`.
+    fn at(now: i64, settings: &RetentionSettings) -> Pass {
+        let before = |age: Option<Duration>| age.map(|age| now.saturating_sub(millis(age)));
+        let failed_before = before(settings.failed_age());
+        let mut targets = Vec::with_capacity(4);
+        if let Some(written_before) = before(settings.sent_age()) {
+            targets.push(Prune::DoneEmails { written_before });
+        }
+        if let Some(written_before) = failed_before {
+            targets.push(Prune::FailedEmails { written_before });
+        }
+        targets.push(Prune::ExpiredSignups {
+            now,
+            // Failed emails kept forever keep their signups forever.
+            failed_since: failed_before.unwrap_or(i64::MIN),
+        });
+        targets.push(Prune::ExpiredTokens { now });
+        Pass { targets }
+    }
+
+    /// Deletes batch by batch until each kind is done or `shutdown`; returns the rows deleted.
+    async fn run(
+        &self,
+        store: &Store,
+        metrics: &Metrics,
+        settings: &RetentionSettings,
+        shutdown: &CancellationToken,
+    ) -> Result<u64, StoreError> {
+        let mut total = 0;
+        for &what in &self.targets {
+            loop {
+                let rows = store.prune(what, settings.batch_size).await?;
+                metrics.observe_pruned(what, rows);
+                total += rows;
+                if rows < u64::from(settings.batch_size) {
+                    break;
+                }
+                tokio::select! {
+                    () = shutdown.cancelled() => return Ok(total),
+                    () = tokio::time::sleep(settings.batch_pause()) => {}
+                }
+            }
+        }
+        Ok(total)
+    }
+}

@@ -1,0 +1,98 @@
+//! What the pruner deletes (see `delivery::pruner`), and the cheap counts `/metrics` reads.
+//!
+//! Every prune statement is one batch: a `LIMIT`ed subselect picks the rows and locks them with
+//! `FOR UPDATE SKIP LOCKED`, so the pruners of several instances take different rows instead of
+//! waiting on each other, and a row a sender or a signup holds is left for the next pass. Each
+//! reads only the rows it may delete, off an index made for it
+//! (`migrations/postgres/20261130000700_retention.sql`).
+
+use super::PostgresStore;
+use crate::store::{ActiveCounts, Prune, StoreError};
+
+impl PostgresStore {
+    /// Queued, sending and failed emails, each counted off its partial index, never the sent
+    /// rows.
+    pub async fn active_counts(&self) -> Result<ActiveCounts, StoreError> {
+        let row = sqlx::query!(
+            r#"SELECT
+                 (SELECT COUNT(*) FROM email_outbox WHERE state = 'queued') AS "queued!",
+                 (SELECT COUNT(*) FROM email_outbox WHERE state = 'sending') AS "sending!",
+                 (SELECT COUNT(*) FROM email_outbox WHERE state = 'failed') AS "failed!""#
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(ActiveCounts {
+            queued: row.queued,
+            sending: row.sending,
+            failed: row.failed,
+        })
+    }
+
+    /// Deletes at most `limit` rows of `what`; returns how many.
+    pub async fn prune(&self, what: Prune, limit: u32) -> Result<u64, StoreError> {
+        let limit = i64::from(limit);
+        let done = match what {
+            Prune::DoneEmails { written_before } => {
+                sqlx::query!(
+                    "DELETE FROM email_outbox WHERE id IN (
+                         SELECT id FROM email_outbox
+                         WHERE state IN ('sent', 'superseded') AND created_at < $1
+                         LIMIT $2 FOR UPDATE SKIP LOCKED)",
+                    written_before,
+                    limit
+                )
+                .execute(&self.pool)
+                .await
+            }
+            Prune::FailedEmails { written_before } => {
+                sqlx::query!(
+                    "DELETE FROM email_outbox WHERE id IN (
+                         SELECT id FROM email_outbox
+                         WHERE state = 'failed' AND created_at < $1
+                         LIMIT $2 FOR UPDATE SKIP LOCKED)",
+                    written_before,
+                    limit
+                )
+                .execute(&self.pool)
+                .await
+            }
+            // The user's tokens and emails go with it (ON DELETE CASCADE). Its row is locked
+            // first: a signup of the same address holds that lock while it adds a token, and is
+            // skipped.
+            Prune::ExpiredSignups { now, failed_since } => {
+                sqlx::query!(
+                    "DELETE FROM users WHERE id IN (
+                         SELECT u.id FROM confirmation_tokens t
+                         JOIN users u ON u.id = t.user_id
+                         WHERE t.expires_at < $1 AND u.status = 'pending'
+                           AND NOT EXISTS (SELECT 1 FROM confirmation_tokens live
+                                           WHERE live.user_id = u.id AND live.expires_at >= $1)
+                           AND NOT EXISTS (SELECT 1 FROM email_outbox o
+                                           WHERE o.user_id = u.id
+                                             AND (o.state IN ('queued', 'sending')
+                                                  OR (o.state = 'failed' AND o.created_at >= $2)))
+                         LIMIT $3 FOR UPDATE OF u SKIP LOCKED)",
+                    now,
+                    failed_since,
+                    limit
+                )
+                .execute(&self.pool)
+                .await
+            }
+            Prune::ExpiredTokens { now } => {
+                sqlx::query!(
+                    "DELETE FROM confirmation_tokens WHERE token_hash IN (
+                         SELECT t.token_hash FROM confirmation_tokens t
+                         JOIN users u ON u.id = t.user_id
+                         WHERE t.expires_at < $1 AND u.status = 'confirmed'
+                         LIMIT $2 FOR UPDATE OF t SKIP LOCKED)",
+                    now,
+                    limit
+                )
+                .execute(&self.pool)
+                .await
+            }
+        };
+        Ok(self.wrote(done)?.rows_affected())
+    }
+}

@@ -1,0 +1,99 @@
+//! What the pruner deletes (see `delivery::pruner`), and the cheap counts `/metrics` reads.
+//!
+//! Every prune statement is one batch in a transaction of its own, through the writer
+//! connection: it waits for the signup group being written, holds the write lock for one batch,
+//! and the group-commit writer gets it back at once. Each reads only the rows it may delete, off
+//! an index made for it (`migrations/sqlite/20261130000700_retention.sql`). The joins from tokens
+//! to users are `CROSS JOIN`s, which in SQLite fix the order: expired tokens first (a range of
+//! the expiry index), then each one's user. Left to itself, the planner may read every user and
+//! look up each one's tokens.
+
+use super::SqliteStore;
+use crate::store::{ActiveCounts, Prune, StoreError};
+
+impl SqliteStore {
+    /// Queued, sending and failed emails, each counted off an index that holds only its state's
+    /// rows (or leads with the state), never the sent rows.
+    pub async fn active_counts(&self) -> Result<ActiveCounts, StoreError> {
+        let row = sqlx::query!(
+            r#"SELECT
+                 (SELECT COUNT(*) FROM email_outbox WHERE state = 'queued') AS "queued!: i64",
+                 (SELECT COUNT(*) FROM email_outbox WHERE state = 'sending') AS "sending!: i64",
+                 (SELECT COUNT(*) FROM email_outbox WHERE state = 'failed') AS "failed!: i64""#
+        )
+        .fetch_one(&self.reader)
+        .await?;
+        Ok(ActiveCounts {
+            queued: row.queued,
+            sending: row.sending,
+            failed: row.failed,
+        })
+    }
+
+    /// Deletes at most `limit` rows of `what`; returns how many.
+    pub async fn prune(&self, what: Prune, limit: u32) -> Result<u64, StoreError> {
+        let limit = i64::from(limit);
+        let done = match what {
+            Prune::DoneEmails { written_before } => {
+                sqlx::query!(
+                    "DELETE FROM email_outbox WHERE id IN (
+                         SELECT id FROM email_outbox
+                         WHERE state IN ('sent', 'superseded') AND created_at < ?1
+                         LIMIT ?2)",
+                    written_before,
+                    limit
+                )
+                .execute(&self.writer)
+                .await
+            }
+            Prune::FailedEmails { written_before } => {
+                sqlx::query!(
+                    "DELETE FROM email_outbox WHERE id IN (
+                         SELECT id FROM email_outbox
+                         WHERE state = 'failed' AND created_at < ?1
+                         LIMIT ?2)",
+                    written_before,
+                    limit
+                )
+                .execute(&self.writer)
+                .await
+            }
+            // The user's tokens and emails go with it (ON DELETE CASCADE, over their user_id
+            // indexes).
+            Prune::ExpiredSignups { now, failed_since } => {
+                sqlx::query!(
+                    "DELETE FROM users WHERE id IN (
+                         SELECT t.user_id FROM confirmation_tokens t
+                         CROSS JOIN users u ON u.id = t.user_id
+                         WHERE t.expires_at < ?1 AND u.status = 'pending'
+                           AND NOT EXISTS (SELECT 1 FROM confirmation_tokens live
+                                           WHERE live.user_id = t.user_id AND live.expires_at >= ?1)
+                           AND NOT EXISTS (SELECT 1 FROM email_outbox o
+                                           WHERE o.user_id = t.user_id
+                                             AND (o.state IN ('queued', 'sending')
+                                                  OR (o.state = 'failed' AND o.created_at >= ?2)))
+                         LIMIT ?3)",
+                    now,
+                    failed_since,
+                    limit
+                )
+                .execute(&self.writer)
+                .await
+            }
+            Prune::ExpiredTokens { now } => {
+                sqlx::query!(
+                    "DELETE FROM confirmation_tokens WHERE token_hash IN (
+                         SELECT t.token_hash FROM confirmation_tokens t
+                         CROSS JOIN users u ON u.id = t.user_id
+                         WHERE t.expires_at < ?1 AND u.status = 'confirmed'
+                         LIMIT ?2)",
+                    now,
+                    limit
+                )
+                .execute(&self.writer)
+                .await
+            }
+        };
+        Ok(self.wrote(done)?.rows_affected())
+    }
+}
