@@ -54,42 +54,53 @@ impl PostgresStore {
     async fn write_signup(&self, new: &NewSignup) -> Result<StoredSignup, StoreError> {
         let mut tx = self.pool.begin().await?;
         let key = new.email.key();
-        let created = sqlx::query_scalar!(
-            "INSERT INTO users (id, email, status, created_at)
-             VALUES ($1, $2, 'pending', confirmd_now_ms())
-             ON CONFLICT (email) DO NOTHING
-             RETURNING id",
-            Uuid::now_v7(),
-            key
-        )
-        .fetch_optional(&mut *tx)
-        .await?;
-        let (user_id, kind) = match created {
-            Some(id) => (id, EmailKind::Confirmation),
-            None => {
-                // Held until commit: a concurrent signup of this address waits here, then reads
-                // the email this one wrote.
-                let user = sqlx::query!(
-                    "SELECT id, status FROM users WHERE email = $1 FOR UPDATE",
-                    key
-                )
-                .fetch_one(&mut *tx)
-                .await?;
-                let too_soon = sqlx::query_scalar!(
-                    r#"SELECT COALESCE(MAX(created_at) > confirmd_now_ms() - $2, FALSE) AS "too_soon!"
-                       FROM email_outbox WHERE user_id = $1 AND kind <> 'suppressed'"#,
-                    user.id,
-                    new.resend_interval_ms
-                )
-                .fetch_one(&mut *tx)
-                .await?;
-                let kind = match (too_soon, user.status.parse()?) {
-                    (true, _) => EmailKind::Suppressed,
-                    (false, UserStatus::Confirmed) => EmailKind::AccountNotice,
-                    (false, UserStatus::Pending) => EmailKind::Confirmation,
-                };
-                (user.id, kind)
+        // At most twice round: the user row can vanish between the two statements only if the
+        // pruner deleted it (an expired pending signup) in between, and then the second insert,
+        // with a fresh snapshot, creates it.
+        let mut attempts_left = 2;
+        let (user_id, kind) = loop {
+            let created = sqlx::query_scalar!(
+                "INSERT INTO users (id, email, status, created_at)
+                 VALUES ($1, $2, 'pending', confirmd_now_ms())
+                 ON CONFLICT (email) DO NOTHING
+                 RETURNING id",
+                Uuid::now_v7(),
+                key
+            )
+            .fetch_optional(&mut *tx)
+            .await?;
+            if let Some(id) = created {
+                break (id, EmailKind::Confirmation);
             }
+            // Held until commit: a concurrent signup of this address waits here, then reads the
+            // email this one wrote.
+            let user = sqlx::query!(
+                "SELECT id, status FROM users WHERE email = $1 FOR UPDATE",
+                key
+            )
+            .fetch_optional(&mut *tx)
+            .await?;
+            let Some(user) = user else {
+                attempts_left -= 1;
+                if attempts_left == 0 {
+                    return Err(StoreError::Database(sqlx::Error::RowNotFound));
+                }
+                continue;
+            };
+            let too_soon = sqlx::query_scalar!(
+                r#"SELECT COALESCE(MAX(created_at) > confirmd_now_ms() - $2, FALSE) AS "too_soon!"
+                   FROM email_outbox WHERE user_id = $1 AND kind <> 'suppressed'"#,
+                user.id,
+                new.resend_interval_ms
+            )
+            .fetch_one(&mut *tx)
+            .await?;
+            let kind = match (too_soon, user.status.parse()?) {
+                (true, _) => EmailKind::Suppressed,
+                (false, UserStatus::Confirmed) => EmailKind::AccountNotice,
+                (false, UserStatus::Pending) => EmailKind::Confirmation,
+            };
+            break (user.id, kind);
         };
 
         let (nonce, token_hash) = match kind {
