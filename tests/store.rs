@@ -92,6 +92,98 @@ async fn lease_fencing(a_store: &Store, b_store: &Store) {
 }
 
 #[tokio::test]
+async fn senders_asking_at_once_each_get_their_own_row_and_outcome() {
+    let (_dir, store) = store().await;
+    senders_at_once(&store).await;
+}
+
+/// A worker pool's writes, all at once, as the store batches them: every row asked for by two
+/// senders at the same moment is claimed once, and outcomes written together land on their own
+/// rows only, fenced by their claims. A late report of a stale claim, in the same batch as the
+/// live one, changes nothing: not the state, not the link's expiry.
+async fn senders_at_once(store: &Store) {
+    const ROWS: usize = 40;
+    let mut rows = Vec::new();
+    for i in 0..ROWS {
+        let new = NewSignup {
+            token_expires_at: 10_000,
+            ..signup(&format!("batch{i}@example.com"), 1_000)
+        };
+        let hash = new.token_hash.clone();
+        rows.push((store.create_signup(new).await.unwrap(), hash));
+    }
+
+    let mut claims = tokio::task::JoinSet::new();
+    for (stored, _) in rows.iter().chain(&rows) {
+        let (store, id) = (store.clone(), stored.outbox_id);
+        claims.spawn(async move { store.claim(id, Duration::from_secs(60)).await });
+    }
+    let mut claimed = std::collections::HashMap::new();
+    while let Some(claim) = claims.join_next().await {
+        if let Some(email) = claim.unwrap().unwrap() {
+            assert_eq!(email.attempts, 1);
+            let first = claimed.insert(email.claim.id, email.claim);
+            assert!(first.is_none(), "row {} claimed twice", email.claim.id);
+        }
+    }
+    assert_eq!(claimed.len(), ROWS, "every row claimed once");
+
+    // The first half sent, a quarter retried, a quarter failed; each also reported, at the
+    // same time, by a sender holding a stale claim with a different outcome.
+    let mut outcomes = tokio::task::JoinSet::new();
+    for (i, (stored, _)) in rows.iter().enumerate() {
+        let claim = claimed[&stored.outbox_id];
+        let stale = confirmd::store::Claim {
+            claim_id: claim.claim_id.wrapping_add(1),
+            ..claim
+        };
+        let link_until = 50_000 + i as i64;
+        for (claim, outcome) in [(claim, i * 4 / ROWS), (stale, (i * 4 / ROWS + 2) % 4)] {
+            let store = store.clone();
+            outcomes.spawn(async move {
+                match outcome {
+                    0 | 1 => store.mark_sent(claim, 2_000, link_until).await,
+                    2 => {
+                        store
+                            .mark_retry(claim, Duration::from_secs(3600), "busy")
+                            .await
+                    }
+                    _ => store.mark_failed(claim, "refused").await,
+                }
+            });
+        }
+    }
+    while let Some(written) = outcomes.join_next().await {
+        written.unwrap().unwrap();
+    }
+
+    for (i, (stored, hash)) in rows.iter().enumerate() {
+        let view = store.signup(&stored.signup_id).await.unwrap().unwrap();
+        let expires_at = store.token_owner(hash).await.unwrap().unwrap().expires_at;
+        let expected = match i * 4 / ROWS {
+            0 | 1 => "sent",
+            2 => "queued",
+            _ => "failed",
+        };
+        assert_eq!(view.state.as_str(), expected, "row {i}");
+        if expected == "sent" {
+            assert_eq!(view.sent_at, Some(2_000), "row {i}");
+            assert_eq!(
+                expires_at,
+                50_000 + i as i64,
+                "row {i}: the link runs from the send"
+            );
+        } else {
+            assert_eq!(view.sent_at, None, "row {i}");
+            assert_eq!(
+                expires_at, 10_000,
+                "row {i}: a stale claim's send moves no link"
+            );
+        }
+    }
+}
+
+#[tokio::test]
 async fn the_pruner_deletes_what_is_old_enough_and_keeps_the_rest() {
     let (_dir, store) = store().await;
     retention(&store).await;
@@ -295,6 +387,18 @@ fn signup(email: &str, now: i64) -> NewSignup {
     }
 }
 
+/// A connection that holds what the store's writes need (SQLite's write lock, PostgreSQL's
+/// `users` table) until it commits: the store's writes wait for it meanwhile.
+trait HeldLock {
+    async fn release(self);
+}
+
+impl HeldLock for SqliteConnection {
+    async fn release(mut self) {
+        sqlx::query("COMMIT").execute(&mut self).await.unwrap();
+    }
+}
+
 /// Holds SQLite's write lock from another connection, as a second process would, until dropped
 /// or released; the store's writer waits for it (busy timeout) meanwhile.
 async fn hold_write_lock(dir: &tempfile::TempDir) -> SqliteConnection {
@@ -335,15 +439,20 @@ async fn hand_to_blocked_writer(
 #[tokio::test]
 async fn signups_that_arrive_while_the_writer_waits_are_committed_together() {
     let (dir, store) = store().await;
-    let mut lock = hold_write_lock(&dir).await;
+    let lock = hold_write_lock(&dir).await;
+    committed_together(&store, lock).await;
+}
+
+/// Signups handed to the store while its writes wait on `lock` share transactions.
+async fn committed_together(store: &Store, lock: impl HeldLock) {
     let tasks = hand_to_blocked_writer(
-        &store,
+        store,
         (0..10)
             .map(|i| signup(&format!("user{i}@example.com"), 1_000))
             .collect(),
     )
     .await;
-    sqlx::query("COMMIT").execute(&mut lock).await.unwrap();
+    lock.release().await;
 
     let mut group_sizes = Vec::new();
     for task in tasks {
@@ -360,18 +469,29 @@ async fn signups_that_arrive_while_the_writer_waits_are_committed_together() {
 #[tokio::test]
 async fn a_signup_again_in_a_group_gets_the_email_its_address_calls_for() {
     let (dir, store) = store().await;
+    again_in_a_group(&store, async || hold_write_lock(&dir).await).await;
+}
+
+/// Signups of addresses that have a user, or that appear twice, written in one group with new
+/// ones (their writes held back by the lock `hold` takes): each gets the email its address calls
+/// for, the second of two seeing the first.
+async fn again_in_a_group<L: HeldLock>(store: &Store, hold: impl AsyncFnOnce() -> L) {
     let ann = signup("ann@example.com", 1_000);
     let ann_token = ann.token_hash.clone();
     store.create_signup(ann).await.unwrap();
     let owner = store.token_owner(&ann_token).await.unwrap().unwrap();
     assert!(store.confirm(&owner, 1_500).await.unwrap());
 
-    let mut lock = hold_write_lock(&dir).await;
+    let lock = hold().await;
     let tasks = hand_to_blocked_writer(
-        &store,
+        store,
         vec![
-            // Confirmed, and past the resend interval.
-            signup("ann@example.com", 70_000),
+            // Confirmed, and past the resend interval (none, for this request: PostgreSQL
+            // times it by its own clock, not the request's `now`).
+            NewSignup {
+                resend_interval_ms: 0,
+                ..signup("ann@example.com", 70_000)
+            },
             signup("bob@example.com", 2_000),
             // The same address: `users.email` is case-insensitive.
             signup("BOB@example.com", 2_001),
@@ -379,7 +499,7 @@ async fn a_signup_again_in_a_group_gets_the_email_its_address_calls_for() {
         ],
     )
     .await;
-    sqlx::query("COMMIT").execute(&mut lock).await.unwrap();
+    lock.release().await;
 
     let mut outcomes = Vec::new();
     for task in tasks {
@@ -420,8 +540,14 @@ async fn a_database_error_in_a_group_fails_only_the_signup_at_fault() {
     .execute(&mut lock)
     .await
     .unwrap();
+    fault_in_a_group(&store, lock).await;
+}
+
+/// A group with a signup that meets a fault of its own (`boom@example.com`, which a trigger
+/// the `lock`'s transaction created refuses): only that signup fails.
+async fn fault_in_a_group(store: &Store, lock: impl HeldLock) {
     let tasks = hand_to_blocked_writer(
-        &store,
+        store,
         vec![
             signup("ann@example.com", 1_000),
             signup("boom@example.com", 1_000),
@@ -429,7 +555,7 @@ async fn a_database_error_in_a_group_fails_only_the_signup_at_fault() {
         ],
     )
     .await;
-    sqlx::query("COMMIT").execute(&mut lock).await.unwrap();
+    lock.release().await;
 
     let mut outcomes = Vec::new();
     for task in tasks {
@@ -502,7 +628,7 @@ mod postgres {
     use std::str::FromStr;
 
     use confirmd::store::{EmailKind, OutboxId, Store, StoreError};
-    use sqlx::postgres::PgConnectOptions;
+    use sqlx::{Connection, PgConnection, postgres::PgConnectOptions};
     use tokio::{
         net::{TcpListener, TcpStream},
         sync::mpsc,
@@ -510,7 +636,10 @@ mod postgres {
     };
     use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
-    use super::{database::TestDatabase, lease_fencing, prune_batches, retention, signup};
+    use super::{
+        HeldLock, again_in_a_group, committed_together, database::TestDatabase, fault_in_a_group,
+        lease_fencing, prune_batches, retention, senders_at_once, signup,
+    };
 
     /// `count` stores on one fresh, migrated database: instances of one deployment.
     async fn instances(count: usize) -> (TestDatabase, Vec<Store>) {
@@ -620,6 +749,60 @@ mod postgres {
             .copied()
             .filter(|kind| *kind != EmailKind::Suppressed)
             .collect()
+    }
+
+    impl HeldLock for PgConnection {
+        async fn release(mut self) {
+            sqlx::query("COMMIT").execute(&mut self).await.unwrap();
+        }
+    }
+
+    /// Takes the `users` table for writes in a transaction of another connection: every
+    /// signup's insert waits for it, reads do not.
+    async fn hold_users(url: &str) -> PgConnection {
+        let mut conn = PgConnection::connect(url).await.unwrap();
+        sqlx::raw_sql("BEGIN; LOCK TABLE users IN EXCLUSIVE MODE")
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        conn
+    }
+
+    #[tokio::test]
+    async fn signups_that_arrive_while_a_batch_waits_are_committed_together() {
+        let (database, stores) = instances(1).await;
+        let lock = hold_users(&database.url).await;
+        committed_together(&stores[0], lock).await;
+    }
+
+    #[tokio::test]
+    async fn a_signup_again_in_a_batch_gets_the_email_its_address_calls_for() {
+        let (database, stores) = instances(1).await;
+        again_in_a_group(&stores[0], async || hold_users(&database.url).await).await;
+    }
+
+    #[tokio::test]
+    async fn a_database_error_in_a_batch_fails_only_the_signup_at_fault() {
+        let (database, stores) = instances(1).await;
+        let mut lock = hold_users(&database.url).await;
+        sqlx::raw_sql(
+            "CREATE FUNCTION fault() RETURNS trigger LANGUAGE plpgsql AS $$
+             BEGIN
+                 IF NEW.email = 'boom@example.com' THEN RAISE EXCEPTION 'injected fault'; END IF;
+                 RETURN NEW;
+             END $$;
+             CREATE TRIGGER fault BEFORE INSERT ON users FOR EACH ROW EXECUTE FUNCTION fault();",
+        )
+        .execute(&mut lock)
+        .await
+        .unwrap();
+        fault_in_a_group(&stores[0], lock).await;
+    }
+
+    #[tokio::test]
+    async fn senders_asking_at_once_each_get_their_own_row_and_outcome() {
+        let (_database, stores) = instances(1).await;
+        senders_at_once(&stores[0]).await;
     }
 
     #[tokio::test]

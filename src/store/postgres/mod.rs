@@ -16,7 +16,10 @@
 //! - **Concurrent signups of one address** meet on the unique address and the user's row lock
 //!   ([`signup`]), never as an error.
 //!
-//! # No group commit
+//! # Batched senders, no group commit for signups
+//!
+//! The workers' claims and outcomes are written in batches ([`batch`]): every email costs two
+//! such writes, they come from a handful of workers at once, and each alone would be a commit.
 //!
 //! Signups are written one transaction each, on a plain pool. SQLite batches them because it has
 //! one writer, and every commit waits for it; PostgreSQL runs transactions side by side on as
@@ -34,6 +37,7 @@
 //! supervised probe asks the server every second whether it takes writes, so an instance taken
 //! out of rotation finds out it healed with no signup to try.
 
+mod batch;
 mod health;
 mod listener;
 mod operator;
@@ -49,8 +53,11 @@ use sqlx::{
 };
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
+use batch::Batcher;
 use health::WriteHealth;
 pub use listener::CHANNEL;
+use outbox::{Claims, Outcomes};
+use signup::Signups;
 
 use super::{OutboxId, StoreError};
 use crate::supervise::Tasks;
@@ -68,6 +75,10 @@ pub struct PostgresStore {
     /// not wake its workers twice for its own signups.
     instance: Arc<str>,
     health: Arc<WriteHealth>,
+    /// Signups, the workers' claims and the outcomes of their sends, each written in batches.
+    signups: Batcher<Signups>,
+    claims: Batcher<Claims>,
+    outcomes: Batcher<Outcomes>,
     tasks: Tasks,
 }
 
@@ -84,11 +95,20 @@ impl PostgresStore {
             .acquire_timeout(ACQUIRE_TIMEOUT)
             .connect_with(options)
             .await?;
+        let health = Arc::new(WriteHealth::default());
+        let tasks = Tasks::new();
+        let instance: Arc<str> = uuid::Uuid::new_v4().to_string().into();
+        let signups = Signups {
+            instance: instance.clone(),
+        };
         let store = PostgresStore {
+            instance,
+            signups: Batcher::start("signups", signups, pool.clone(), health.clone(), &tasks),
+            claims: Batcher::start("claims", Claims, pool.clone(), health.clone(), &tasks),
+            outcomes: Batcher::start("outcomes", Outcomes, pool.clone(), health.clone(), &tasks),
             pool,
-            instance: uuid::Uuid::new_v4().to_string().into(),
-            health: Arc::new(WriteHealth::default()),
-            tasks: Tasks::new(),
+            health,
+            tasks,
         };
         tokio::spawn(store.tasks.supervise("db_probe", {
             let (pool, health) = (store.pool.clone(), store.health.clone());

@@ -11,13 +11,17 @@
 //!
 //! Every lease and due time is set and compared by the server's clock (`confirmd_now_ms()`).
 //!
-//! Claims are one row each, because each comes from a worker that already holds an SMTP
-//! connection for it: a batch would lease emails that then wait for connections, and their
-//! leases would run on while they wait.
+//! A claim is asked for one row at a time, by a worker that already holds an SMTP connection
+//! for it: a worker that took several would lease emails that then wait for connections, their
+//! leases running on while they wait. What is batched is the writing: the claims and the
+//! outcomes that this instance's workers ask for at the same time go to the server together
+//! ([`super::batch`]), one statement for all the claims, one transaction for all the outcomes.
 
-use std::time::Duration;
+use std::{collections::HashMap, time::Duration};
 
-use super::PostgresStore;
+use sqlx::PgPool;
+
+use super::{PostgresStore, batch::Batch};
 use crate::{
     domain::{TokenHash, TokenNonce},
     store::{Claim, ClaimedEmail, OutboxId, StoreError, millis},
@@ -26,83 +30,31 @@ use crate::{
 impl PostgresStore {
     /// Claims a queued, due row for sending: the row moves to `sending`, leased for `lease`, a
     /// new claim id fences it, and its attempt is counted. `None` when another sender has it
-    /// (or is claiming it right now), it is not due yet, or it was superseded.
+    /// (or is claiming it right now), it is not due yet, or it was superseded. Written with the
+    /// other claims this instance's workers make at the same time (see [`super::batch`]).
     pub async fn claim(
         &self,
         id: OutboxId,
         lease: Duration,
     ) -> Result<Option<ClaimedEmail>, StoreError> {
-        let row = sqlx::query!(
-            "UPDATE email_outbox
-             SET state = 'sending', lease_until = confirmd_now_ms() + $2,
-                 attempts = attempts + 1, claim_id = nextval('email_outbox_claims')
-             WHERE id = (SELECT id FROM email_outbox
-                         WHERE id = $1 AND state = 'queued' AND next_attempt_at <= confirmd_now_ms()
-                         FOR UPDATE SKIP LOCKED)
-             RETURNING id, claim_id AS \"claim_id!\", kind, recipient, nonce, token_hash, attempts,
-                       request_id, trace_context, created_at",
-            id.0,
-            millis(lease)
-        )
-        .fetch_optional(&self.pool)
-        .await;
-        let row = self.wrote(row)?;
-        row.map(|r| {
-            Ok(ClaimedEmail {
-                claim: Claim {
-                    id: OutboxId(r.id),
-                    claim_id: r.claim_id,
-                },
-                kind: r.kind.parse()?,
-                recipient: r.recipient,
-                nonce: r
-                    .nonce
-                    .and_then(|n| <[u8; 32]>::try_from(n).ok())
-                    .map(TokenNonce),
-                // Rows from before tokens were derived exist only in SQLite files.
-                legacy_token: None,
-                token_hash: r
-                    .token_hash
-                    .and_then(|h| <[u8; 32]>::try_from(h).ok())
-                    .map(TokenHash),
-                attempts: r.attempts,
-                request_id: r.request_id,
-                trace_context: r.trace_context,
-                created_at: r.created_at,
-            })
-        })
-        .transpose()
+        self.claims.write((id, lease)).await
     }
 
     /// The SMTP server accepted the email. The outbox forgets the nonce, so even the secret
     /// cannot rebuild this link from the database any more, and the link stays valid until
-    /// `link_expires_at`, however long the email waited in the queue. One statement: the
-    /// token's expiry moves only if the row was still this claim's.
+    /// `link_expires_at`, however long the email waited in the queue. The token's expiry moves
+    /// only if the row was still this claim's.
     pub async fn mark_sent(
         &self,
         claim: Claim,
         now: i64,
         link_expires_at: i64,
     ) -> Result<(), StoreError> {
-        let done = sqlx::query!(
-            "WITH sent AS (
-                 UPDATE email_outbox
-                 SET state = 'sent', sent_at = $2, nonce = NULL, lease_until = NULL,
-                     claim_id = NULL, last_error = NULL
-                 WHERE id = $1 AND state = 'sending' AND claim_id = $3
-                 RETURNING token_hash
-             )
-             UPDATE confirmation_tokens SET expires_at = GREATEST(expires_at, $4)
-             WHERE token_hash = (SELECT token_hash FROM sent)",
-            claim.id.0,
-            now,
-            claim.claim_id,
-            link_expires_at
-        )
-        .execute(&self.pool)
-        .await;
-        self.wrote(done)?;
-        Ok(())
+        let sent = Outcome::Sent {
+            at: now,
+            link_expires_at,
+        };
+        self.outcomes.write((claim, sent)).await
     }
 
     /// A failed attempt that may succeed later: back to the queue, due `retry_in` from now.
@@ -112,37 +64,20 @@ impl PostgresStore {
         retry_in: Duration,
         error: &str,
     ) -> Result<(), StoreError> {
-        let done = sqlx::query!(
-            "UPDATE email_outbox
-             SET state = 'queued', next_attempt_at = confirmd_now_ms() + $2, lease_until = NULL,
-                 claim_id = NULL, last_error = $3
-             WHERE id = $1 AND state = 'sending' AND claim_id = $4",
-            claim.id.0,
-            millis(retry_in),
-            error,
-            claim.claim_id
-        )
-        .execute(&self.pool)
-        .await;
-        self.wrote(done)?;
-        Ok(())
+        let retry = Outcome::Retry {
+            retry_in,
+            error: error.to_owned(),
+        };
+        self.outcomes.write((claim, retry)).await
     }
 
     /// Gave up: the address was refused, the attempts ran out, or the link expires first.
     /// The row and its nonce stay, so an operator can see why and put it back in the queue.
     pub async fn mark_failed(&self, claim: Claim, error: &str) -> Result<(), StoreError> {
-        let done = sqlx::query!(
-            "UPDATE email_outbox
-             SET state = 'failed', lease_until = NULL, claim_id = NULL, last_error = $2
-             WHERE id = $1 AND state = 'sending' AND claim_id = $3",
-            claim.id.0,
-            error,
-            claim.claim_id
-        )
-        .execute(&self.pool)
-        .await;
-        self.wrote(done)?;
-        Ok(())
+        let failed = Outcome::Failed {
+            error: error.to_owned(),
+        };
+        self.outcomes.write((claim, failed)).await
     }
 
     /// Takes back rows whose sender's lease ran out (its instance died mid-send, most likely):
@@ -213,5 +148,203 @@ impl PostgresStore {
         .await;
         self.wrote(done)?;
         Ok(())
+    }
+}
+
+/// What a send came to, as a batch of outcomes writes it.
+#[derive(Debug)]
+pub(super) enum Outcome {
+    Sent { at: i64, link_expires_at: i64 },
+    Retry { retry_in: Duration, error: String },
+    Failed { error: String },
+}
+
+/// Claims, written by one statement per batch.
+pub(super) struct Claims;
+
+impl Batch for Claims {
+    type Request = (OutboxId, Duration);
+    type Answer = Option<ClaimedEmail>;
+
+    /// One statement claims every row of the batch that is free and due; rows are locked in id
+    /// order and skipped if another instance holds one, so two instances' batches never wait
+    /// on each other. An id asked for twice is claimed once, for the first who asked.
+    async fn write(
+        &self,
+        pool: &PgPool,
+        requests: &[(OutboxId, Duration)],
+    ) -> Result<Vec<Result<Option<ClaimedEmail>, StoreError>>, sqlx::Error> {
+        let ids: Vec<i64> = requests.iter().map(|(id, _)| id.0).collect();
+        let leases: Vec<i64> = requests.iter().map(|(_, lease)| millis(*lease)).collect();
+        let rows = sqlx::query!(
+            "WITH asked AS (
+                 SELECT DISTINCT ON (id) id, lease_ms
+                 FROM unnest($1::BIGINT[], $2::BIGINT[]) AS asked(id, lease_ms)
+             ), free AS (
+                 SELECT id FROM email_outbox
+                 WHERE id = ANY($1) AND state = 'queued' AND next_attempt_at <= confirmd_now_ms()
+                 ORDER BY id
+                 FOR UPDATE SKIP LOCKED
+             )
+             UPDATE email_outbox o
+             SET state = 'sending', lease_until = confirmd_now_ms() + asked.lease_ms,
+                 attempts = o.attempts + 1, claim_id = nextval('email_outbox_claims')
+             FROM asked JOIN free USING (id)
+             WHERE o.id = asked.id
+             RETURNING o.id, o.claim_id AS \"claim_id!\", o.kind, o.recipient, o.nonce,
+                       o.token_hash, o.attempts, o.request_id, o.trace_context, o.created_at",
+            &ids,
+            &leases
+        )
+        .fetch_all(pool)
+        .await?;
+        let mut claimed: HashMap<i64, Result<ClaimedEmail, StoreError>> = rows
+            .into_iter()
+            .map(|r| {
+                let email = r.kind.parse().map(|kind| ClaimedEmail {
+                    claim: Claim {
+                        id: OutboxId(r.id),
+                        claim_id: r.claim_id,
+                    },
+                    kind,
+                    recipient: r.recipient,
+                    nonce: r
+                        .nonce
+                        .and_then(|n| <[u8; 32]>::try_from(n).ok())
+                        .map(TokenNonce),
+                    // Rows from before tokens were derived exist only in SQLite files.
+                    legacy_token: None,
+                    token_hash: r
+                        .token_hash
+                        .and_then(|h| <[u8; 32]>::try_from(h).ok())
+                        .map(TokenHash),
+                    attempts: r.attempts,
+                    request_id: r.request_id,
+                    trace_context: r.trace_context,
+                    created_at: r.created_at,
+                });
+                (r.id, email.map_err(StoreError::from))
+            })
+            .collect();
+        Ok(requests
+            .iter()
+            .map(|(id, _)| claimed.remove(&id.0).transpose())
+            .collect())
+    }
+}
+
+/// Outcomes, written by one transaction per batch: one statement for each kind of outcome in
+/// it.
+pub(super) struct Outcomes;
+
+impl Batch for Outcomes {
+    type Request = (Claim, Outcome);
+    type Answer = ();
+
+    /// Each row is written only while it still carries its claim's id; a stale claim (its lease
+    /// ran out and another sender took the row) writes nothing, and is not an error.
+    async fn write(
+        &self,
+        pool: &PgPool,
+        requests: &[(Claim, Outcome)],
+    ) -> Result<Vec<Result<(), StoreError>>, sqlx::Error> {
+        // Each kind's rows as the columns its statement unnests.
+        let (mut sent, mut sent_at, mut link_expires) = (Fenced::default(), vec![], vec![]);
+        let (mut retried, mut retry_in_ms, mut retry_errors) = (Fenced::default(), vec![], vec![]);
+        let (mut failed, mut fail_errors) = (Fenced::default(), vec![]);
+        for (claim, outcome) in requests {
+            match outcome {
+                Outcome::Sent {
+                    at,
+                    link_expires_at,
+                } => {
+                    sent.push(claim);
+                    sent_at.push(*at);
+                    link_expires.push(*link_expires_at);
+                }
+                Outcome::Retry { retry_in, error } => {
+                    retried.push(claim);
+                    retry_in_ms.push(millis(*retry_in));
+                    retry_errors.push(error.clone());
+                }
+                Outcome::Failed { error } => {
+                    failed.push(claim);
+                    fail_errors.push(error.clone());
+                }
+            }
+        }
+        let mut tx = pool.begin().await?;
+        if !sent.ids.is_empty() {
+            sqlx::query!(
+                "WITH outcome AS (
+                     SELECT * FROM unnest($1::BIGINT[], $2::BIGINT[], $3::BIGINT[], $4::BIGINT[])
+                         AS outcome(id, claim_id, sent_at, link_expires_at)
+                 ), sent AS (
+                     UPDATE email_outbox o
+                     SET state = 'sent', sent_at = outcome.sent_at, nonce = NULL,
+                         lease_until = NULL, claim_id = NULL, last_error = NULL
+                     FROM outcome
+                     WHERE o.id = outcome.id AND o.state = 'sending'
+                       AND o.claim_id = outcome.claim_id
+                     RETURNING o.token_hash, outcome.link_expires_at
+                 )
+                 UPDATE confirmation_tokens t
+                 SET expires_at = GREATEST(t.expires_at, sent.link_expires_at)
+                 FROM sent WHERE t.token_hash = sent.token_hash",
+                &sent.ids,
+                &sent.claim_ids,
+                &sent_at,
+                &link_expires
+            )
+            .execute(&mut *tx)
+            .await?;
+        }
+        if !retried.ids.is_empty() {
+            sqlx::query!(
+                "UPDATE email_outbox o
+                 SET state = 'queued', next_attempt_at = confirmd_now_ms() + outcome.retry_in_ms,
+                     lease_until = NULL, claim_id = NULL, last_error = outcome.error
+                 FROM unnest($1::BIGINT[], $2::BIGINT[], $3::BIGINT[], $4::TEXT[])
+                     AS outcome(id, claim_id, retry_in_ms, error)
+                 WHERE o.id = outcome.id AND o.state = 'sending' AND o.claim_id = outcome.claim_id",
+                &retried.ids,
+                &retried.claim_ids,
+                &retry_in_ms,
+                &retry_errors
+            )
+            .execute(&mut *tx)
+            .await?;
+        }
+        if !failed.ids.is_empty() {
+            sqlx::query!(
+                "UPDATE email_outbox o
+                 SET state = 'failed', lease_until = NULL, claim_id = NULL,
+                     last_error = outcome.error
+                 FROM unnest($1::BIGINT[], $2::BIGINT[], $3::TEXT[])
+                     AS outcome(id, claim_id, error)
+                 WHERE o.id = outcome.id AND o.state = 'sending' AND o.claim_id = outcome.claim_id",
+                &failed.ids,
+                &failed.claim_ids,
+                &fail_errors
+            )
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(requests.iter().map(|_| Ok(())).collect())
+    }
+}
+
+/// The rows one kind of outcome is written to, and the claims that fence them.
+#[derive(Default)]
+struct Fenced {
+    ids: Vec<i64>,
+    claim_ids: Vec<i64>,
+}
+
+impl Fenced {
+    fn push(&mut self, claim: &Claim) {
+        self.ids.push(claim.id.0);
+        self.claim_ids.push(claim.claim_id);
     }
 }

@@ -1,7 +1,8 @@
 //! What a signup writes (the user, the token's hash, the outbox row), and the reads and the write
 //! behind the link: a signup request's state, a token's owner, confirming it.
 //!
-//! One transaction per signup. Two instances may sign one address up at the same moment; SQLite
+//! Signups are written in batches, many to a transaction ([`Signups`]). Two instances may sign
+//! one address up at the same moment; SQLite
 //! never met that (its one writer did one signup at a time), so here the user row is the lock:
 //! the first signup of an address inserts it (`ON CONFLICT DO NOTHING`: the second waits for the
 //! first to commit, then inserts nothing), and a signup of an address that has a user locks its
@@ -9,9 +10,12 @@
 //! first's email and the resend interval holds across instances. Neither ever sees a unique
 //! violation.
 
+use std::{collections::HashMap, sync::Arc};
+
+use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
-use super::{PostgresStore, listener::CHANNEL};
+use super::{PostgresStore, batch::Batch, listener::CHANNEL};
 use crate::{
     domain::{SubscriberName, TokenHash},
     store::{
@@ -38,140 +42,7 @@ impl PostgresStore {
         if let Some(fault) = self.health.fault() {
             return Err(StoreError::Unwritable(fault));
         }
-        match self.write_signup(&new).await {
-            Ok(stored) => {
-                self.health.proven_writable();
-                Ok(stored)
-            }
-            Err(StoreError::Database(error)) => {
-                self.health.failed(&error);
-                Err(StoreError::Database(error))
-            }
-            Err(other) => Err(other),
-        }
-    }
-
-    async fn write_signup(&self, new: &NewSignup) -> Result<StoredSignup, StoreError> {
-        let mut tx = self.pool.begin().await?;
-        let key = new.email.key();
-        // At most twice round: the user row can vanish between the two statements only if the
-        // pruner deleted it (an expired pending signup) in between, and then the second insert,
-        // with a fresh snapshot, creates it.
-        let mut attempts_left = 2;
-        let (user_id, kind) = loop {
-            let created = sqlx::query_scalar!(
-                "INSERT INTO users (id, email, status, created_at)
-                 VALUES ($1, $2, 'pending', confirmd_now_ms())
-                 ON CONFLICT (email) DO NOTHING
-                 RETURNING id",
-                Uuid::now_v7(),
-                key
-            )
-            .fetch_optional(&mut *tx)
-            .await?;
-            if let Some(id) = created {
-                break (id, EmailKind::Confirmation);
-            }
-            // Held until commit: a concurrent signup of this address waits here, then reads the
-            // email this one wrote.
-            let user = sqlx::query!(
-                "SELECT id, status FROM users WHERE email = $1 FOR UPDATE",
-                key
-            )
-            .fetch_optional(&mut *tx)
-            .await?;
-            let Some(user) = user else {
-                attempts_left -= 1;
-                if attempts_left == 0 {
-                    return Err(StoreError::Database(sqlx::Error::RowNotFound));
-                }
-                continue;
-            };
-            let too_soon = sqlx::query_scalar!(
-                r#"SELECT COALESCE(MAX(created_at) > confirmd_now_ms() - $2, FALSE) AS "too_soon!"
-                   FROM email_outbox WHERE user_id = $1 AND kind <> 'suppressed'"#,
-                user.id,
-                new.resend_interval_ms
-            )
-            .fetch_one(&mut *tx)
-            .await?;
-            let kind = match (too_soon, user.status.parse()?) {
-                (true, _) => EmailKind::Suppressed,
-                (false, UserStatus::Confirmed) => EmailKind::AccountNotice,
-                (false, UserStatus::Pending) => EmailKind::Confirmation,
-            };
-            break (user.id, kind);
-        };
-
-        let (nonce, token_hash) = match kind {
-            EmailKind::Confirmation => {
-                let hash = &new.token_hash.0[..];
-                sqlx::query!(
-                    "INSERT INTO confirmation_tokens (token_hash, user_id, name, created_at, expires_at)
-                     VALUES ($1, $2, $3, confirmd_now_ms(), $4)",
-                    hash,
-                    user_id,
-                    new.name.as_ref().map(SubscriberName::as_str),
-                    new.token_expires_at
-                )
-                .execute(&mut *tx)
-                .await?;
-                (Some(&new.nonce.0[..]), Some(hash))
-            }
-            EmailKind::AccountNotice | EmailKind::Suppressed => (None, None),
-        };
-
-        // A sync row is written claimed by its request: in `sending`, leased, with a claim id.
-        let (state, attempts) = match new.claim_for {
-            Some(_) => (OutboxState::Sending, 1),
-            None => (OutboxState::Queued, 0),
-        };
-        let lease_ms = new.claim_for.map(millis);
-        let row = sqlx::query!(
-            "INSERT INTO email_outbox
-               (signup_id, user_id, kind, recipient, nonce, token_hash, mode, state, attempts,
-                next_attempt_at, lease_until, claim_id, request_id, trace_context, created_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, confirmd_now_ms(),
-                     confirmd_now_ms() + $10,
-                     CASE WHEN $10::BIGINT IS NOT NULL THEN nextval('email_outbox_claims') END,
-                     $11, $12, confirmd_now_ms())
-             RETURNING id, claim_id",
-            new.signup_id,
-            user_id,
-            kind.as_str(),
-            // The address as this request typed it: `users.email` holds only its key.
-            new.email.as_str(),
-            nonce,
-            token_hash,
-            new.mode.as_str(),
-            state.as_str(),
-            attempts,
-            lease_ms,
-            new.request_id.as_deref(),
-            new.trace_context.as_deref()
-        )
-        .fetch_one(&mut *tx)
-        .await?;
-        if new.claim_for.is_none() {
-            // Delivered to the listeners of every instance when (and only if) this commits.
-            let payload = format!("{}:{}", self.instance, row.id);
-            sqlx::query!("SELECT pg_notify($1, $2)::TEXT", CHANNEL, payload)
-                .fetch_one(&mut *tx)
-                .await?;
-        }
-        tx.commit().await?;
-
-        Ok(StoredSignup {
-            signup_id: new.signup_id.clone(),
-            outbox_id: OutboxId(row.id),
-            email: new.email.as_str().to_owned(),
-            kind,
-            group_size: 1,
-            claim: row.claim_id.map(|claim_id| Claim {
-                id: OutboxId(row.id),
-                claim_id,
-            }),
-        })
+        self.signups.write(new).await
     }
 
     /// A signup request, by the id its sender was given.
@@ -240,4 +111,278 @@ impl PostgresStore {
         .await;
         Ok(self.wrote(done)?.rows_affected() == 1)
     }
+}
+
+/// Signups, written many to a transaction: group commit, as SQLite's writer does it.
+///
+/// A signup alone is six round trips (begin, user, token, outbox row, notification, commit) and
+/// a commit that waits for the WAL flush. The signups waiting when a batch starts are written
+/// by one statement for all the new addresses among them ([`insert_new_users`]), the others
+/// statement by statement after it, in the same transaction, so each sees what the batch wrote.
+pub(super) struct Signups {
+    /// This instance, in its notifications' payloads (see [`PostgresStore::hear_new_emails`]).
+    pub(super) instance: Arc<str>,
+}
+
+impl Batch for Signups {
+    type Request = NewSignup;
+    type Answer = StoredSignup;
+
+    async fn write(
+        &self,
+        pool: &PgPool,
+        signups: &[NewSignup],
+    ) -> Result<Vec<Result<StoredSignup, StoreError>>, sqlx::Error> {
+        let mut tx = pool.begin().await?;
+        let mut written = insert_new_users(&mut tx, &self.instance, signups).await?;
+        let mut answers = Vec::with_capacity(signups.len());
+        for new in signups {
+            let answer = match written.remove(&new.signup_id) {
+                Some(stored) => Ok(stored),
+                None => match write_signup(&mut tx, &self.instance, new).await {
+                    Err(StoreError::Database(error)) => return Err(error),
+                    answer => answer,
+                },
+            };
+            answers.push(answer.map(|stored| StoredSignup {
+                group_size: signups.len(),
+                ..stored
+            }));
+        }
+        tx.commit().await?;
+        Ok(answers)
+    }
+}
+
+/// Writes the signups of addresses that have no user yet, with one statement: their users,
+/// tokens and outbox rows, and a notification for each background row. Returns them by signup
+/// id; a signup missing from the answer found its address taken (by a user already there, by
+/// an earlier signup of the same address in `signups`, or by another instance's transaction,
+/// which the statement waited for) and wrote nothing.
+///
+/// The users are inserted in the order of their addresses, so two instances' batches that
+/// share addresses wait on each other in one order, not in a cycle.
+async fn insert_new_users(
+    tx: &mut PgConnection,
+    instance: &str,
+    signups: &[NewSignup],
+) -> Result<HashMap<String, StoredSignup>, sqlx::Error> {
+    let mut order: Vec<&NewSignup> = signups.iter().collect();
+    order.sort_by(|a, b| a.email.key().cmp(b.email.key()));
+    let user_ids: Vec<Uuid> = order.iter().map(|_| Uuid::now_v7()).collect();
+    let keys: Vec<&str> = order.iter().map(|n| n.email.key()).collect();
+    let recipients: Vec<&str> = order.iter().map(|n| n.email.as_str()).collect();
+    let signup_ids: Vec<&str> = order.iter().map(|n| n.signup_id.as_str()).collect();
+    let nonces: Vec<&[u8]> = order.iter().map(|n| &n.nonce.0[..]).collect();
+    let hashes: Vec<&[u8]> = order.iter().map(|n| &n.token_hash.0[..]).collect();
+    let names: Vec<Option<&str>> = order
+        .iter()
+        .map(|n| n.name.as_ref().map(SubscriberName::as_str))
+        .collect();
+    let expiries: Vec<i64> = order.iter().map(|n| n.token_expires_at).collect();
+    let modes: Vec<&str> = order.iter().map(|n| n.mode.as_str()).collect();
+    let leases: Vec<Option<i64>> = order.iter().map(|n| n.claim_for.map(millis)).collect();
+    let request_ids: Vec<Option<&str>> = order.iter().map(|n| n.request_id.as_deref()).collect();
+    let traces: Vec<Option<&str>> = order.iter().map(|n| n.trace_context.as_deref()).collect();
+    let rows = sqlx::query!(
+        r#"WITH asked AS (
+               SELECT * FROM unnest($1::UUID[], $2::TEXT[], $3::TEXT[], $4::TEXT[], $5::BYTEA[],
+                                    $6::BYTEA[], $7::TEXT[], $8::BIGINT[], $9::TEXT[],
+                                    $10::BIGINT[], $11::TEXT[], $12::TEXT[])
+                   WITH ORDINALITY
+                   AS asked(user_id, email, recipient, signup_id, nonce, token_hash, name,
+                            token_expires_at, mode, lease_ms, request_id, trace_context, place)
+           ), users_new AS (
+               INSERT INTO users (id, email, status, created_at)
+               SELECT user_id, email, 'pending', confirmd_now_ms() FROM asked ORDER BY place
+               ON CONFLICT (email) DO NOTHING
+               RETURNING id
+           ), fresh AS (
+               SELECT asked.* FROM asked JOIN users_new ON users_new.id = asked.user_id
+           ), tokens AS (
+               INSERT INTO confirmation_tokens (token_hash, user_id, name, created_at, expires_at)
+               SELECT token_hash, user_id, name, confirmd_now_ms(), token_expires_at FROM fresh
+           ), emails AS (
+               -- A sync row is written claimed by its request: in `sending`, leased, with a
+               -- claim id.
+               INSERT INTO email_outbox
+                 (signup_id, user_id, kind, recipient, nonce, token_hash, mode, state, attempts,
+                  next_attempt_at, lease_until, claim_id, request_id, trace_context, created_at)
+               SELECT signup_id, user_id, 'confirmation', recipient, nonce, token_hash, mode,
+                      CASE WHEN lease_ms IS NULL THEN 'queued' ELSE 'sending' END,
+                      CASE WHEN lease_ms IS NULL THEN 0 ELSE 1 END,
+                      confirmd_now_ms(), confirmd_now_ms() + lease_ms,
+                      CASE WHEN lease_ms IS NOT NULL THEN nextval('email_outbox_claims') END,
+                      request_id, trace_context, confirmd_now_ms()
+               FROM fresh
+               RETURNING id, signup_id, claim_id
+           )
+           -- Delivered to the listeners of every instance when (and only if) this commits.
+           SELECT id AS "id!", signup_id AS "signup_id!", claim_id,
+                  CASE WHEN claim_id IS NULL THEN pg_notify($13, $14 || ':' || id) END::TEXT
+                      AS notified
+           FROM emails"#,
+        &user_ids,
+        &keys as &[&str],
+        &recipients as &[&str],
+        &signup_ids as &[&str],
+        &nonces as &[&[u8]],
+        &hashes as &[&[u8]],
+        &names as &[Option<&str>],
+        &expiries,
+        &modes as &[&str],
+        &leases as &[Option<i64>],
+        &request_ids as &[Option<&str>],
+        &traces as &[Option<&str>],
+        CHANNEL,
+        instance
+    )
+    .fetch_all(&mut *tx)
+    .await?;
+    let by_id: HashMap<&str, &NewSignup> =
+        order.iter().map(|n| (n.signup_id.as_str(), *n)).collect();
+    Ok(rows
+        .into_iter()
+        .map(|row| {
+            let new = by_id[row.signup_id.as_str()];
+            let stored = StoredSignup {
+                signup_id: row.signup_id.clone(),
+                outbox_id: OutboxId(row.id),
+                email: new.email.as_str().to_owned(),
+                kind: EmailKind::Confirmation,
+                group_size: 1,
+                claim: row.claim_id.map(|claim_id| Claim {
+                    id: OutboxId(row.id),
+                    claim_id,
+                }),
+            };
+            (row.signup_id, stored)
+        })
+        .collect())
+}
+
+/// One signup, statement by statement, in the transaction `tx`: the way for an address that has
+/// a user already (or that a signup earlier in the same batch created).
+async fn write_signup(
+    tx: &mut PgConnection,
+    instance: &str,
+    new: &NewSignup,
+) -> Result<StoredSignup, StoreError> {
+    let key = new.email.key();
+    // At most twice round: the user row can vanish between the two statements only if the
+    // pruner deleted it (an expired pending signup) in between, and then the second insert,
+    // with a fresh snapshot, creates it.
+    let mut attempts_left = 2;
+    let (user_id, kind) = loop {
+        let created = sqlx::query_scalar!(
+            "INSERT INTO users (id, email, status, created_at)
+                 VALUES ($1, $2, 'pending', confirmd_now_ms())
+                 ON CONFLICT (email) DO NOTHING
+                 RETURNING id",
+            Uuid::now_v7(),
+            key
+        )
+        .fetch_optional(&mut *tx)
+        .await?;
+        if let Some(id) = created {
+            break (id, EmailKind::Confirmation);
+        }
+        // Held until commit: a concurrent signup of this address waits here, then reads the
+        // email this one wrote.
+        let user = sqlx::query!(
+            "SELECT id, status FROM users WHERE email = $1 FOR UPDATE",
+            key
+        )
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(user) = user else {
+            attempts_left -= 1;
+            if attempts_left == 0 {
+                return Err(StoreError::Database(sqlx::Error::RowNotFound));
+            }
+            continue;
+        };
+        let too_soon = sqlx::query_scalar!(
+            r#"SELECT COALESCE(MAX(created_at) > confirmd_now_ms() - $2, FALSE) AS "too_soon!"
+                   FROM email_outbox WHERE user_id = $1 AND kind <> 'suppressed'"#,
+            user.id,
+            new.resend_interval_ms
+        )
+        .fetch_one(&mut *tx)
+        .await?;
+        let kind = match (too_soon, user.status.parse()?) {
+            (true, _) => EmailKind::Suppressed,
+            (false, UserStatus::Confirmed) => EmailKind::AccountNotice,
+            (false, UserStatus::Pending) => EmailKind::Confirmation,
+        };
+        break (user.id, kind);
+    };
+
+    let (nonce, token_hash) = match kind {
+        EmailKind::Confirmation => {
+            let hash = &new.token_hash.0[..];
+            sqlx::query!(
+                    "INSERT INTO confirmation_tokens (token_hash, user_id, name, created_at, expires_at)
+                     VALUES ($1, $2, $3, confirmd_now_ms(), $4)",
+                    hash,
+                    user_id,
+                    new.name.as_ref().map(SubscriberName::as_str),
+                    new.token_expires_at
+                )
+                .execute(&mut *tx)
+                .await?;
+            (Some(&new.nonce.0[..]), Some(hash))
+        }
+        EmailKind::AccountNotice | EmailKind::Suppressed => (None, None),
+    };
+
+    // A sync row is written claimed by its request: in `sending`, leased, with a claim id.
+    let (state, attempts) = match new.claim_for {
+        Some(_) => (OutboxState::Sending, 1),
+        None => (OutboxState::Queued, 0),
+    };
+    let lease_ms = new.claim_for.map(millis);
+    let row = sqlx::query!(
+        "INSERT INTO email_outbox
+               (signup_id, user_id, kind, recipient, nonce, token_hash, mode, state, attempts,
+                next_attempt_at, lease_until, claim_id, request_id, trace_context, created_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, confirmd_now_ms(),
+                     confirmd_now_ms() + $10,
+                     CASE WHEN $10::BIGINT IS NOT NULL THEN nextval('email_outbox_claims') END,
+                     $11, $12, confirmd_now_ms())
+             RETURNING id, claim_id",
+        new.signup_id,
+        user_id,
+        kind.as_str(),
+        // The address as this request typed it: `users.email` holds only its key.
+        new.email.as_str(),
+        nonce,
+        token_hash,
+        new.mode.as_str(),
+        state.as_str(),
+        attempts,
+        lease_ms,
+        new.request_id.as_deref(),
+        new.trace_context.as_deref()
+    )
+    .fetch_one(&mut *tx)
+    .await?;
+    if new.claim_for.is_none() {
+        // Delivered to the listeners of every instance when (and only if) this commits.
+        let payload = format!("{instance}:{}", row.id);
+        sqlx::query!("SELECT pg_notify($1, $2)::TEXT", CHANNEL, payload)
+            .fetch_one(&mut *tx)
+            .await?;
+    }
+    Ok(StoredSignup {
+        signup_id: new.signup_id.clone(),
+        outbox_id: OutboxId(row.id),
+        email: new.email.as_str().to_owned(),
+        kind,
+        group_size: 1,
+        claim: row.claim_id.map(|claim_id| Claim {
+            id: OutboxId(row.id),
+            claim_id,
+        }),
+    })
 }
