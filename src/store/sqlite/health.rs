@@ -1,5 +1,5 @@
 //! Can the database take writes? What `/readyz` asks of the store, and what the writer checks
-//! before it acknowledges signups.
+//! before it writes signups, claims and send outcomes.
 //!
 //! Three things can stop writes while reads go on working, and none of them shows in a
 //! `SELECT 1`:
@@ -30,9 +30,9 @@ use crate::store::StoreError;
 /// While the store is unwritable, how often the writer tries a probe write.
 pub(super) const PROBE_INTERVAL: Duration = Duration::from_secs(1);
 
-/// Is this error about the storage (it would fail any write now) rather than about the signup
-/// being written? A storage fault fails a whole group at once: writing its signups one by one
-/// would only repeat the fault (and its busy timeout) once per signup.
+/// Is this error about the storage (it would fail any write now) rather than about the request
+/// being written? A storage fault fails a whole group at once: writing its requests one by one
+/// would only repeat the fault (and its busy timeout) once per request.
 pub(super) fn is_storage_fault(error: &sqlx::Error) -> bool {
     match error {
         sqlx::Error::Database(e) => {
@@ -122,8 +122,9 @@ fn unix_id(metadata: &std::fs::Metadata) -> (u64, u64) {
 #[derive(Debug, Default)]
 pub(super) struct WriteHealth {
     fault: Mutex<Option<String>>,
-    /// Wakes the writer when a write of another task (a worker's, the sweeper's) meets a fault
-    /// while the writer waits for signups, so that it starts probing without waiting for one.
+    /// Wakes the writer when a write it does not make (the sweeper's lease reclaim, a
+    /// confirmation) meets a fault while the writer waits for requests, so that it starts
+    /// probing without waiting for one.
     faulted: Notify,
 }
 

@@ -5,15 +5,19 @@
 //! all writes go through a pool of exactly one connection, in WAL mode so that readers on the
 //! other pool are never blocked by it. Each write transaction starts with `BEGIN IMMEDIATE`,
 //! which takes the write lock up front: with several processes on one file (a restart while the
-//! old one drains), the busy timeout then waits for the lock instead of failing. Signups go
-//! through the group-commit [`writer`], which writes many in one transaction.
+//! old one drains), the busy timeout then waits for the lock instead of failing. Signups, the
+//! senders' claims and the outcomes of their sends go through the group-commit [`writer`], which
+//! writes all that is waiting in one transaction: each statement is a round trip to the thread
+//! sqlx runs the connection on, and each transaction a commit, so writing a busy moment's
+//! requests together costs little more than writing one.
 //!
 //! A storage fault (disk full, read-only, I/O error, the lock held by another process) fails
 //! writes and leaves reads working; it must not outlast its cause. Two things make sure it does
 //! not. The writer connection is replaced whenever it comes back to its pool still inside a
 //! transaction (see [`SqliteStore::connect_capped`] for how that happens), and [`health`] tracks
 //! whether the database takes writes, so that signups are refused with 503 (and `/readyz` says
-//! so) while it does not, and accepted again as soon as it does.
+//! so), and claims and outcomes refused at once, while it does not, and accepted again as soon
+//! as it does.
 //!
 //! The statements are grouped by what they serve: [`signup`] (the signup and the link),
 //! [`outbox`] (the sender's state machine), [`operator`] (`confirmd outbox`), [`retention`] (the
@@ -28,10 +32,7 @@ mod writer;
 
 use std::{
     str::FromStr,
-    sync::{
-        Arc,
-        atomic::{AtomicUsize, Ordering},
-    },
+    sync::{Arc, atomic::Ordering},
     time::Duration,
 };
 
@@ -43,7 +44,7 @@ use tokio::sync::{Mutex, mpsc, oneshot};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use health::{FileIdentity, WriteHealth};
-use writer::{PendingSignup, SIGNUP_QUEUE, group_commit};
+use writer::{Pending, QUEUE, Waiting, Write, group_commit};
 
 use super::{NewSignup, OutboxId, StoreError, StoredSignup};
 use crate::supervise::Tasks;
@@ -62,15 +63,14 @@ pub fn connect_options(url: &str) -> Result<SqliteConnectOptions, StoreError> {
 }
 
 /// The database: a one-connection pool for writes and a pool for reads, on the same file, and
-/// the group-commit writer that signups go through.
+/// the group-commit writer that signups, claims and outcomes go through.
 #[derive(Clone, Debug)]
 pub struct SqliteStore {
     writer: SqlitePool,
     reader: SqlitePool,
-    signups: mpsc::Sender<PendingSignup>,
-    /// Signups handed to the writer and not answered yet: queued, or in the transaction it is
-    /// writing.
-    pending: Arc<AtomicUsize>,
+    /// The group-commit writer's queue.
+    writes: mpsc::Sender<Write>,
+    waiting: Arc<Waiting>,
     health: Arc<Health>,
     /// The supervised tasks of the application, the writer first among them.
     tasks: Tasks,
@@ -159,32 +159,32 @@ impl SqliteStore {
             file: FileIdentity::of(options.get_filename()),
             writes: WriteHealth::default(),
         });
-        let (signups, queue) = mpsc::channel(SIGNUP_QUEUE);
+        let (writes, queue) = mpsc::channel(QUEUE);
         let queue = Arc::new(Mutex::new(queue));
-        let pending = Arc::new(AtomicUsize::new(0));
+        let waiting = Arc::new(Waiting::default());
         let tasks = Tasks::new();
         tokio::spawn(tasks.supervise("writer", {
-            let (writer, pending, health) = (writer.clone(), pending.clone(), health.clone());
+            let (writer, waiting, health) = (writer.clone(), waiting.clone(), health.clone());
             move || {
-                let (writer, queue, pending, health) = (
+                let (writer, queue, waiting, health) = (
                     writer.clone(),
                     queue.clone(),
-                    pending.clone(),
+                    waiting.clone(),
                     health.clone(),
                 );
                 async move {
-                    // The queue outlives a run of the writer: signups waiting in it are
+                    // The queue outlives a run of the writer: requests waiting in it are
                     // written by the next run after a panic.
                     let mut queue = queue.lock().await;
-                    group_commit(&writer, &mut queue, &pending, &health).await;
+                    group_commit(&writer, &mut queue, &waiting, &health).await;
                 }
             }
         }));
         Ok(SqliteStore {
             writer,
             reader,
-            signups,
-            pending,
+            writes,
+            waiting,
             health,
             tasks,
         })
@@ -222,7 +222,7 @@ impl SqliteStore {
 
     /// Signups handed to the group-commit writer and not answered yet.
     pub fn signups_pending(&self) -> usize {
-        self.pending.load(Ordering::Relaxed)
+        self.waiting.signups.load(Ordering::Relaxed)
     }
 
     /// Nothing to hear: this process wrote every row of the file, and its signups wake its
@@ -265,17 +265,29 @@ impl SqliteStore {
     /// The write goes through the group-commit writer (see [`writer`]): it returns once
     /// the transaction holding this signup has committed.
     pub async fn create_signup(&self, new: NewSignup) -> Result<StoredSignup, StoreError> {
-        let (outcome, receive) = oneshot::channel();
-        self.pending.fetch_add(1, Ordering::Relaxed);
-        if self
-            .signups
-            .send(PendingSignup { new, outcome })
-            .await
-            .is_err()
-        {
-            self.pending.fetch_sub(1, Ordering::Relaxed);
+        self.waiting.signups.fetch_add(1, Ordering::Relaxed);
+        let (answer, answered) = oneshot::channel();
+        let write = Write::Signup(Pending {
+            request: new,
+            answer,
+        });
+        if self.writes.send(write).await.is_err() {
+            self.waiting.signups.fetch_sub(1, Ordering::Relaxed);
             return Err(StoreError::WriterStopped);
         }
-        receive.await.map_err(|_| StoreError::WriterStopped)?
+        answered.await.map_err(|_| StoreError::WriterStopped)?
+    }
+
+    /// Hands a claim or an outcome to the group-commit writer, and waits for the transaction
+    /// holding it to commit.
+    async fn hand_to_writer<A>(
+        &self,
+        write: impl FnOnce(oneshot::Sender<Result<A, StoreError>>) -> Write,
+    ) -> Result<A, StoreError> {
+        let (answer, answered) = oneshot::channel();
+        if self.writes.send(write(answer)).await.is_err() {
+            return Err(StoreError::WriterStopped);
+        }
+        answered.await.map_err(|_| StoreError::WriterStopped)?
     }
 }
