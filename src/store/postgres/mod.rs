@@ -16,17 +16,29 @@
 //! - **Concurrent signups of one address** meet on the unique address and the user's row lock
 //!   ([`signup`]), never as an error.
 //!
-//! # Batched senders, no group commit for signups
+//! # Group commit, here too
 //!
-//! The workers' claims and outcomes are written in batches ([`batch`]): every email costs two
-//! such writes, they come from a handful of workers at once, and each alone would be a commit.
+//! Signups, the workers' claims and the outcomes of their sends are each written in batches
+//! ([`batch`]): whatever waits when a batch starts is written with one statement, or one
+//! transaction, and a request alone is written at once. PostgreSQL runs transactions side by
+//! side and shares the WAL flush of those that commit together, so this was not obvious; the
+//! measurements decided it (BENCHMARKS.md, section 9). One transaction per signup and two
+//! single-row commits per email gave 0.33x the PostgreSQL floor and 287 no-op jobs a second per
+//! core, on a loaded machine; batched, 0.58x and 1,197 on a quieter one. A signup alone was six
+//! round trips (begin, user, token, outbox row, notification, commit); a batch of new addresses
+//! is three. What a batch costs: one statement of each kind in flight per instance (the rest of
+//! the pool stays free for reads, the sweeper and the pruner), and a batch that fails for a
+//! reason that may be one request's is written again one request at a time.
 //!
-//! Signups are written one transaction each, on a plain pool. SQLite batches them because it has
-//! one writer, and every commit waits for it; PostgreSQL runs transactions side by side on as
-//! many connections as the pool has, and a commit's fsync is shared by the transactions that
-//! commit together anyway (the server's own group commit). A batching writer in front of it
-//! would serialize what the server parallelizes, and the batch's rollback on one bad signup
-//! would cost the others a retry. No measurement here has asked for more.
+//! # The backlog estimate, unchanged
+//!
+//! The backlog cap (`worker.max_backlog`) reads an estimate, not a count per signup: the
+//! sweeper's last count plus the signups this instance took since. With several instances the
+//! count is every instance's, but the signups since are only this one's, so an instance may let
+//! through what the others took in one sweep interval (2 s by default) beyond the cap. The cap
+//! guards the database from an outage's pile-up of hours, so that slack is kept rather than paid
+//! for with a count per signup: the count reads two partial indexes (0.3 to 0.8 ms at 1,000,000
+//! rows), and every instance recounts at each sweep.
 //!
 //! # Health
 //!
