@@ -184,6 +184,44 @@ async fn senders_at_once(store: &Store) {
 }
 
 #[tokio::test]
+async fn a_sender_whose_row_was_taken_first_takes_another_due_row() {
+    let (_dir, store) = store().await;
+    take_over(&store, &store).await;
+}
+
+/// Sender A claims a row; sender B, offered the same row (on PostgreSQL, by its own
+/// instance's sweeper), finds it taken and claims the oldest row still due instead, and so on
+/// until nothing is due.
+async fn take_over(a: &Store, b: &Store) {
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        let stored = a
+            .create_signup(signup(&format!("over{i}@example.com"), 1_000))
+            .await
+            .unwrap();
+        ids.push(stored.outbox_id);
+    }
+    let lease = Duration::from_secs(60);
+    let first = a.claim(ids[0], lease).await.unwrap().unwrap();
+    assert_eq!(first.claim.id, ids[0]);
+    assert!(b.claim(ids[0], lease).await.unwrap().is_none());
+
+    let mut taken = Vec::new();
+    for store in [b, a] {
+        let email = store.claim_next_due(lease).await.unwrap().unwrap();
+        assert_eq!(email.attempts, 1);
+        taken.push(email.claim.id);
+    }
+    taken.sort_by_key(|id| id.0);
+    assert_eq!(taken, ids[1..], "the other two rows, once each");
+    assert!(
+        b.claim_next_due(lease).await.unwrap().is_none(),
+        "nothing left"
+    );
+    assert_eq!(b.outbox_counts().await.unwrap().sending, 3);
+}
+
+#[tokio::test]
 async fn the_pruner_deletes_what_is_old_enough_and_keeps_the_rest() {
     let (_dir, store) = store().await;
     retention(&store).await;
@@ -638,7 +676,7 @@ mod postgres {
 
     use super::{
         HeldLock, again_in_a_group, committed_together, database::TestDatabase, fault_in_a_group,
-        lease_fencing, prune_batches, retention, senders_at_once, signup,
+        lease_fencing, prune_batches, retention, senders_at_once, signup, take_over,
     };
 
     /// `count` stores on one fresh, migrated database: instances of one deployment.
@@ -797,6 +835,12 @@ mod postgres {
         .await
         .unwrap();
         fault_in_a_group(&stores[0], lock).await;
+    }
+
+    #[tokio::test]
+    async fn a_sender_whose_row_another_instance_took_takes_another_due_row() {
+        let (_database, stores) = instances(2).await;
+        take_over(&stores[0], &stores[1]).await;
     }
 
     #[tokio::test]

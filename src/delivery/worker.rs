@@ -68,20 +68,34 @@ async fn deliver(delivery: &Delivery, job: Job) {
     // A connection first, the claim second: the lease starts only once the send can.
     let permit = delivery.mailer().connection().await;
     let store = delivery.store();
-    let claimed = match store.claim(job.id, delivery.inner.policy.lease).await {
+    let lease = delivery.inner.policy.lease;
+    // Its own row, or, if another sender took it first (or it is not due, or was superseded),
+    // the oldest row that is due: with several instances every sweeper offers the same rows,
+    // and a worker that lost its row would otherwise sit out a turn while work waits.
+    let claimed = match store.claim(job.id, lease).await {
+        Ok(Some(claimed)) => Ok(Some(claimed)),
+        Ok(None) => store.claim_next_due(lease).await,
+        Err(e) => Err(e),
+    };
+    let claimed = match claimed {
         Ok(Some(claimed)) => claimed,
-        // Someone else has it, it is not due, or it was superseded: nothing to do.
         Ok(None) => return,
         Err(e) => {
             error!(outbox_id = %job.id, error = %e, "cannot claim the email; the sweeper will offer it again");
             return;
         }
     };
-    let queue_wait = job.enqueued_at.elapsed();
+    let queue_wait = if claimed.claim.id != job.id && claimed.attempts == 1 {
+        // Taken over from another sender's offer: its wait runs from its commit.
+        let waited = clock::now_ms().saturating_sub(claimed.created_at);
+        std::time::Duration::from_millis(u64::try_from(waited).unwrap_or(0))
+    } else {
+        job.enqueued_at.elapsed()
+    };
     delivery.metrics().observe_queue_wait(queue_wait);
     let span = info_span!(
         "delivery",
-        outbox_id = %job.id,
+        outbox_id = %claimed.claim.id,
         request_id = claimed.request_id.as_deref(),
         attempt = claimed.attempts,
         kind = claimed.kind.as_str(),

@@ -289,6 +289,16 @@ impl Store {
         backend!(self, store => store.claim(id, lease).await)
     }
 
+    /// Claims the oldest due row no sender holds, as [`Store::claim`] claims one: for a worker
+    /// whose own row another sender took first (on PostgreSQL, usually another instance's, all
+    /// of whose sweepers offer the same due rows). `None` when nothing is due.
+    pub async fn claim_next_due(
+        &self,
+        lease: Duration,
+    ) -> Result<Option<ClaimedEmail>, StoreError> {
+        backend!(self, store => store.claim_next_due(lease).await)
+    }
+
     /// The SMTP server accepted the email: the row forgets how to rebuild its link, and the
     /// link stays valid until `link_expires_at`, however long the email waited in the queue.
     pub async fn mark_sent(

@@ -68,7 +68,7 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use batch::Batcher;
 use health::WriteHealth;
 pub use listener::CHANNEL;
-use outbox::{Claims, Outcomes};
+use outbox::{Claims, NextDue, Outcomes};
 use signup::Signups;
 
 use super::{OutboxId, StoreError};
@@ -90,6 +90,7 @@ pub struct PostgresStore {
     /// Signups, the workers' claims and the outcomes of their sends, each written in batches.
     signups: Batcher<Signups>,
     claims: Batcher<Claims>,
+    next_due: Batcher<NextDue>,
     outcomes: Batcher<Outcomes>,
     tasks: Tasks,
 }
@@ -117,6 +118,7 @@ impl PostgresStore {
             instance,
             signups: Batcher::start("signups", signups, pool.clone(), health.clone(), &tasks),
             claims: Batcher::start("claims", Claims, pool.clone(), health.clone(), &tasks),
+            next_due: Batcher::start("next_due", NextDue, pool.clone(), health.clone(), &tasks),
             outcomes: Batcher::start("outcomes", Outcomes, pool.clone(), health.clone(), &tasks),
             pool,
             health,

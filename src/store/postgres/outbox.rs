@@ -40,6 +40,16 @@ impl PostgresStore {
         self.claims.write((id, lease)).await
     }
 
+    /// Claims the oldest due row no sender holds, as [`PostgresStore::claim`] claims one row:
+    /// for a worker whose own row another instance took first. Written with the other such
+    /// claims of this instance's workers ([`NextDue`]).
+    pub async fn claim_next_due(
+        &self,
+        lease: Duration,
+    ) -> Result<Option<ClaimedEmail>, StoreError> {
+        self.next_due.write(lease).await
+    }
+
     /// The SMTP server accepted the email. The outbox forgets the nonce, so even the secret
     /// cannot rebuild this link from the database any more, and the link stays valid until
     /// `link_expires_at`, however long the email waited in the queue. The token's expiry moves
@@ -201,29 +211,19 @@ impl Batch for Claims {
         let mut claimed: HashMap<i64, Result<ClaimedEmail, StoreError>> = rows
             .into_iter()
             .map(|r| {
-                let email = r.kind.parse().map(|kind| ClaimedEmail {
-                    claim: Claim {
-                        id: OutboxId(r.id),
-                        claim_id: r.claim_id,
-                    },
-                    kind,
+                let row = ClaimedRow {
+                    id: r.id,
+                    claim_id: r.claim_id,
+                    kind: r.kind,
                     recipient: r.recipient,
-                    nonce: r
-                        .nonce
-                        .and_then(|n| <[u8; 32]>::try_from(n).ok())
-                        .map(TokenNonce),
-                    // Rows from before tokens were derived exist only in SQLite files.
-                    legacy_token: None,
-                    token_hash: r
-                        .token_hash
-                        .and_then(|h| <[u8; 32]>::try_from(h).ok())
-                        .map(TokenHash),
+                    nonce: r.nonce,
+                    token_hash: r.token_hash,
                     attempts: r.attempts,
                     request_id: r.request_id,
                     trace_context: r.trace_context,
                     created_at: r.created_at,
-                });
-                (r.id, email.map_err(StoreError::from))
+                };
+                (r.id, claimed_email(row))
             })
             .collect();
         Ok(requests
@@ -231,6 +231,99 @@ impl Batch for Claims {
             .map(|(id, _)| claimed.remove(&id.0).transpose())
             .collect())
     }
+}
+
+/// Claims of whichever rows are due, by one statement per batch: the oldest due rows no sender
+/// holds, one for each request, skipping rows another instance has locked.
+pub(super) struct NextDue;
+
+impl Batch for NextDue {
+    type Request = Duration;
+    type Answer = Option<ClaimedEmail>;
+
+    async fn write(
+        &self,
+        pool: &PgPool,
+        leases: &[Duration],
+    ) -> Result<Vec<Result<Option<ClaimedEmail>, StoreError>>, sqlx::Error> {
+        // Every worker asks with the same lease (`worker.lease_ms`); the batch's longest is
+        // given to all, so none gets less than it asked for.
+        let lease = leases.iter().max().copied().unwrap_or_default();
+        let rows = sqlx::query!(
+            "WITH free AS (
+                 SELECT id FROM email_outbox
+                 WHERE state = 'queued' AND next_attempt_at <= confirmd_now_ms()
+                 ORDER BY next_attempt_at
+                 LIMIT $1
+                 FOR UPDATE SKIP LOCKED
+             )
+             UPDATE email_outbox o
+             SET state = 'sending', lease_until = confirmd_now_ms() + $2,
+                 attempts = o.attempts + 1, claim_id = nextval('email_outbox_claims')
+             FROM free
+             WHERE o.id = free.id
+             RETURNING o.id, o.claim_id AS \"claim_id!\", o.kind, o.recipient, o.nonce,
+                       o.token_hash, o.attempts, o.request_id, o.trace_context, o.created_at",
+            leases.len() as i64,
+            millis(lease)
+        )
+        .fetch_all(pool)
+        .await?;
+        let mut claimed = rows.into_iter().map(|r| {
+            claimed_email(ClaimedRow {
+                id: r.id,
+                claim_id: r.claim_id,
+                kind: r.kind,
+                recipient: r.recipient,
+                nonce: r.nonce,
+                token_hash: r.token_hash,
+                attempts: r.attempts,
+                request_id: r.request_id,
+                trace_context: r.trace_context,
+                created_at: r.created_at,
+            })
+        });
+        Ok(leases.iter().map(|_| claimed.next().transpose()).collect())
+    }
+}
+
+/// A claimed row as the claiming statements return it.
+struct ClaimedRow {
+    id: i64,
+    claim_id: i64,
+    kind: String,
+    recipient: String,
+    nonce: Option<Vec<u8>>,
+    token_hash: Option<Vec<u8>>,
+    attempts: i64,
+    request_id: Option<String>,
+    trace_context: Option<String>,
+    created_at: i64,
+}
+
+fn claimed_email(r: ClaimedRow) -> Result<ClaimedEmail, StoreError> {
+    Ok(ClaimedEmail {
+        claim: Claim {
+            id: OutboxId(r.id),
+            claim_id: r.claim_id,
+        },
+        kind: r.kind.parse()?,
+        recipient: r.recipient,
+        nonce: r
+            .nonce
+            .and_then(|n| <[u8; 32]>::try_from(n).ok())
+            .map(TokenNonce),
+        // Rows from before tokens were derived exist only in SQLite files.
+        legacy_token: None,
+        token_hash: r
+            .token_hash
+            .and_then(|h| <[u8; 32]>::try_from(h).ok())
+            .map(TokenHash),
+        attempts: r.attempts,
+        request_id: r.request_id,
+        trace_context: r.trace_context,
+        created_at: r.created_at,
+    })
 }
 
 /// Outcomes, written by one transaction per batch: one statement for each kind of outcome in

@@ -325,6 +325,20 @@ impl SqliteStore {
         Ok(done.rows_affected())
     }
 
+    /// Claims the oldest due row, as [`SqliteStore::claim`] claims one. One process owns the
+    /// file, so this is rarely asked (a worker's row was claimed first only when the sweeper
+    /// offered it twice); two workers asking at once may pick the same row, and one then gets
+    /// `None`.
+    pub async fn claim_next_due(
+        &self,
+        lease: Duration,
+    ) -> Result<Option<ClaimedEmail>, StoreError> {
+        match self.due_emails(1).await?.first() {
+            Some(&id) => self.claim(id, lease).await,
+            None => Ok(None),
+        }
+    }
+
     /// Queued rows that are due, oldest first, at most `limit`.
     pub async fn due_emails(&self, limit: i64) -> Result<Vec<OutboxId>, StoreError> {
         let now = clock::now_ms();
