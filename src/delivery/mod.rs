@@ -11,7 +11,8 @@
 //!   free, the row goes back to the queue the same way and the caller gets a 503.
 //! - **background**: the request puts the row's id on a bounded channel and answers at once. A
 //!   pool of workers ([`worker`]) takes ids off the channel, claims each row (so no two senders
-//!   ever hold it), sends, and marks it sent, or schedules a retry with exponential backoff
+//!   ever hold it; a worker whose row another sender claimed first claims the oldest due row
+//!   instead), sends, and marks it sent, or schedules a retry with exponential backoff
 //!   ([`retry`]): for as long as the link in the email would be valid, so an SMTP outage of
 //!   hours delays emails but fails none.
 //!

@@ -1,9 +1,10 @@
 //! The worker pool: `concurrency` tokio tasks sharing one channel receiver.
 //!
 //! Each worker is one of the "waiters" of docs/sync-vs-background.md: it takes an id, waits for a free SMTP
-//! connection (`smtp.pool_size` in all, shared with sync signups), claims the row, waits on
-//! the SMTP server, records the outcome and takes the next. While one waits on the network the
-//! others run; that is concurrency on a handful of threads, not one thread per email.
+//! connection (`smtp.pool_size` in all, shared with sync signups), claims the row (or, if
+//! another sender claimed it first, the oldest row that is due), waits on the SMTP server,
+//! records the outcome and takes the next. While one waits on the network the others run; that
+//! is concurrency on a handful of threads, not one thread per email.
 
 use std::{sync::Arc, time::Instant};
 
@@ -54,7 +55,7 @@ async fn run(
         };
         delivery.took_job();
         // Once taken, a job is finished even during shutdown (bounded by the SMTP timeout).
-        deliver(&delivery, job).await;
+        deliver(&delivery, job, &shutdown).await;
     }
     info!(worker, "worker stopped");
 }
@@ -64,42 +65,55 @@ async fn run(
 /// time, the outcome and the id of the request that created it. The span starts at the claim:
 /// only a claimed row says which trace it belongs to, and a span joins a trace only before it is
 /// first entered.
-async fn deliver(delivery: &Delivery, job: Job) {
+async fn deliver(delivery: &Delivery, job: Job, shutdown: &CancellationToken) {
     // A connection first, the claim second: the lease starts only once the send can.
     let permit = delivery.mailer().connection().await;
     let store = delivery.store();
     let lease = delivery.inner.policy.lease;
     // Its own row, or, if another sender took it first (or it is not due, or was superseded),
     // the oldest row that is due: with several instances every sweeper offers the same rows,
-    // and a worker that lost its row would otherwise sit out a turn while work waits.
+    // and a worker that lost its row would otherwise sit out a turn while work waits. Not
+    // during shutdown, which finishes the jobs taken and starts no others.
     let claimed = match store.claim(job.id, lease).await {
-        Ok(Some(claimed)) => Ok(Some(claimed)),
-        Ok(None) => store.claim_next_due(lease).await,
-        Err(e) => Err(e),
-    };
-    let claimed = match claimed {
-        Ok(Some(claimed)) => claimed,
-        Ok(None) => return,
+        Ok(None) if !shutdown.is_cancelled() => match store.claim_next_due(lease).await {
+            Err(e) => {
+                error!(error = %e, "cannot claim a due email; the sweeper will offer it again");
+                return;
+            }
+            taken_over => taken_over,
+        },
         Err(e) => {
             error!(outbox_id = %job.id, error = %e, "cannot claim the email; the sweeper will offer it again");
             return;
         }
+        own => own,
     };
-    let queue_wait = if claimed.claim.id != job.id && claimed.attempts == 1 {
-        // Taken over from another sender's offer: its wait runs from its commit.
+    let Ok(Some(claimed)) = claimed else {
+        return;
+    };
+    // The queue wait (commit or offer → claim) of the row in hand: a row taken over waited
+    // from its commit if this is its first attempt; a retry's wait since its due time is not
+    // known here, and is left out.
+    let queue_wait = if claimed.claim.id == job.id {
+        Some(job.enqueued_at.elapsed())
+    } else if claimed.attempts == 1 {
         let waited = clock::now_ms().saturating_sub(claimed.created_at);
-        std::time::Duration::from_millis(u64::try_from(waited).unwrap_or(0))
+        Some(std::time::Duration::from_millis(
+            u64::try_from(waited).unwrap_or(0),
+        ))
     } else {
-        job.enqueued_at.elapsed()
+        None
     };
-    delivery.metrics().observe_queue_wait(queue_wait);
+    if let Some(queue_wait) = queue_wait {
+        delivery.metrics().observe_queue_wait(queue_wait);
+    }
     let span = info_span!(
         "delivery",
         outbox_id = %claimed.claim.id,
         request_id = claimed.request_id.as_deref(),
         attempt = claimed.attempts,
         kind = claimed.kind.as_str(),
-        queue_wait_ms = millis(queue_wait),
+        queue_wait_ms = queue_wait.map(millis),
         send_ms = field::Empty,
         outcome = field::Empty,
         trace_id = field::Empty,

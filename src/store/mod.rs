@@ -291,7 +291,8 @@ impl Store {
 
     /// Claims the oldest due row no sender holds, as [`Store::claim`] claims one: for a worker
     /// whose own row another sender took first (on PostgreSQL, usually another instance's, all
-    /// of whose sweepers offer the same due rows). `None` when nothing is due.
+    /// of whose sweepers offer the same due rows). `None` when nothing is due, or, on SQLite,
+    /// when another worker asking at the same moment took the one row both picked.
     pub async fn claim_next_due(
         &self,
         lease: Duration,

@@ -9,9 +9,10 @@
 //! written at once, never held back for company. Under load the batches grow by themselves,
 //! because requests pile up while the previous statement runs.
 //!
-//! This is not a batch claim in the usual sense (`… LIMIT n FOR UPDATE SKIP LOCKED` for whoever
-//! asks): each id in a batch is one a worker asked for, holding an SMTP connection for it, so no
-//! lease starts before its send can.
+//! Every claim in a batch is one a worker asked for while holding an SMTP connection for it
+//! (its own row, or, having lost that to another sender, the oldest due one), so no lease
+//! starts before its send can: a batch claims as many rows as there are workers ready to send,
+//! never more.
 //!
 //! A batch that fails for the server's sake (connection lost, disk full) fails every request in
 //! it: written alone, each would meet the same fault. One that fails for any other reason (a
@@ -151,7 +152,14 @@ async fn write_or_split<B: Batch>(
         }
         Err(_) => {
             let mut answers = Vec::with_capacity(requests.len());
+            let mut fault = None;
             for request in requests {
+                // Once the server itself fails, the rest would only meet the same fault, each
+                // after its own acquire timeout.
+                if let Some(fault) = &fault {
+                    answers.push(Err(StoreError::Unwritable(String::clone(fault))));
+                    continue;
+                }
                 let answer = match kind.write(pool, std::slice::from_ref(request)).await {
                     Ok(mut answer) => {
                         health.proven_writable();
@@ -159,6 +167,9 @@ async fn write_or_split<B: Batch>(
                     }
                     Err(error) => {
                         health.failed(&error);
+                        if is_server_fault(&error) {
+                            fault = Some(error.to_string());
+                        }
                         Err(StoreError::Database(error))
                     }
                 };

@@ -3,7 +3,8 @@
 //! A background signup's transaction notifies `<instance>:<outbox id>` on commit (PostgreSQL
 //! delivers a notification only if its transaction commits, and to every listening session).
 //! Each instance's listener hands the ids of other instances' signups to its own workers, whose
-//! claim skips a row another worker already holds: whichever instance is idle sends first. Its
+//! claim skips a row another worker already holds (and takes the oldest due row instead):
+//! whichever instance is idle sends first. Its
 //! own signups woke its workers directly, so it skips its own instance's notifications.
 //!
 //! sqlx's `PgListener` reconnects by itself when the connection drops; notifications sent while

@@ -18,13 +18,16 @@
 //!
 //! # Group commit, here too
 //!
-//! Signups, the workers' claims and the outcomes of their sends are each written in batches
+//! Signups, the workers' claims (of their own rows, and of the oldest due rows for workers that
+//! lost theirs to another instance) and the outcomes of their sends are each written in batches
 //! ([`batch`]): whatever waits when a batch starts is written with one statement, or one
 //! transaction, and a request alone is written at once. PostgreSQL runs transactions side by
 //! side and shares the WAL flush of those that commit together, so this was not obvious; the
 //! measurements decided it (BENCHMARKS.md, section 9). One transaction per signup and two
 //! single-row commits per email gave 0.33x the PostgreSQL floor and 287 no-op jobs a second per
-//! core, on a loaded machine; batched, 0.58x and 1,197 on a quieter one. A signup alone was six
+//! core on a loaded machine; batched, 0.58x and 1,008 to 1,784 per core on a quieter one. The
+//! two were not measured under the same load, so not all of the gain is batching's. A signup
+//! alone was six
 //! round trips (begin, user, token, outbox row, notification, commit); a batch of new addresses
 //! is three. What a batch costs: one statement of each kind in flight per instance (the rest of
 //! the pool stays free for reads, the sweeper and the pruner), and a batch that fails for a
@@ -166,7 +169,7 @@ impl PostgresStore {
         &self.tasks
     }
 
-    /// Signups in their transaction: no queue stands in front of them here.
+    /// Signups handed to the store and not answered yet: waiting for their batch, or in it.
     pub fn signups_pending(&self) -> usize {
         self.health.signups_in_flight()
     }

@@ -176,9 +176,9 @@ impl Batch for Claims {
     type Request = (OutboxId, Duration);
     type Answer = Option<ClaimedEmail>;
 
-    /// One statement claims every row of the batch that is free and due; rows are locked in id
-    /// order and skipped if another instance holds one, so two instances' batches never wait
-    /// on each other. An id asked for twice is claimed once, for the first who asked.
+    /// One statement claims every row of the batch that is free and due; a row another
+    /// instance holds is skipped, never waited for, so two instances' batches never wait on
+    /// each other. An id asked for twice is claimed once, for the first who asked.
     async fn write(
         &self,
         pool: &PgPool,
@@ -186,14 +186,14 @@ impl Batch for Claims {
     ) -> Result<Vec<Result<Option<ClaimedEmail>, StoreError>>, sqlx::Error> {
         let ids: Vec<i64> = requests.iter().map(|(id, _)| id.0).collect();
         let leases: Vec<i64> = requests.iter().map(|(_, lease)| millis(*lease)).collect();
-        let rows = sqlx::query!(
+        let rows = sqlx::query_as!(
+            ClaimedRow,
             "WITH asked AS (
                  SELECT DISTINCT ON (id) id, lease_ms
                  FROM unnest($1::BIGINT[], $2::BIGINT[]) AS asked(id, lease_ms)
              ), free AS (
                  SELECT id FROM email_outbox
                  WHERE id = ANY($1) AND state = 'queued' AND next_attempt_at <= confirmd_now_ms()
-                 ORDER BY id
                  FOR UPDATE SKIP LOCKED
              )
              UPDATE email_outbox o
@@ -210,21 +210,7 @@ impl Batch for Claims {
         .await?;
         let mut claimed: HashMap<i64, Result<ClaimedEmail, StoreError>> = rows
             .into_iter()
-            .map(|r| {
-                let row = ClaimedRow {
-                    id: r.id,
-                    claim_id: r.claim_id,
-                    kind: r.kind,
-                    recipient: r.recipient,
-                    nonce: r.nonce,
-                    token_hash: r.token_hash,
-                    attempts: r.attempts,
-                    request_id: r.request_id,
-                    trace_context: r.trace_context,
-                    created_at: r.created_at,
-                };
-                (r.id, claimed_email(row))
-            })
+            .map(|row| (row.id, claimed_email(row)))
             .collect();
         Ok(requests
             .iter()
@@ -249,7 +235,8 @@ impl Batch for NextDue {
         // Every worker asks with the same lease (`worker.lease_ms`); the batch's longest is
         // given to all, so none gets less than it asked for.
         let lease = leases.iter().max().copied().unwrap_or_default();
-        let rows = sqlx::query!(
+        let rows = sqlx::query_as!(
+            ClaimedRow,
             "WITH free AS (
                  SELECT id FROM email_outbox
                  WHERE state = 'queued' AND next_attempt_at <= confirmd_now_ms()
@@ -269,25 +256,12 @@ impl Batch for NextDue {
         )
         .fetch_all(pool)
         .await?;
-        let mut claimed = rows.into_iter().map(|r| {
-            claimed_email(ClaimedRow {
-                id: r.id,
-                claim_id: r.claim_id,
-                kind: r.kind,
-                recipient: r.recipient,
-                nonce: r.nonce,
-                token_hash: r.token_hash,
-                attempts: r.attempts,
-                request_id: r.request_id,
-                trace_context: r.trace_context,
-                created_at: r.created_at,
-            })
-        });
+        let mut claimed = rows.into_iter().map(claimed_email);
         Ok(leases.iter().map(|_| claimed.next().transpose()).collect())
     }
 }
 
-/// A claimed row as the claiming statements return it.
+/// A claimed row as both claiming statements return it.
 struct ClaimedRow {
     id: i64,
     claim_id: i64,

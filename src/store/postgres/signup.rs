@@ -161,7 +161,9 @@ impl Batch for Signups {
 /// which the statement waited for) and wrote nothing.
 ///
 /// The users are inserted in the order of their addresses, so two instances' batches that
-/// share addresses wait on each other in one order, not in a cycle.
+/// share new addresses wait on each other in one order. (The repeat signups after it lock their
+/// users in the order they arrived: two batches sharing two repeat addresses can deadlock, which
+/// the server detects and the batch survives by writing its signups one at a time.)
 async fn insert_new_users(
     tx: &mut PgConnection,
     instance: &str,

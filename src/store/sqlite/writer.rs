@@ -306,11 +306,21 @@ async fn write_or_refuse(writer: &SqlitePool, group: &Requests<'_>, health: &Hea
                 return group.refuse(|| StoreError::Database(error.take().expect("one request")));
             }
             let mut answers = Answers::default();
+            let mut fault = None;
             for request in alone {
+                // Once the storage itself fails, the rest would only meet the same fault, each
+                // after its own busy timeout.
+                if let Some(fault) = &fault {
+                    answers.extend(request.refuse(|| StoreError::Unwritable(String::clone(fault))));
+                    continue;
+                }
                 match write_group(writer, &request).await {
                     Ok(answer) => answers.extend(answer),
                     Err(error) => {
                         health.writes.failed(&error);
+                        if is_storage_fault(&error) {
+                            fault = Some(error.to_string());
+                        }
                         let mut error = Some(error);
                         answers.extend(
                             request.refuse(|| {
