@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use crate::domain::{DeliveryMode, SubscriberEmail, SubscriberName, TokenHash, TokenNonce};
 
-use super::state::{EmailKind, OutboxState, UserStatus};
+use super::state::{EmailKind, OutboxState, UnknownState, UserStatus};
 
 /// The primary key of an `email_outbox` row: what travels through the workers' channel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -92,6 +92,51 @@ pub struct ClaimedEmail {
     /// The `traceparent` of the request that queued the row, if it was traced.
     pub trace_context: Option<String>,
     pub created_at: i64,
+}
+
+/// A claimed row as each backend's claiming statements return it (`sqlx::query_as!`), before
+/// its kind and byte columns are parsed.
+pub(crate) struct ClaimedRow {
+    pub(crate) id: i64,
+    pub(crate) claim_id: i64,
+    pub(crate) kind: String,
+    pub(crate) recipient: String,
+    pub(crate) nonce: Option<Vec<u8>>,
+    /// Only SQLite files from before tokens were derived hold one.
+    pub(crate) legacy_token: Option<String>,
+    pub(crate) token_hash: Option<Vec<u8>>,
+    pub(crate) attempts: i64,
+    pub(crate) request_id: Option<String>,
+    pub(crate) trace_context: Option<String>,
+    pub(crate) created_at: i64,
+}
+
+impl TryFrom<ClaimedRow> for ClaimedEmail {
+    type Error = UnknownState;
+
+    fn try_from(r: ClaimedRow) -> Result<ClaimedEmail, UnknownState> {
+        Ok(ClaimedEmail {
+            claim: Claim {
+                id: OutboxId(r.id),
+                claim_id: r.claim_id,
+            },
+            kind: r.kind.parse()?,
+            recipient: r.recipient,
+            nonce: r
+                .nonce
+                .and_then(|n| <[u8; 32]>::try_from(n).ok())
+                .map(TokenNonce),
+            legacy_token: r.legacy_token,
+            token_hash: r
+                .token_hash
+                .and_then(|h| <[u8; 32]>::try_from(h).ok())
+                .map(TokenHash),
+            attempts: r.attempts,
+            request_id: r.request_id,
+            trace_context: r.trace_context,
+            created_at: r.created_at,
+        })
+    }
 }
 
 /// A signup request as its sender may see it, for `GET /signups/{id}`: its own email's delivery,

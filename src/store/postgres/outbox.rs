@@ -23,8 +23,8 @@ use sqlx::PgPool;
 
 use super::{PostgresStore, batch::Batch};
 use crate::{
-    domain::{TokenHash, TokenNonce},
-    store::{Claim, ClaimedEmail, OutboxId, StoreError, millis},
+    domain::TokenHash,
+    store::{Claim, ClaimedEmail, OutboxId, StoreError, millis, records::ClaimedRow},
 };
 
 impl PostgresStore {
@@ -202,7 +202,8 @@ impl Batch for Claims {
              FROM asked JOIN free USING (id)
              WHERE o.id = asked.id
              RETURNING o.id, o.claim_id AS \"claim_id!\", o.kind, o.recipient, o.nonce,
-                       o.token_hash, o.attempts, o.request_id, o.trace_context, o.created_at",
+                       NULL::TEXT AS legacy_token, o.token_hash, o.attempts, o.request_id,
+                       o.trace_context, o.created_at",
             &ids,
             &leases
         )
@@ -210,7 +211,12 @@ impl Batch for Claims {
         .await?;
         let mut claimed: HashMap<i64, Result<ClaimedEmail, StoreError>> = rows
             .into_iter()
-            .map(|row| (row.id, claimed_email(row)))
+            .map(|row| {
+                (
+                    row.id,
+                    ClaimedEmail::try_from(row).map_err(StoreError::from),
+                )
+            })
             .collect();
         Ok(requests
             .iter()
@@ -250,54 +256,18 @@ impl Batch for NextDue {
              FROM free
              WHERE o.id = free.id
              RETURNING o.id, o.claim_id AS \"claim_id!\", o.kind, o.recipient, o.nonce,
-                       o.token_hash, o.attempts, o.request_id, o.trace_context, o.created_at",
+                       NULL::TEXT AS legacy_token, o.token_hash, o.attempts, o.request_id,
+                       o.trace_context, o.created_at",
             leases.len() as i64,
             millis(lease)
         )
         .fetch_all(pool)
         .await?;
-        let mut claimed = rows.into_iter().map(claimed_email);
+        let mut claimed = rows
+            .into_iter()
+            .map(|row| ClaimedEmail::try_from(row).map_err(StoreError::from));
         Ok(leases.iter().map(|_| claimed.next().transpose()).collect())
     }
-}
-
-/// A claimed row as both claiming statements return it.
-struct ClaimedRow {
-    id: i64,
-    claim_id: i64,
-    kind: String,
-    recipient: String,
-    nonce: Option<Vec<u8>>,
-    token_hash: Option<Vec<u8>>,
-    attempts: i64,
-    request_id: Option<String>,
-    trace_context: Option<String>,
-    created_at: i64,
-}
-
-fn claimed_email(r: ClaimedRow) -> Result<ClaimedEmail, StoreError> {
-    Ok(ClaimedEmail {
-        claim: Claim {
-            id: OutboxId(r.id),
-            claim_id: r.claim_id,
-        },
-        kind: r.kind.parse()?,
-        recipient: r.recipient,
-        nonce: r
-            .nonce
-            .and_then(|n| <[u8; 32]>::try_from(n).ok())
-            .map(TokenNonce),
-        // Rows from before tokens were derived exist only in SQLite files.
-        legacy_token: None,
-        token_hash: r
-            .token_hash
-            .and_then(|h| <[u8; 32]>::try_from(h).ok())
-            .map(TokenHash),
-        attempts: r.attempts,
-        request_id: r.request_id,
-        trace_context: r.trace_context,
-        created_at: r.created_at,
-    })
 }
 
 /// Outcomes, written by one transaction per batch: one statement for each kind of outcome in

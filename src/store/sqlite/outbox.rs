@@ -28,8 +28,8 @@ use super::{
 };
 use crate::{
     clock,
-    domain::{TokenHash, TokenNonce},
-    store::{Claim, ClaimedEmail, OutboxId, StoreError, millis},
+    domain::TokenHash,
+    store::{Claim, ClaimedEmail, OutboxId, StoreError, millis, records::ClaimedRow},
 };
 
 /// A sender asks for a row, to send it under a lease.
@@ -71,14 +71,15 @@ pub(super) async fn claim_rows(
         ids.dedup();
         let ids = serde_json::to_string(&ids).expect("numbers serialize");
         let lease_until = now.saturating_add(millis(lease));
-        let mut rows: HashMap<i64, _> = sqlx::query!(
+        let mut rows: HashMap<i64, _> = sqlx::query_as!(
+            ClaimedRow,
             r#"UPDATE email_outbox
                SET state = 'sending', lease_until = ?3, attempts = attempts + 1,
                    claim_id = random()
                WHERE id IN (SELECT value FROM json_each(?1))
                  AND +state = 'queued' AND +next_attempt_at <= ?2
                RETURNING id AS "id!", claim_id AS "claim_id!", kind AS "kind!",
-                         recipient AS "recipient!", nonce, token, token_hash,
+                         recipient AS "recipient!", nonce, token AS legacy_token, token_hash,
                          attempts AS "attempts!", request_id, trace_context,
                          created_at AS "created_at!""#,
             ids,
@@ -93,29 +94,7 @@ pub(super) async fn claim_rows(
         for i in alike {
             claimed[i] = Some(
                 rows.remove(&claims[i].id.0)
-                    .map(|r| {
-                        Ok(ClaimedEmail {
-                            claim: Claim {
-                                id: OutboxId(r.id),
-                                claim_id: r.claim_id,
-                            },
-                            kind: r.kind.parse()?,
-                            recipient: r.recipient,
-                            nonce: r
-                                .nonce
-                                .and_then(|n| <[u8; 32]>::try_from(n).ok())
-                                .map(TokenNonce),
-                            legacy_token: r.token,
-                            token_hash: r
-                                .token_hash
-                                .and_then(|h| <[u8; 32]>::try_from(h).ok())
-                                .map(TokenHash),
-                            attempts: r.attempts,
-                            request_id: r.request_id,
-                            trace_context: r.trace_context,
-                            created_at: r.created_at,
-                        })
-                    })
+                    .map(|row| ClaimedEmail::try_from(row).map_err(StoreError::from))
                     .transpose(),
             );
         }
