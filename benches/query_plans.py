@@ -9,9 +9,9 @@ EXPLAIN QUERY PLAN against the given database, parameters bound to NULL (the pla
 the indexes, not on the values). A line with `SCAN <table>` over a real table means the
 statement reads the whole table; `SCAN json_each` is the JSON array of a group commit's rows,
 `SEARCH` is an index lookup; `SCAN <table> USING INDEX <partial index>` reads only the rows
-the partial index holds; `SCAN <table> USING COVERING INDEX` reads a whole index (the outbox
-counts by state, for /metrics and `confirmd outbox`, off the request path). Exits 1 if any
-statement scans a table. Standard library only.
+the partial index holds; `SCAN <table> USING COVERING INDEX` reads a whole index (the total
+that `confirmd outbox` counts kinds against). Exits 1 if any statement but `confirmd outbox`'s count
+of every state scans a table. Standard library only.
 """
 
 import glob
@@ -21,10 +21,16 @@ import re
 import sqlite3
 import sys
 
+# `confirmd outbox` counts the rows of every state, known or not (src/store/sqlite/operator.rs): an
+# operator's command, which reads the whole table by design, as on PostgreSQL. Reported, allowed.
+OPERATOR_COUNT = 'SELECT state AS "state!", COUNT(*)'
+
+
 def is_table_scan(detail, partial_indexes):
     """A step that reads every row of a table (or of an index as large as the table)."""
     scan = re.match(r"SCAN (\w+)(?: USING (COVERING )?INDEX (\w+))?", detail)
-    if not scan or scan.group(1) in ("json_each", "CONSTANT"):
+    # `SCAN s VIRTUAL TABLE`: a group's JSON array under an alias (`FROM json_each(?1) AS s`).
+    if not scan or scan.group(1) in ("json_each", "CONSTANT") or "VIRTUAL TABLE" in detail:
         return False
     index = scan.group(3)
     # A partial index holds only the rows its WHERE selects (say, the failed emails).
@@ -36,7 +42,7 @@ def main():
         raise SystemExit(__doc__)
     root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
     conn = sqlite3.connect(f"file:{sys.argv[1]}?mode=ro", uri=True)
-    scans = []
+    scans, operator = [], []
     partial_indexes = {
         name for name, sql in conn.execute("SELECT name, sql FROM sqlite_master WHERE type = 'index'")
         if sql and " WHERE " in sql.upper()
@@ -63,11 +69,11 @@ def main():
         for _, _, _, detail in plan:
             print(f"    {detail}")
             if is_table_scan(detail, partial_indexes):
-                scans.append((query, detail))
+                (operator if query.startswith(OPERATOR_COUNT) else scans).append((query, detail))
         print()
-    print(f"{statements} statements; "
-          f"full table scans: {len(scans)}")
-    for query, detail in scans:
+    print(f"{statements} statements; full table scans: {len(scans)}, "
+          f"and {len(operator)} for `confirmd outbox` only")
+    for query, detail in scans + operator:
         print(f"  {detail}: {' '.join(query.split())[:120]}")
     sys.exit(1 if scans else 0)
 

@@ -336,7 +336,8 @@ impl SqliteStore {
     /// How many emails wait to be sent (queued or being sent).
     pub async fn backlog(&self) -> Result<i64, StoreError> {
         let count = sqlx::query_scalar!(
-            r#"SELECT COUNT(*) AS "count!: i64" FROM email_outbox WHERE state IN ('queued', 'sending')"#
+            r#"SELECT (SELECT COUNT(*) FROM email_outbox WHERE state = 'queued')
+                    + (SELECT COUNT(*) FROM email_outbox WHERE state = 'sending') AS "count!: i64""#
         )
         .fetch_one(&self.reader)
         .await?;
