@@ -3,6 +3,7 @@
 
     cargo build --release
     python3 benches/retention.py [--rows 10000000] [--requests 2000] [--rounds 3]
+    python3 benches/retention.py --postgres postgres://postgres@127.0.0.1:5432/postgres
 
 Builds two databases with a release confirmd (it creates and migrates each): one left empty, one
 seeded with --rows sent emails written over the last --span-days days (--users users and their
@@ -12,7 +13,8 @@ past the age: the pruner deletes them, batch by batch, while the measurement run
 on each database alternately: time --scrapes `GET /metrics` (median), then `confirmd bench`
 (both modes) against a catcher in this script that accepts every email at once. Prints the
 medians side by side, with how many outbox rows the seeded database held before and after.
-Standard library only.
+With --postgres URL the two databases are fresh databases on that server, created and dropped
+here with psql, and seeded with the same rows in PostgreSQL's schema. Standard library only.
 """
 
 import argparse
@@ -30,7 +32,7 @@ import urllib.request
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.join(HERE, "..")
 sys.path.insert(0, HERE)
-from flat_latency import Service, free_port  # noqa: E402
+from flat_latency import Service, free_port, is_postgres, postgres_database  # noqa: E402
 
 DAY_MS = 24 * 3600 * 1000
 
@@ -71,16 +73,49 @@ def catcher(port):
     threading.Thread(target=lambda: asyncio.run(serve()), daemon=True).start()
 
 
+# The same rows on PostgreSQL: the outbox ids follow the order of writing, as SQLite's rowid does.
+POSTGRES_SEED = """
+BEGIN;
+UPDATE email_outbox SET created_at = :now - :span + id * (:span / :rows),
+                        next_attempt_at = :now - :span + id * (:span / :rows),
+                        sent_at = :now - :span + id * (:span / :rows) + 80;
+INSERT INTO email_outbox (signup_id, user_id, kind, recipient, mode, state, attempts,
+                          next_attempt_at, created_at, sent_at)
+SELECT 'seed-extra-' || i, md5('seed-' || (1 + i % :users))::uuid, 'confirmation',
+       'seed.' || (1 + i % :users) || '@example.com', 'background', 'sent', 1, at, at, at + 80
+FROM generate_series(:users + 1, :rows) AS i,
+     LATERAL (SELECT :now - :span + i * (:span / :rows) AS at) AS t;
+COMMIT;
+VACUUM ANALYZE;
+"""
+
+
+def psql(url, sql, **variables):
+    command = ["psql", url, "-X", "-q", "-At", "-v", "ON_ERROR_STOP=1"]
+    for name, value in variables.items():
+        command += ["-v", f"{name}={value}"]
+    done = subprocess.run(command, input=sql, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"psql on {url} failed:\n{done.stderr}")
+    return done.stdout.strip()
+
+
 def seed(database, rows, users, span_days):
     users = min(rows, users)
     subprocess.run([sys.executable, os.path.join(HERE, "seed_users.py"), "--users", str(users),
                     database], check=True)
-    conn = sqlite3.connect(database, isolation_level=None)
     now = int(time.time() * 1000)
+    span = int(span_days * DAY_MS)
+    if is_postgres(database):
+        began = time.monotonic()
+        psql(database, POSTGRES_SEED, now=now, span=span, rows=rows, users=users)
+        print(f"seeded {outbox_rows(database):,} outbox rows in {time.monotonic() - began:.0f} s "
+              "(after the users)", file=sys.stderr)
+        return
+    conn = sqlite3.connect(database, isolation_level=None)
     began = time.monotonic()
     # seed_users.py dates its rows over the past year: bring them into the span, then add the
     # rest, oldest first.
-    span = int(span_days * DAY_MS)
     conn.execute("BEGIN IMMEDIATE")
     conn.execute("UPDATE email_outbox SET created_at = :now - :span + rowid * (:span / :rows), "
                  "sent_at = :now - :span + rowid * (:span / :rows) + 80",
@@ -106,6 +141,8 @@ def seed(database, rows, users, span_days):
 
 
 def outbox_rows(database):
+    if is_postgres(database):
+        return int(psql(database, "SELECT COUNT(*) FROM email_outbox"))
     conn = sqlite3.connect(database)
     try:
         return conn.execute("SELECT COUNT(*) FROM email_outbox").fetchone()[0]
@@ -146,40 +183,57 @@ def main():
     parser.add_argument("--scrapes", type=int, default=50)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--binary", default=os.path.join(ROOT, "target", "release", "confirmd"))
-    parser.add_argument("--keep", help="keep the seeded database at this path")
+    parser.add_argument("--keep", help="keep the seeded database at this path (with --postgres: "
+                                           "under this database name)")
+    parser.add_argument("--postgres", metavar="URL",
+                        help="a PostgreSQL server: measure on fresh databases there")
     args = parser.parse_args()
     args.smtp_port = free_port()
     catcher(args.smtp_port)
 
     with tempfile.TemporaryDirectory() as tmp:
-        empty = os.path.join(tmp, "empty.db")
-        seeded = args.keep or os.path.join(tmp, "seeded.db")
-        Service(args.binary, seeded, args.smtp_port).stop()  # creates and migrates it
-        seed(seeded, args.rows, args.users, args.span_days)
-        before = outbox_rows(seeded)
-        label = f"{before:,} rows"
-        results = {"empty": [], label: []}
-        # Alternating rounds, so that a busy moment of the machine cannot favour one database.
-        for _ in range(args.rounds):
-            results["empty"].append(measure(args.binary, empty, args))
-            results[label].append(measure(args.binary, seeded, args))
-        after = outbox_rows(seeded)
+        if args.postgres:
+            names = [f"confirmd_retention_empty_{os.getpid()}",
+                     args.keep or f"confirmd_retention_seeded_{os.getpid()}"]
+            empty, seeded = (postgres_database(args.postgres, name, "create") for name in names)
+            Service(args.binary, empty, args.smtp_port).stop()  # migrates it
+        else:
+            empty = os.path.join(tmp, "empty.db")
+            seeded = args.keep or os.path.join(tmp, "seeded.db")
+        try:
+            Service(args.binary, seeded, args.smtp_port).stop()  # creates and migrates it
+            seed(seeded, args.rows, args.users, args.span_days)
+            before = outbox_rows(seeded)
+            label = f"{before:,} rows"
+            results = {"empty": [], label: []}
+            # Alternating rounds, so that a busy moment of the machine cannot favour one database.
+            for _ in range(args.rounds):
+                results["empty"].append(measure(args.binary, empty, args))
+                results[label].append(measure(args.binary, seeded, args))
+            after = outbox_rows(seeded)
+        finally:
+            if args.postgres:
+                postgres_database(args.postgres, names[0], "drop")
+                if args.keep:
+                    print(f"kept the seeded database: {seeded}")
+                else:
+                    postgres_database(args.postgres, names[1], "drop")
 
     def median(label, pick):
         values = sorted(pick(run) for run in results[label])
         return values[len(values) // 2]
 
     labels = list(results)
-    print(f"\n{args.requests} signups per mode, concurrency {args.concurrency}, {args.scrapes} "
+    print(f"\n{'PostgreSQL' if args.postgres else 'SQLite'}: {args.requests} signups per mode, concurrency {args.concurrency}, {args.scrapes} "
           f"scrapes, median of {args.rounds} alternating rounds, in ms")
-    print(f"{'':<18} " + " ".join(f"{label:>16}" for label in labels) + f" {'ratio':>7}")
+    print(f"{'':<22} " + " ".join(f"{label:>16}" for label in labels) + f" {'ratio':>7}")
     rows = [("/metrics scrape", lambda run: run["scrape_ms"])]
     for mode in ("sync", "background"):
         rows.append((f"{mode} signup p50", lambda run, m=mode: run["modes"][m]["latency_ms"]["p50"]))
         rows.append((f"{mode} signup p99", lambda run, m=mode: run["modes"][m]["latency_ms"]["p99"]))
     for name, pick in rows:
         values = [median(label, pick) for label in labels]
-        print(f"{name:<18} " + " ".join(f"{v:>16.2f}" for v in values)
+        print(f"{name:<22} " + " ".join(f"{v:>16.2f}" for v in values)
               + f" {values[1] / values[0]:>7.2f}")
     pruned = sum(run["pruned"] for run in results[label])
     print(f"seeded outbox rows: {before:,} before, {after:,} after; the pruner deleted "
