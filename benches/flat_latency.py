@@ -18,6 +18,7 @@ benches/query_plans_pg.py shows the plans on the kept one.
 """
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -85,6 +86,34 @@ def postgres_database(server, name, action):
     return urllib.parse.urlsplit(server)._replace(path=f"/{name}").geturl()
 
 
+@contextlib.contextmanager
+def two_databases(args, name):
+    """An empty and a seedable database, both created and migrated by confirmd: files in a
+    temporary folder, or with --postgres fresh databases on that server named after `name`,
+    dropped afterwards (but the seeded one with --keep). Yields (empty, seeded)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        if not args.postgres:
+            empty = os.path.join(tmp, "empty.db")
+            seeded = args.keep or os.path.join(tmp, "seeded.db")
+            for database in (empty, seeded):
+                Service(args.binary, database, args.smtp_port).stop()
+            yield empty, seeded
+            return
+        names = [f"confirmd_{name}_empty_{os.getpid()}",
+                 args.keep or f"confirmd_{name}_seeded_{os.getpid()}"]
+        empty, seeded = (postgres_database(args.postgres, n, "create") for n in names)
+        try:
+            for database in (empty, seeded):
+                Service(args.binary, database, args.smtp_port).stop()
+            yield empty, seeded
+        finally:
+            postgres_database(args.postgres, names[0], "drop")
+            if args.keep:
+                print(f"kept the seeded database: {seeded}")
+            else:
+                postgres_database(args.postgres, names[1], "drop")
+
+
 def measure(binary, database, args):
     service = Service(binary, database, args.smtp_port)
     try:
@@ -111,31 +140,14 @@ def main():
                         help="a PostgreSQL server: measure on fresh databases there")
     args = parser.parse_args()
 
-    with tempfile.TemporaryDirectory() as tmp:
-        if args.postgres:
-            names = [f"confirmd_flat_empty_{os.getpid()}",
-                     args.keep or f"confirmd_flat_seeded_{os.getpid()}"]
-            empty, seeded = (postgres_database(args.postgres, name, "create") for name in names)
-            Service(args.binary, empty, args.smtp_port).stop()  # migrates it
-        else:
-            empty = os.path.join(tmp, "empty.db")
-            seeded = args.keep or os.path.join(tmp, "seeded.db")
-        Service(args.binary, seeded, args.smtp_port).stop()  # creates and migrates it
+    with two_databases(args, "flat") as (empty, seeded):
         subprocess.run([sys.executable, os.path.join(HERE, "seed_users.py"),
                         "--users", str(args.users), seeded], check=True)
         # Alternating rounds, so that a busy moment of the machine cannot favour one database.
         results = {"empty": [], f"{args.users:,} users": []}
-        try:
-            for _ in range(args.rounds):
-                results["empty"].append(measure(args.binary, empty, args))
-                results[f"{args.users:,} users"].append(measure(args.binary, seeded, args))
-        finally:
-            if args.postgres:
-                postgres_database(args.postgres, names[0], "drop")
-                if args.keep:
-                    print(f"kept the seeded database: {seeded}")
-                else:
-                    postgres_database(args.postgres, names[1], "drop")
+        for _ in range(args.rounds):
+            results["empty"].append(measure(args.binary, empty, args))
+            results[f"{args.users:,} users"].append(measure(args.binary, seeded, args))
 
     def median(label, mode, pick):
         values = sorted(pick(run[mode]) for run in results[label])

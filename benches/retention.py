@@ -24,7 +24,6 @@ import os
 import sqlite3
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import urllib.request
@@ -32,7 +31,7 @@ import urllib.request
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.join(HERE, "..")
 sys.path.insert(0, HERE)
-from flat_latency import Service, free_port, is_postgres, postgres_database  # noqa: E402
+from flat_latency import Service, free_port, is_postgres, two_databases  # noqa: E402
 
 DAY_MS = 24 * 3600 * 1000
 
@@ -191,41 +190,25 @@ def main():
     args.smtp_port = free_port()
     catcher(args.smtp_port)
 
-    with tempfile.TemporaryDirectory() as tmp:
-        if args.postgres:
-            names = [f"confirmd_retention_empty_{os.getpid()}",
-                     args.keep or f"confirmd_retention_seeded_{os.getpid()}"]
-            empty, seeded = (postgres_database(args.postgres, name, "create") for name in names)
-            Service(args.binary, empty, args.smtp_port).stop()  # migrates it
-        else:
-            empty = os.path.join(tmp, "empty.db")
-            seeded = args.keep or os.path.join(tmp, "seeded.db")
-        try:
-            Service(args.binary, seeded, args.smtp_port).stop()  # creates and migrates it
-            seed(seeded, args.rows, args.users, args.span_days)
-            before = outbox_rows(seeded)
-            label = f"{before:,} rows"
-            results = {"empty": [], label: []}
-            # Alternating rounds, so that a busy moment of the machine cannot favour one database.
-            for _ in range(args.rounds):
-                results["empty"].append(measure(args.binary, empty, args))
-                results[label].append(measure(args.binary, seeded, args))
-            after = outbox_rows(seeded)
-        finally:
-            if args.postgres:
-                postgres_database(args.postgres, names[0], "drop")
-                if args.keep:
-                    print(f"kept the seeded database: {seeded}")
-                else:
-                    postgres_database(args.postgres, names[1], "drop")
+    with two_databases(args, "retention") as (empty, seeded):
+        seed(seeded, args.rows, args.users, args.span_days)
+        before = outbox_rows(seeded)
+        label = f"{before:,} rows"
+        results = {"empty": [], label: []}
+        # Alternating rounds, so that a busy moment of the machine cannot favour one database.
+        for _ in range(args.rounds):
+            results["empty"].append(measure(args.binary, empty, args))
+            results[label].append(measure(args.binary, seeded, args))
+        after = outbox_rows(seeded)
 
     def median(label, pick):
         values = sorted(pick(run) for run in results[label])
         return values[len(values) // 2]
 
     labels = list(results)
-    print(f"\n{'PostgreSQL' if args.postgres else 'SQLite'}: {args.requests} signups per mode, concurrency {args.concurrency}, {args.scrapes} "
-          f"scrapes, median of {args.rounds} alternating rounds, in ms")
+    print(f"\n{'PostgreSQL' if args.postgres else 'SQLite'}: {args.requests} signups per mode, "
+          f"concurrency {args.concurrency}, {args.scrapes} scrapes, median of {args.rounds} "
+          "alternating rounds, in ms")
     print(f"{'':<22} " + " ".join(f"{label:>16}" for label in labels) + f" {'ratio':>7}")
     rows = [("/metrics scrape", lambda run: run["scrape_ms"])]
     for mode in ("sync", "background"):
