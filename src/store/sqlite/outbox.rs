@@ -335,6 +335,8 @@ impl SqliteStore {
 
     /// How many emails wait to be sent (queued or being sent).
     pub async fn backlog(&self) -> Result<i64, StoreError> {
+        // One count per state, each off the partial index that holds only that state's rows;
+        // `state IN (…)` matches neither index and would read the table.
         let count = sqlx::query_scalar!(
             r#"SELECT (SELECT COUNT(*) FROM email_outbox WHERE state = 'queued')
                     + (SELECT COUNT(*) FROM email_outbox WHERE state = 'sending') AS "count!: i64""#
