@@ -11,11 +11,18 @@ parameter cannot fold the statement away), through `psql`. Nothing is executed.
 
 Run it against a database with many rows and fresh statistics (benches/flat_latency.py
 --postgres seeds one, and --keep keeps it): on a nearly empty table a sequential scan is the
-cheapest plan and says nothing. A `Seq Scan on <table>` reads the whole table. Each statement is
-placed by the file of src/store/postgres/ it comes from: signup.rs and outbox.rs are the
-request and worker paths, where a scan fails the run (exit 1); operator.rs and health.rs serve
-operators, /metrics and the health probe, and their scans are listed, not failed. Needs psql;
-standard library only.
+cheapest plan and says nothing. Two kinds of plan are flagged:
+
+- a `Seq Scan on <table>`, which reads the whole table;
+- a row asked for by its id (`id = $1`, `id = ANY ($1)`) that a scan finds by a `Filter:`,
+  not by an `Index Cond:`: the scan reads everything its index holds to find the few rows
+  asked for. A claim planned this way on the queue's partial index read the whole queue for
+  every claim through a burst (BENCHMARKS.md 9.5).
+
+Each statement is placed by the file of src/store/postgres/ it comes from: signup.rs and
+outbox.rs are the request and worker paths, where a flag fails the run (exit 1); operator.rs,
+health.rs and retention.rs serve operators, /metrics, the health probe and the pruner, and
+their flags are listed, not failed. Needs psql; standard library only.
 """
 
 import glob
@@ -28,6 +35,8 @@ import sys
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 STORE = os.path.join(ROOT, "src", "store", "postgres")
 HOT_PATHS = ("signup.rs", "outbox.rs")
+# A scan's filter (not a join's) that tests a column named id against a parameter.
+BY_ID_FILTER = re.compile(r"^\s*Filter: .*\bid = (ANY \()?\$\d")
 
 
 def pg_type(sqlx_name):
@@ -87,14 +96,22 @@ def main():
     for source, query, types in sorted(statements):
         plan = explain(url, query, types)
         print(f"[{source}] {squash(query)}")
+        node = ""
         for line in plan:
             print(f"    {line}")
-            scan = re.search(r"Seq Scan on (\w+)", line)
-            if scan:
-                (hot_scans if source in HOT_PATHS else other_scans).append((source, query, scan.group(0)))
+            if "->" in line or not node:
+                node = line.replace("->", "").split("  (cost")[0].strip()
+            flag = re.search(r"Seq Scan on (\w+)", line)
+            if flag:
+                flag = flag.group(0)
+            elif BY_ID_FILTER.search(line):
+                flag = f"{node}, rows by id through its filter"
+            if flag:
+                (hot_scans if source in HOT_PATHS else other_scans).append((source, query, flag))
         print()
-    print(f"{len(statements)} statements; sequential scans on the request and worker paths "
-          f"({', '.join(HOT_PATHS)}): {len(hot_scans)}; elsewhere: {len(other_scans)}")
+    print(f"{len(statements)} statements; sequential scans and rows by id through a filter on "
+          f"the request and worker paths ({', '.join(HOT_PATHS)}): {len(hot_scans)}; "
+          f"elsewhere: {len(other_scans)}")
     for source, query, scan in hot_scans + other_scans:
         print(f"  [{source}] {scan}: {squash(query)[:110]}")
     sys.exit(1 if hot_scans else 0)
