@@ -178,34 +178,46 @@ impl Batch for Claims {
 
     /// One statement claims every row of the batch that is free and due; a row another
     /// instance holds is skipped, never waited for, so two instances' batches never wait on
-    /// each other. An id asked for twice is claimed once, for the first who asked.
+    /// each other. An id asked for twice is claimed once, for the first who asked. Every worker
+    /// asks with the same lease (`worker.lease_ms`); the batch's longest is given to all.
+    ///
+    /// Each row is looked up by its key alone, locked, and only then checked for being queued
+    /// and due. Asked with `state = 'queued'` in the lookup, the statement let PostgreSQL
+    /// choose the queue's partial index instead, read from end to end and filtered by id: the
+    /// cheapest plan while the queue is short. A prepared statement keeps the plan it settled
+    /// on until the table is next analysed, so through a burst every claim read the whole
+    /// queue (BENCHMARKS.md 9.5). By key, a row costs one lookup at any queue length; the ids
+    /// come through `confirmd_ids` so that plan is made once, not at every run (see its
+    /// migration).
     async fn write(
         &self,
         pool: &PgPool,
         requests: &[(OutboxId, Duration)],
     ) -> Result<Vec<Result<Option<ClaimedEmail>, StoreError>>, sqlx::Error> {
-        let ids: Vec<i64> = requests.iter().map(|(id, _)| id.0).collect();
-        let leases: Vec<i64> = requests.iter().map(|(_, lease)| millis(*lease)).collect();
+        let mut ids: Vec<i64> = requests.iter().map(|(id, _)| id.0).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        let lease = requests.iter().map(|(_, lease)| *lease).max();
         let rows = sqlx::query_as!(
             ClaimedRow,
-            "WITH asked AS (
-                 SELECT DISTINCT ON (id) id, lease_ms
-                 FROM unnest($1::BIGINT[], $2::BIGINT[]) AS asked(id, lease_ms)
-             ), free AS (
-                 SELECT id FROM email_outbox
-                 WHERE id = ANY($1) AND state = 'queued' AND next_attempt_at <= confirmd_now_ms()
-                 FOR UPDATE SKIP LOCKED
+            "WITH locked AS (
+                 SELECT row.* FROM confirmd_ids($1) AS asked(id) CROSS JOIN LATERAL (
+                     SELECT id, state, next_attempt_at FROM email_outbox
+                     WHERE id = asked.id
+                     FOR UPDATE SKIP LOCKED
+                 ) AS row
              )
              UPDATE email_outbox o
-             SET state = 'sending', lease_until = confirmd_now_ms() + asked.lease_ms,
+             SET state = 'sending', lease_until = confirmd_now_ms() + $2,
                  attempts = o.attempts + 1, claim_id = nextval('email_outbox_claims')
-             FROM asked JOIN free USING (id)
-             WHERE o.id = asked.id
+             FROM locked
+             WHERE o.id = locked.id
+               AND locked.state = 'queued' AND locked.next_attempt_at <= confirmd_now_ms()
              RETURNING o.id, o.claim_id AS \"claim_id!\", o.kind, o.recipient, o.nonce,
                        NULL::TEXT AS legacy_token, o.token_hash, o.attempts, o.request_id,
                        o.trace_context, o.created_at",
             &ids,
-            &leases
+            millis(lease.unwrap_or_default())
         )
         .fetch_all(pool)
         .await?;
