@@ -340,7 +340,7 @@ async fn retention(store: &Store) {
     };
     assert_eq!(store.prune(young_failed, 500).await.unwrap(), 0);
     let signups = Prune::ExpiredSignups {
-        now: now_ms(),
+        expired_before: now_ms(),
         failed_since: failed_at,
     };
     // Only the signup whose every link expired goes: the live link, the confirmed user and
@@ -358,14 +358,16 @@ async fn retention(store: &Store) {
     assert_eq!(store.prune(old_failed, 500).await.unwrap(), 1);
     assert!(!shown(&failed).await);
     let signups = Prune::ExpiredSignups {
-        now: now_ms(),
+        expired_before: now_ms(),
         failed_since: cutoff,
     };
     assert_eq!(store.prune(signups, 500).await.unwrap(), 1);
     assert!(store.token_owner(&failed_hash).await.unwrap().is_none());
 
     // The confirmed user's expired token goes; the user stays, and is sent the account notice.
-    let tokens = Prune::ExpiredTokens { now: now_ms() };
+    let tokens = Prune::ExpiredTokens {
+        expired_before: now_ms(),
+    };
     assert_eq!(store.prune(tokens, 500).await.unwrap(), 1);
     assert!(store.token_owner(&confirmed_hash).await.unwrap().is_none());
     let again = store

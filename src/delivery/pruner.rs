@@ -7,9 +7,10 @@
 //!   is read off an address's last email, so these must outlive it by far (config checks it);
 //! - failed emails written more than `retention.failed_days` ago, kept until then for operators
 //!   to read and requeue (`confirmd outbox`);
-//! - pending signups whose every link has expired: the user, its tokens and its emails, unless an
-//!   email of theirs still waits to be sent or failed within `retention.failed_days`;
-//! - the expired tokens of confirmed users.
+//! - pending signups whose every link expired more than `retention.sent_days` ago: the user, its
+//!   tokens and its emails, unless an email of theirs still waits to be sent or failed within
+//!   `retention.failed_days`;
+//! - the tokens of confirmed users that expired more than `retention.sent_days` ago.
 //!
 //! Confirmed users stay. Each kind goes in batches of at most `retention.batch_size` rows, one
 //! statement each, with `retention.batch_pause_ms` between them, so the pruner never holds
@@ -70,12 +71,17 @@ impl Pass {
         if let Some(written_before) = failed_before {
             targets.push(Prune::FailedEmails { written_before });
         }
-        targets.push(Prune::ExpiredSignups {
-            now,
-            // Failed emails kept forever keep their signups forever.
-            failed_since: failed_before.unwrap_or(i64::MIN),
-        });
-        targets.push(Prune::ExpiredTokens { now });
+        // An expired link keeps its answer ("This link has expired", or "already confirmed") for
+        // as long as a sent email is kept, and goes with its signup or token after that: a link
+        // clicked a day late still says what happened to it.
+        if let Some(expired_before) = before(settings.sent_age()) {
+            targets.push(Prune::ExpiredSignups {
+                expired_before,
+                // Failed emails kept forever keep their signups forever.
+                failed_since: failed_before.unwrap_or(i64::MIN),
+            });
+            targets.push(Prune::ExpiredTokens { expired_before });
+        }
         Pass { targets }
     }
 
@@ -103,5 +109,37 @@ impl Pass {
             }
         }
         Ok(total)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Settings;
+
+    #[test]
+    fn an_expired_link_keeps_its_answer_as_long_as_a_sent_email_is_kept() {
+        let settings = Settings::defaults().retention;
+        let now = 10_000_000_000;
+        let three_days_ago = now - 3 * 24 * 3600 * 1000;
+        let pass = Pass::at(now, &settings);
+        assert!(pass.targets.contains(&Prune::ExpiredSignups {
+            expired_before: three_days_ago,
+            failed_since: now - 30 * 24 * 3600 * 1000,
+        }));
+        assert!(pass.targets.contains(&Prune::ExpiredTokens {
+            expired_before: three_days_ago
+        }));
+
+        // Sent emails kept forever keep expired links forever.
+        let forever = RetentionSettings {
+            sent_days: 0,
+            ..settings
+        };
+        let pass = Pass::at(now, &forever);
+        assert!(pass.targets.iter().all(|target| !matches!(
+            target,
+            Prune::ExpiredSignups { .. } | Prune::ExpiredTokens { .. }
+        )));
     }
 }

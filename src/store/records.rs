@@ -194,13 +194,17 @@ pub enum Prune {
     DoneEmails { written_before: i64 },
     /// Failed emails written before this time: operators had until then to requeue them.
     FailedEmails { written_before: i64 },
-    /// Pending users whose every link expired before `now`, with their tokens and emails, unless
-    /// an email of theirs is still queued or being sent, or failed at or after `failed_since`
-    /// (an operator may still requeue it, and its link is renewed when it is sent).
-    ExpiredSignups { now: i64, failed_since: i64 },
-    /// Tokens of confirmed users that expired before `now`: their links only ever said
-    /// "already confirmed" or "expired".
-    ExpiredTokens { now: i64 },
+    /// Pending users whose every link expired before `expired_before`, with their tokens and
+    /// emails, unless an email of theirs is still queued or being sent, or failed at or after
+    /// `failed_since` (an operator may still requeue it, and its link is renewed when it is
+    /// sent).
+    ExpiredSignups {
+        expired_before: i64,
+        failed_since: i64,
+    },
+    /// Tokens of confirmed users that expired before `expired_before`: their links only ever
+    /// said "already confirmed" or "expired".
+    ExpiredTokens { expired_before: i64 },
 }
 
 impl Prune {

@@ -68,7 +68,10 @@ impl PostgresStore {
             // The user's tokens and emails go with it (ON DELETE CASCADE). Its row is locked
             // first: a signup of the same address holds that lock while it adds a token, and is
             // skipped.
-            Prune::ExpiredSignups { now, failed_since } => {
+            Prune::ExpiredSignups {
+                expired_before,
+                failed_since,
+            } => {
                 sqlx::query!(
                     "DELETE FROM users WHERE id = ANY(ARRAY(
                          SELECT u.id FROM confirmation_tokens t
@@ -83,21 +86,21 @@ impl PostgresStore {
                                           OR (o.state = 'failed' AND o.created_at >= $2))))
                          ORDER BY t.expires_at
                          LIMIT $3 FOR UPDATE OF u SKIP LOCKED))",
-                    now,
+                    expired_before,
                     failed_since,
                     limit
                 )
                 .execute(&self.pool)
                 .await
             }
-            Prune::ExpiredTokens { now } => {
+            Prune::ExpiredTokens { expired_before } => {
                 sqlx::query!(
                     "DELETE FROM confirmation_tokens WHERE token_hash = ANY(ARRAY(
                          SELECT t.token_hash FROM confirmation_tokens t
                          JOIN users u ON u.id = t.user_id
                          WHERE t.expires_at < $1 AND u.status = 'confirmed'
                          LIMIT $2 FOR UPDATE OF t SKIP LOCKED))",
-                    now,
+                    expired_before,
                     limit
                 )
                 .execute(&self.pool)

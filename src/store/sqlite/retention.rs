@@ -60,7 +60,10 @@ impl SqliteStore {
             }
             // The user's tokens and emails go with it (ON DELETE CASCADE, over their user_id
             // indexes).
-            Prune::ExpiredSignups { now, failed_since } => {
+            Prune::ExpiredSignups {
+                expired_before,
+                failed_since,
+            } => {
                 sqlx::query!(
                     "DELETE FROM users WHERE id IN (
                          SELECT t.user_id FROM confirmation_tokens t
@@ -73,21 +76,21 @@ impl SqliteStore {
                                              AND (o.state IN ('queued', 'sending')
                                                   OR (o.state = 'failed' AND o.created_at >= ?2)))
                          LIMIT ?3)",
-                    now,
+                    expired_before,
                     failed_since,
                     limit
                 )
                 .execute(&self.writer)
                 .await
             }
-            Prune::ExpiredTokens { now } => {
+            Prune::ExpiredTokens { expired_before } => {
                 sqlx::query!(
                     "DELETE FROM confirmation_tokens WHERE token_hash IN (
                          SELECT t.token_hash FROM confirmation_tokens t
                          CROSS JOIN users u ON u.id = t.user_id
                          WHERE t.expires_at < ?1 AND u.status = 'confirmed'
                          LIMIT ?2)",
-                    now,
+                    expired_before,
                     limit
                 )
                 .execute(&self.writer)
