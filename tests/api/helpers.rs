@@ -386,11 +386,7 @@ impl TestApp {
     /// pruner keeps a link that expired this recently (for `retention.sent_days`), so the link
     /// still says it expired, whenever the pruner's pass runs.
     pub async fn expire_tokens(&self) {
-        let just_now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_millis()
-            - 1000;
+        let just_now = unix_ms() - 1000;
         let db = self.db().await;
         db.execute(&format!(
             "UPDATE confirmation_tokens SET expires_at = {just_now}"
@@ -496,4 +492,12 @@ pub async fn assert_problem(response: Response, status: StatusCode) -> Value {
         "{body}"
     );
     body
+}
+
+/// The wall clock as the app stores times: milliseconds since the Unix epoch.
+pub fn unix_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
 }

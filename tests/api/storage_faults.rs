@@ -12,7 +12,9 @@ use sqlx::{Connection, SqliteConnection};
 use tokio::time::Instant;
 
 use super::{
-    helpers::{PATIENCE, TestApp, assert_problem, poll, poll_until, spawn_app, spawn_app_with},
+    helpers::{
+        PATIENCE, TestApp, assert_problem, poll, poll_until, spawn_app, spawn_app_with, unix_ms,
+    },
     smtp::Behaviour,
 };
 
@@ -242,12 +244,6 @@ async fn an_email_whose_outcome_could_not_be_written_is_sent_once() {
     // sweeps after both. Recording waits out the busy timeout (5 s) twice at most: once for the
     // writer connection, which a sweep may hold while it waits for the lock, and once itself.
     let busy_timeout = Duration::from_secs(5);
-    let unix_ms = || {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_millis() as i64
-    };
     assert!(
         poll_until(3 * PATIENCE, || async {
             delivered.elapsed() > 2 * busy_timeout + Duration::from_millis(500)
