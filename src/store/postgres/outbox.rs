@@ -19,7 +19,7 @@
 
 use std::{collections::HashMap, time::Duration};
 
-use sqlx::PgPool;
+use sqlx::{PgConnection, PgPool};
 
 use super::{PostgresStore, batch::Batch};
 use crate::{
@@ -282,8 +282,8 @@ impl Batch for NextDue {
     }
 }
 
-/// Outcomes, written by one transaction per batch: one statement for each kind of outcome in
-/// it.
+/// Outcomes, written by one statement for each kind of outcome in a batch, in one transaction
+/// when there is more than one kind.
 pub(super) struct Outcomes;
 
 impl Batch for Outcomes {
@@ -297,33 +297,70 @@ impl Batch for Outcomes {
         pool: &PgPool,
         requests: &[(Claim, Outcome)],
     ) -> Result<Vec<Result<(), StoreError>>, sqlx::Error> {
-        // Each kind's rows as the columns its statement unnests.
-        let (mut sent, mut sent_at, mut link_expires) = (Fenced::default(), vec![], vec![]);
-        let (mut retried, mut retry_in_ms, mut retry_errors) = (Fenced::default(), vec![], vec![]);
-        let (mut failed, mut fail_errors) = (Fenced::default(), vec![]);
+        let mut rows = OutcomeRows::default();
         for (claim, outcome) in requests {
-            match outcome {
-                Outcome::Sent {
-                    at,
-                    link_expires_at,
-                } => {
-                    sent.push(claim);
-                    sent_at.push(*at);
-                    link_expires.push(*link_expires_at);
-                }
-                Outcome::Retry { retry_in, error } => {
-                    retried.push(claim);
-                    retry_in_ms.push(millis(*retry_in));
-                    retry_errors.push(error.clone());
-                }
-                Outcome::Failed { error } => {
-                    failed.push(claim);
-                    fail_errors.push(error.clone());
-                }
+            rows.push(claim, outcome);
+        }
+        // A batch of one kind (all sent, as a drain's are) is one statement, committed alone:
+        // BEGIN and COMMIT around it would be two more round trips for each batch.
+        if rows.kinds() > 1 {
+            let mut tx = pool.begin().await?;
+            rows.write(&mut tx).await?;
+            tx.commit().await?;
+        } else {
+            rows.write(&mut *pool.acquire().await?).await?;
+        }
+        Ok(requests.iter().map(|_| Ok(())).collect())
+    }
+}
+
+/// A batch's outcomes, each kind's rows as the columns its statement unnests.
+#[derive(Default)]
+struct OutcomeRows {
+    sent: Fenced,
+    sent_at: Vec<i64>,
+    link_expires: Vec<i64>,
+    retried: Fenced,
+    retry_in_ms: Vec<i64>,
+    retry_errors: Vec<String>,
+    failed: Fenced,
+    fail_errors: Vec<String>,
+}
+
+impl OutcomeRows {
+    fn push(&mut self, claim: &Claim, outcome: &Outcome) {
+        match outcome {
+            Outcome::Sent {
+                at,
+                link_expires_at,
+            } => {
+                self.sent.push(claim);
+                self.sent_at.push(*at);
+                self.link_expires.push(*link_expires_at);
+            }
+            Outcome::Retry { retry_in, error } => {
+                self.retried.push(claim);
+                self.retry_in_ms.push(millis(*retry_in));
+                self.retry_errors.push(error.clone());
+            }
+            Outcome::Failed { error } => {
+                self.failed.push(claim);
+                self.fail_errors.push(error.clone());
             }
         }
-        let mut tx = pool.begin().await?;
-        if !sent.ids.is_empty() {
+    }
+
+    /// How many kinds of outcome the batch holds: one statement each.
+    fn kinds(&self) -> usize {
+        [&self.sent, &self.retried, &self.failed]
+            .iter()
+            .filter(|kind| !kind.ids.is_empty())
+            .count()
+    }
+
+    /// One statement for each kind in the batch, on `conn`.
+    async fn write(&self, conn: &mut PgConnection) -> Result<(), sqlx::Error> {
+        if !self.sent.ids.is_empty() {
             sqlx::query!(
                 "WITH outcome AS (
                      SELECT * FROM unnest($1::BIGINT[], $2::BIGINT[], $3::BIGINT[], $4::BIGINT[])
@@ -340,15 +377,15 @@ impl Batch for Outcomes {
                  UPDATE confirmation_tokens t
                  SET expires_at = GREATEST(t.expires_at, sent.link_expires_at)
                  FROM sent WHERE t.token_hash = sent.token_hash",
-                &sent.ids,
-                &sent.claim_ids,
-                &sent_at,
-                &link_expires
+                &self.sent.ids,
+                &self.sent.claim_ids,
+                &self.sent_at,
+                &self.link_expires
             )
-            .execute(&mut *tx)
+            .execute(&mut *conn)
             .await?;
         }
-        if !retried.ids.is_empty() {
+        if !self.retried.ids.is_empty() {
             sqlx::query!(
                 "UPDATE email_outbox o
                  SET state = 'queued', next_attempt_at = confirmd_now_ms() + outcome.retry_in_ms,
@@ -356,15 +393,15 @@ impl Batch for Outcomes {
                  FROM unnest($1::BIGINT[], $2::BIGINT[], $3::BIGINT[], $4::TEXT[])
                      AS outcome(id, claim_id, retry_in_ms, error)
                  WHERE o.id = outcome.id AND o.state = 'sending' AND o.claim_id = outcome.claim_id",
-                &retried.ids,
-                &retried.claim_ids,
-                &retry_in_ms,
-                &retry_errors
+                &self.retried.ids,
+                &self.retried.claim_ids,
+                &self.retry_in_ms,
+                &self.retry_errors
             )
-            .execute(&mut *tx)
+            .execute(&mut *conn)
             .await?;
         }
-        if !failed.ids.is_empty() {
+        if !self.failed.ids.is_empty() {
             sqlx::query!(
                 "UPDATE email_outbox o
                  SET state = 'failed', lease_until = NULL, claim_id = NULL,
@@ -372,15 +409,14 @@ impl Batch for Outcomes {
                  FROM unnest($1::BIGINT[], $2::BIGINT[], $3::TEXT[])
                      AS outcome(id, claim_id, error)
                  WHERE o.id = outcome.id AND o.state = 'sending' AND o.claim_id = outcome.claim_id",
-                &failed.ids,
-                &failed.claim_ids,
-                &fail_errors
+                &self.failed.ids,
+                &self.failed.claim_ids,
+                &self.fail_errors
             )
-            .execute(&mut *tx)
+            .execute(&mut *conn)
             .await?;
         }
-        tx.commit().await?;
-        Ok(requests.iter().map(|_| Ok(())).collect())
+        Ok(())
     }
 }
 
