@@ -15,7 +15,7 @@
 //! for it: a worker that took several would lease emails that then wait for connections, their
 //! leases running on while they wait. What is batched is the writing: the claims and the
 //! outcomes that this instance's workers ask for at the same time go to the server together
-//! ([`super::batch`]), one statement for all the claims, one transaction for all the outcomes.
+//! ([`super::batch`]), one statement for all the claims, one for each kind of outcome.
 
 use std::{collections::HashMap, time::Duration};
 
