@@ -352,6 +352,21 @@ async fn postgres_restarted_mid_burst_answers_503_meanwhile_and_loses_nothing() 
     let Some(server) = PrivateServer::start("postgres_restarted_mid_burst…").await else {
         return;
     };
+    down_mid_burst(server, PrivateServer::stop).await;
+}
+
+/// As a restart, but the server crashes: the claims' commits, which do not wait for the WAL
+/// flush, may be lost with it, and still nothing acknowledged is lost and only what was in
+/// hand goes twice.
+#[tokio::test(flavor = "multi_thread")]
+async fn postgres_crashed_mid_burst_answers_503_meanwhile_and_loses_nothing() {
+    let Some(server) = PrivateServer::start("postgres_crashed_mid_burst…").await else {
+        return;
+    };
+    down_mid_burst(server, PrivateServer::crash).await;
+}
+
+async fn down_mid_burst(server: PrivateServer, stop: fn(&PrivateServer)) {
     let url = server.create_database("confirmd").await;
     let smtp = SmtpServer::start().await;
     smtp.set_behaviour(Behaviour::Delay(Duration::from_millis(20)));
@@ -366,7 +381,7 @@ async fn postgres_restarted_mid_burst_answers_503_meanwhile_and_loses_nothing() 
         async || acknowledged.load(Ordering::SeqCst) >= 150,
     )
     .await;
-    server.stop();
+    stop(&server);
     let stopped_at = Instant::now();
 
     // While the database is down, every instance answers a signup at once, and with 503.

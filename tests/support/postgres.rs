@@ -148,6 +148,12 @@ impl PrivateServer {
         self.pg_ctl(&["stop", "-m", "fast", "-w"]);
     }
 
+    /// Stops the server the way a crash does (`pg_ctl stop -m immediate`: every process ends at
+    /// once, what sits in the WAL buffers is lost, and the next start recovers from the WAL).
+    pub fn crash(&self) {
+        self.pg_ctl(&["stop", "-m", "immediate", "-w"]);
+    }
+
     /// Starts the (stopped) server and waits until it takes connections.
     pub async fn start_again(&self) {
         let options = format!(
