@@ -667,7 +667,7 @@ mod postgres {
 
     use std::str::FromStr;
 
-    use confirmd::store::{EmailKind, OutboxId, Store, StoreError};
+    use confirmd::store::{EmailKind, NewSignup, OutboxId, Store, StoreError};
     use sqlx::{Connection, PgConnection, postgres::PgConnectOptions};
     use tokio::{
         net::{TcpListener, TcpStream},
@@ -737,6 +737,69 @@ mod postgres {
     async fn a_sender_whose_lease_expired_cannot_overwrite_the_next_instances_outcome() {
         let (_database, stores) = instances(2).await;
         lease_fencing(&stores[0], &stores[1]).await;
+    }
+
+    /// Claims commit without waiting for the WAL flush, so a crash of the server may take a
+    /// claim with it, and the sequence's advance that numbered it. Here the crash is done by
+    /// hand: the row queued again as before its claim, the sequence rewound. The sender that
+    /// held the lost claim still reports late; the row's next claim must not share its id, or
+    /// that stale report would pass the fence.
+    #[tokio::test]
+    async fn a_claim_lost_with_its_sequence_value_does_not_let_its_late_outcome_through() {
+        let (database, stores) = instances(1).await;
+        let store = &stores[0];
+        let new = NewSignup {
+            resend_interval_ms: 0,
+            ..signup("ann@example.com", 1_000)
+        };
+        let stored = store.create_signup(new).await.unwrap();
+        let lost = store
+            .claim(stored.outbox_id, Duration::from_secs(60))
+            .await
+            .unwrap()
+            .unwrap();
+
+        let mut db = PgConnection::connect(&database.url).await.unwrap();
+        sqlx::query(
+            "UPDATE email_outbox SET state = 'queued', attempts = attempts - 1,
+                 lease_until = NULL, claim_id = NULL
+             WHERE id = $1",
+        )
+        .bind(stored.outbox_id.0)
+        .execute(&mut db)
+        .await
+        .unwrap();
+        // The next value is the one the lost claim took.
+        sqlx::query(
+            "SELECT setval('email_outbox_claims', last_value, false) FROM email_outbox_claims",
+        )
+        .execute(&mut db)
+        .await
+        .unwrap();
+        db.close().await.unwrap();
+
+        let next = store
+            .claim(stored.outbox_id, Duration::from_secs(60))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_ne!(
+            lost.claim, next.claim,
+            "the claim after the crash has an id of its own"
+        );
+        store
+            .mark_retry(lost.claim, Duration::ZERO, "the lost claim's late failure")
+            .await
+            .unwrap();
+        let view = store.signup(&stored.signup_id).await.unwrap().unwrap();
+        assert_eq!(
+            view.state.as_str(),
+            "sending",
+            "the next claim still holds the row"
+        );
+        store.mark_sent(next.claim, 2_500, 50_000).await.unwrap();
+        let view = store.signup(&stored.signup_id).await.unwrap().unwrap();
+        assert_eq!(view.state.as_str(), "sent");
     }
 
     #[tokio::test]

@@ -39,11 +39,13 @@
 //! claims' two connections say otherwise (`synchronous_commit = off`): a claim lost in a crash
 //! of the server leaves its row queued and its email, if it was in hand, is sent again, which is
 //! what a crash does to an email in hand anyway; the outcome's commit, which does wait, makes the
-//! claim before it durable too. With a worker's claim and its outcome each a commit, the claims'
-//! flushes were half the senders' waiting: a no-op drain of 16 workers went from about 4,000
-//! to 6,600 jobs a second. Outcomes stay synchronous: were they not, a crash would send again
-//! every email whose `sent` it caught unflushed (up to the last 0.6 s of sends), not only
-//! those in hand.
+//! claim before it durable too. The sequence that numbers claims may rewind with them, so a
+//! claim's id also carries a random offset drawn for its batch ([`outbox`]): an outcome a worker
+//! kept through the crash cannot pass the fence of a later claim of its row. With a worker's
+//! claim and its outcome each a commit, the claims' were half the commits a sender waited on the disk for: a
+//! no-op drain of 16 workers went from about 4,000 to 6,000–6,600 jobs a second. Outcomes stay
+//! synchronous: were they not, a crash would send again every email whose `sent` it caught
+//! unflushed (up to the last 0.6 s of sends), not only those in hand.
 //!
 //! # The backlog estimate, unchanged
 //!
@@ -93,11 +95,13 @@ use crate::supervise::Tasks;
 /// the store is marked unwritable): a server that is down must not hang requests.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
 
-/// The database: one pool for every statement, the health of the last writes, and the
-/// supervised tasks (the probe and the listener, beside the delivery's).
+/// The database: a pool for every statement but the claims, the claims' own, the health of the
+/// last writes, and the supervised tasks (the probe and the listener, beside the delivery's).
 #[derive(Clone, Debug)]
 pub struct PostgresStore {
     pool: PgPool,
+    /// The claims' connections, whose commits do not wait for the WAL flush.
+    claim_pool: PgPool,
     /// Tells this instance's notifications apart from other instances', so its listener does
     /// not wake its workers twice for its own signups.
     instance: Arc<str>,
@@ -127,16 +131,21 @@ impl PostgresStore {
             .connect_with(options.clone())
             .await?;
         // The claims' own connections, one per batching task, whose commits do not wait for
-        // the WAL flush. A claim needs none: lost in a crash of the server, it leaves its row
-        // queued, as if never claimed, and the email that was in hand goes again, as one in
-        // hand at any crash does. Once the send is done, its outcome's commit waits for the
-        // flush, which makes every earlier record durable, the claim's too. Signups and
-        // outcomes keep waiting for it: a 202 and a `sent` are promises. Measured: the no-op
-        // drain went from 4,000 to 6,600 jobs a second (BENCHMARKS.md, section 9.3).
-        let claims = PgPoolOptions::new()
+        // the WAL flush (see the module docs: a lost claim leaves its row queued, and the
+        // outcome's flush makes the claim durable). Set once each opens, by a statement rather
+        // than a startup option, which connection poolers may refuse.
+        let claim_pool = PgPoolOptions::new()
             .max_connections(2)
             .acquire_timeout(ACQUIRE_TIMEOUT)
-            .connect_with(options.options([("synchronous_commit", "off")]))
+            .after_connect(|conn, _| {
+                Box::pin(async move {
+                    sqlx::raw_sql("SET synchronous_commit = off")
+                        .execute(conn)
+                        .await
+                        .map(drop)
+                })
+            })
+            .connect_with(options)
             .await?;
         let health = Arc::new(WriteHealth::default());
         let tasks = Tasks::new();
@@ -147,10 +156,17 @@ impl PostgresStore {
         let store = PostgresStore {
             instance,
             signups: Batcher::start("signups", signups, pool.clone(), health.clone(), &tasks),
-            claims: Batcher::start("claims", Claims, claims.clone(), health.clone(), &tasks),
-            next_due: Batcher::start("next_due", NextDue, claims, health.clone(), &tasks),
+            claims: Batcher::start("claims", Claims, claim_pool.clone(), health.clone(), &tasks),
+            next_due: Batcher::start(
+                "next_due",
+                NextDue,
+                claim_pool.clone(),
+                health.clone(),
+                &tasks,
+            ),
             outcomes: Batcher::start("outcomes", Outcomes, pool.clone(), health.clone(), &tasks),
             pool,
+            claim_pool,
             health,
             tasks,
         };
@@ -188,6 +204,7 @@ impl PostgresStore {
 
     pub async fn close(&self) {
         self.pool.close().await;
+        self.claim_pool.close().await;
     }
 
     /// The supervised tasks of the application: the store's probe and listener, and whatever

@@ -169,6 +169,25 @@ pub(super) enum Outcome {
     Failed { error: String },
 }
 
+/// What a batch of claims adds to the sequence's values to make its claim ids: a random number
+/// between 2^40 and 2^62, drawn for each batch.
+///
+/// Claims commit without waiting for the WAL flush (see the module docs of `super`), and so
+/// does the sequence's advance that `nextval` logs with them: a crash of the server may rewind
+/// the sequence and hand out again ids that claims lost in the crash carried. A worker that
+/// held such a claim keeps its outcome and writes it once the server is back; were the row
+/// claimed again under the same id, that stale outcome would pass the fence. With the offset,
+/// a rewound value names another claim id but with odds of about 2^-62 per pair. Rows a sync
+/// signup writes claimed take the sequence's value alone, below 2^40 for a trillion claims.
+fn claim_offset() -> i64 {
+    const LOW: u64 = 1 << 40;
+    let spread = (1u64 << 62) - LOW;
+    // The operating system's random source failing is not worth refusing a claim for: a
+    // fixed offset still leaves the fence as strong as it was with synchronous claims.
+    let random = getrandom::u64().unwrap_or(0) % spread;
+    i64::try_from(LOW + random).expect("below 2^62")
+}
+
 /// Claims, written by one statement per batch.
 pub(super) struct Claims;
 
@@ -209,7 +228,7 @@ impl Batch for Claims {
              )
              UPDATE email_outbox o
              SET state = 'sending', lease_until = confirmd_now_ms() + $2,
-                 attempts = o.attempts + 1, claim_id = nextval('email_outbox_claims')
+                 attempts = o.attempts + 1, claim_id = nextval('email_outbox_claims') + $3
              FROM locked
              WHERE o.id = locked.id
                AND locked.state = 'queued' AND locked.next_attempt_at <= confirmd_now_ms()
@@ -217,7 +236,8 @@ impl Batch for Claims {
                        NULL::TEXT AS legacy_token, o.token_hash, o.attempts, o.request_id,
                        o.trace_context, o.created_at",
             &ids,
-            millis(lease.unwrap_or_default())
+            millis(lease.unwrap_or_default()),
+            claim_offset()
         )
         .fetch_all(pool)
         .await?;
@@ -264,14 +284,15 @@ impl Batch for NextDue {
              )
              UPDATE email_outbox o
              SET state = 'sending', lease_until = confirmd_now_ms() + $2,
-                 attempts = o.attempts + 1, claim_id = nextval('email_outbox_claims')
+                 attempts = o.attempts + 1, claim_id = nextval('email_outbox_claims') + $3
              FROM free
              WHERE o.id = free.id
              RETURNING o.id, o.claim_id AS \"claim_id!\", o.kind, o.recipient, o.nonce,
                        NULL::TEXT AS legacy_token, o.token_hash, o.attempts, o.request_id,
                        o.trace_context, o.created_at",
             leases.len() as i64,
-            millis(lease)
+            millis(lease),
+            claim_offset()
         )
         .fetch_all(pool)
         .await?;
