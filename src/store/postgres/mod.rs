@@ -41,11 +41,11 @@
 //! what a crash does to an email in hand anyway; the outcome's commit, which does wait, makes the
 //! claim before it durable too. The sequence that numbers claims may rewind with them, so a
 //! claim's id also carries a random offset drawn for its batch ([`outbox`]): an outcome a worker
-//! kept through the crash cannot pass the fence of a later claim of its row. With a worker's
-//! claim and its outcome each a commit, the claims' were half the commits a sender waited on the disk for: a
-//! no-op drain of 16 workers went from about 4,000 to 6,000–6,600 jobs a second. Outcomes stay
-//! synchronous: were they not, a crash would send again every email whose `sent` it caught
-//! unflushed (up to the last 0.6 s of sends), not only those in hand.
+//! kept through the crash cannot pass the fence of a later claim of its row. A sender waited on
+//! the disk twice per email, for its claim and for its outcome; once only, a no-op drain of 16
+//! workers went from about 4,000 to 6,000–6,600 jobs a second. Outcomes stay synchronous: were
+//! they not, a crash would send again every email whose `sent` it caught unflushed (up to the
+//! last 0.6 s of sends), not only those in hand.
 //!
 //! # The backlog estimate, unchanged
 //!
@@ -117,9 +117,9 @@ pub struct PostgresStore {
 
 impl PostgresStore {
     /// Connects a pool of up to `max_connections` to the database at `url` (at least two: the
-    /// listener holds one of its own), and two connections more for the workers' claims.
-    /// Fails if the server does not answer now: a URL that is
-    /// wrong shows at start, not at the first signup.
+    /// listener holds one of its own), and two connections more for the workers' claims. Fails
+    /// if the server does not answer now: a URL that is wrong shows at start, not at the first
+    /// signup.
     pub async fn connect(url: &str, max_connections: u32) -> Result<PostgresStore, StoreError> {
         let options = PgConnectOptions::from_str(url)?.application_name("confirmd");
         let pool = PgPoolOptions::new()

@@ -182,9 +182,13 @@ pub(super) enum Outcome {
 fn claim_offset() -> i64 {
     const LOW: u64 = 1 << 40;
     let spread = (1u64 << 62) - LOW;
-    // The operating system's random source failing is not worth refusing a claim for: a
-    // fixed offset still leaves the fence as strong as it was with synchronous claims.
-    let random = getrandom::u64().unwrap_or(0) % spread;
+    // The operating system's random source failing is not worth refusing a claim for: the
+    // clock's nanoseconds still differ from one batch to the next.
+    let random = getrandom::u64().unwrap_or_else(|_| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |since| since.as_nanos() as u64)
+    }) % spread;
     i64::try_from(LOW + random).expect("below 2^62")
 }
 
