@@ -667,7 +667,7 @@ mod postgres {
 
     use std::str::FromStr;
 
-    use confirmd::store::{EmailKind, NewSignup, OutboxId, Store, StoreError};
+    use confirmd::store::{EmailKind, OutboxId, Store, StoreError};
     use sqlx::{Connection, PgConnection, postgres::PgConnectOptions};
     use tokio::{
         net::{TcpListener, TcpStream},
@@ -748,11 +748,10 @@ mod postgres {
     async fn a_claim_lost_with_its_sequence_value_does_not_let_its_late_outcome_through() {
         let (database, stores) = instances(1).await;
         let store = &stores[0];
-        let new = NewSignup {
-            resend_interval_ms: 0,
-            ..signup("ann@example.com", 1_000)
-        };
-        let stored = store.create_signup(new).await.unwrap();
+        let stored = store
+            .create_signup(signup("ann@example.com", 1_000))
+            .await
+            .unwrap();
         let lost = store
             .claim(stored.outbox_id, Duration::from_secs(60))
             .await
