@@ -92,8 +92,10 @@ use crate::{
 /// What a worker is told: which row, and enough context to report how long it waited.
 #[derive(Debug)]
 pub(crate) struct Job {
-    id: OutboxId,
-    /// When the id entered the channel, to measure queue wait (commit → pick-up).
+    /// The row to claim, or `None` for whichever row is due next: the offer of a row that
+    /// other instances were offered too (see [`Delivery::offer_found`]).
+    id: Option<OutboxId>,
+    /// When the job entered the channel, to measure queue wait (commit → pick-up).
     enqueued_at: Instant,
 }
 
@@ -267,7 +269,7 @@ impl Delivery {
         // this process's own signups do.
         let wake = {
             let delivery = delivery.clone();
-            move |id| delivery.enqueue(id)
+            move |id| delivery.offer_found(id)
         };
         delivery
             .store()
@@ -427,6 +429,20 @@ impl Delivery {
     /// Hands a committed row to the workers without waiting: if the channel is full the row
     /// simply stays queued in the table, and the sweeper brings it back.
     fn enqueue(&self, id: OutboxId) {
+        self.hand_over(Some(id));
+    }
+
+    /// Hands the workers a due row this process did not just write: one the sweeper found, or
+    /// one another instance wrote (its listener heard). On a queue other instances share, they
+    /// were offered the same row, by their sweepers or their listeners; a worker that asked for
+    /// it by id would lose it to one of them two times in three, and then ask again for
+    /// whichever row is due. So there the offer is for the row due next, which a claim takes
+    /// skipping rows other senders hold, and no instance loses a claim to another.
+    fn offer_found(&self, id: OutboxId) {
+        self.hand_over((!self.store().shared()).then_some(id));
+    }
+
+    fn hand_over(&self, id: Option<OutboxId>) {
         let job = Job {
             id,
             enqueued_at: Instant::now(),
@@ -435,10 +451,10 @@ impl Delivery {
             match e {
                 mpsc::error::TrySendError::Full(_) => {
                     self.inner.overflowed.store(true, Ordering::Relaxed);
-                    debug!(outbox_id = %id, "worker queue full; the sweeper will pick the email up")
+                    debug!(outbox_id = ?id, "worker queue full; the sweeper will pick the email up")
                 }
                 mpsc::error::TrySendError::Closed(_) => {
-                    warn!(outbox_id = %id, "workers stopped; the email stays queued for the next start")
+                    warn!(outbox_id = ?id, "workers stopped; the email stays queued for the next start")
                 }
             }
         }

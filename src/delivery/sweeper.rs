@@ -66,7 +66,7 @@ async fn sweep(delivery: &Delivery) -> Result<(), StoreError> {
             .store(true, std::sync::atomic::Ordering::Relaxed);
     }
     for id in due {
-        delivery.enqueue(id);
+        delivery.offer_found(id);
     }
     Ok(())
 }

@@ -71,30 +71,32 @@ async fn deliver(delivery: &Delivery, job: Job, shutdown: &CancellationToken) {
     let store = delivery.store();
     let lease = delivery.inner.policy.lease;
     // Its own row, or, if another sender took it first (or it is not due, or was superseded),
-    // the oldest row that is due: with several instances every sweeper offers the same rows,
-    // and a worker that lost its row would otherwise sit out a turn while work waits. Not
+    // the oldest row that is due: a worker that lost its row would otherwise sit out a turn
+    // while work waits. An offer of no row in particular takes the oldest due row at once. Not
     // during shutdown, which finishes the jobs taken and starts no others.
-    let claimed = match store.claim(job.id, lease).await {
-        Ok(None) if !shutdown.is_cancelled() => match store.claim_next_due(lease).await {
+    let claimed = match job.id {
+        Some(id) => match store.claim(id, lease).await {
+            Ok(None) if !shutdown.is_cancelled() => store.claim_next_due(lease).await,
             Err(e) => {
-                error!(error = %e, "cannot claim a due email; the sweeper will offer it again");
+                error!(outbox_id = %id, error = %e, "cannot claim the email; the sweeper will offer it again");
                 return;
             }
-            taken_over => taken_over,
+            own => own,
         },
+        None => store.claim_next_due(lease).await,
+    };
+    let claimed = match claimed {
+        Ok(Some(claimed)) => claimed,
+        Ok(None) => return,
         Err(e) => {
-            error!(outbox_id = %job.id, error = %e, "cannot claim the email; the sweeper will offer it again");
+            error!(error = %e, "cannot claim a due email; the sweeper will offer it again");
             return;
         }
-        own => own,
-    };
-    let Ok(Some(claimed)) = claimed else {
-        return;
     };
     // The queue wait (commit or offer → claim) of the row in hand: a row taken over waited
     // from its commit if this is its first attempt; a retry's wait since its due time is not
     // known here, and is left out.
-    let queue_wait = if claimed.claim.id == job.id {
+    let queue_wait = if Some(claimed.claim.id) == job.id {
         Some(job.enqueued_at.elapsed())
     } else if claimed.attempts == 1 {
         let waited = clock::now_ms().saturating_sub(claimed.created_at);

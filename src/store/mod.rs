@@ -238,6 +238,12 @@ impl Store {
         backend!(self, store => store.hear_new_emails(wake, shutdown, tracker))
     }
 
+    /// Do other instances take rows from this queue too? Then each due row is found by every
+    /// instance's sweeper, and each new one heard of by every instance.
+    pub fn shared(&self) -> bool {
+        backend!(self, store => store.shared())
+    }
+
     /// Is the database answering? For `/readyz`.
     pub async fn ping(&self) -> Result<(), StoreError> {
         backend!(self, store => store.ping().await)
@@ -290,9 +296,9 @@ impl Store {
     }
 
     /// Claims the oldest due row no sender holds, as [`Store::claim`] claims one: for a worker
-    /// whose own row another sender took first (on PostgreSQL, usually another instance's, all
-    /// of whose sweepers offer the same due rows). `None` when nothing is due, or, on SQLite,
-    /// when another worker asking at the same moment took the one row both picked.
+    /// whose own row another sender took first, and, on a shared queue, for one offered a row
+    /// that every instance was offered (see [`Store::shared`]). `None` when nothing is due, or,
+    /// on SQLite, when another worker asking at the same moment took the one row both picked.
     pub async fn claim_next_due(
         &self,
         lease: Duration,

@@ -2,10 +2,11 @@
 //!
 //! A background signup's transaction notifies `<instance>:<outbox id>` on commit (PostgreSQL
 //! delivers a notification only if its transaction commits, and to every listening session).
-//! Each instance's listener hands the ids of other instances' signups to its own workers, whose
-//! claim skips a row another worker already holds (and takes the oldest due row instead):
-//! whichever instance is idle sends first. Its
-//! own signups woke its workers directly, so it skips its own instance's notifications.
+//! Each instance's listener wakes one of its own workers for each of other instances' signups;
+//! every instance hears each one, so the worker claims whichever row is due next, skipping rows
+//! other senders hold, rather than that row (see `Delivery::offer_found`): whichever instance is
+//! idle sends first. Its own signups woke its workers directly, so it skips its own instance's
+//! notifications.
 //!
 //! sqlx's `PgListener` reconnects by itself when the connection drops; notifications sent while
 //! it was away are lost, and the sweeper finds those rows at its next sweep.

@@ -237,6 +237,11 @@ impl PostgresStore {
         }));
     }
 
+    /// Any number of instances share the database.
+    pub fn shared(&self) -> bool {
+        true
+    }
+
     /// Is the database answering? For `/readyz`.
     pub async fn ping(&self) -> Result<(), StoreError> {
         sqlx::query!(r#"SELECT TRUE AS "answers!""#)

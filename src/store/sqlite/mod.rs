@@ -235,6 +235,11 @@ impl SqliteStore {
     ) {
     }
 
+    /// One process owns the file.
+    pub fn shared(&self) -> bool {
+        false
+    }
+
     /// Is the database answering? For `/readyz`.
     pub async fn ping(&self) -> Result<(), StoreError> {
         sqlx::query!("SELECT 1 AS one")
