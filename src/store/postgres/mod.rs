@@ -77,7 +77,7 @@ mod signup;
 use std::{str::FromStr, sync::Arc, time::Duration};
 
 use sqlx::{
-    ConnectOptions, PgPool,
+    ConnectOptions, PgConnection, PgPool,
     postgres::{PgConnectOptions, PgPoolOptions},
 };
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
@@ -94,6 +94,23 @@ use crate::supervise::Tasks;
 /// How long a signup, a claim or a probe waits for a pooled connection before it fails (and
 /// the store is marked unwritable): a server that is down must not hang requests.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Set on every connection as it opens: no JIT compilation. Each of confirmd's statements
+/// reads a few rows off an index, but the planner's estimate for some crosses `jit_above_cost`
+/// (the pruner's expired-signup delete is costed at 1.7 million before the tables are first
+/// analysed), and PostgreSQL then compiles the statement with LLVM at every run: 145 to 790 ms
+/// of CPU for a delete that runs in 0.04 ms, the same cores the signups and the sends need
+/// (BENCHMARKS.md 9.4). Set by a statement rather than a startup option, which connection
+/// poolers may refuse.
+const SESSION: &str = "SET jit = off";
+
+/// The claims' connections also commit without waiting for the WAL flush (see the module docs:
+/// a lost claim leaves its row queued, and the outcome's flush makes the claim durable).
+const CLAIM_SESSION: &str = "SET jit = off; SET synchronous_commit = off";
+
+async fn set(conn: &mut PgConnection, settings: &'static str) -> Result<(), sqlx::Error> {
+    sqlx::raw_sql(settings).execute(conn).await.map(drop)
+}
 
 /// The database: a pool for every statement but the claims, the claims' own, the health of the
 /// last writes, and the supervised tasks (the probe and the listener, beside the delivery's).
@@ -128,23 +145,15 @@ impl PostgresStore {
             // readers).
             .max_connections(max_connections.max(2))
             .acquire_timeout(ACQUIRE_TIMEOUT)
+            .after_connect(|conn, _| Box::pin(set(conn, SESSION)))
             .connect_with(options.clone())
             .await?;
         // The claims' own connections, one per batching task, whose commits do not wait for
-        // the WAL flush (see the module docs: a lost claim leaves its row queued, and the
-        // outcome's flush makes the claim durable). Set once each opens, by a statement rather
-        // than a startup option, which connection poolers may refuse.
+        // the WAL flush (`CLAIM_SESSION`).
         let claim_pool = PgPoolOptions::new()
             .max_connections(2)
             .acquire_timeout(ACQUIRE_TIMEOUT)
-            .after_connect(|conn, _| {
-                Box::pin(async move {
-                    sqlx::raw_sql("SET synchronous_commit = off")
-                        .execute(conn)
-                        .await
-                        .map(drop)
-                })
-            })
+            .after_connect(|conn, _| Box::pin(set(conn, CLAIM_SESSION)))
             .connect_with(options)
             .await?;
         let health = Arc::new(WriteHealth::default());
@@ -271,5 +280,47 @@ impl PostgresStore {
                 Err(StoreError::Database(error))
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every connection the store opens, in either pool, runs without JIT, and the claims'
+    /// without waiting for the WAL flush. Needs a server: `CONFIRMD_TEST_POSTGRES_URL`.
+    #[tokio::test]
+    async fn every_connection_opens_with_the_session_settings() {
+        let Ok(url) = std::env::var("CONFIRMD_TEST_POSTGRES_URL") else {
+            eprintln!("skipped: CONFIRMD_TEST_POSTGRES_URL is not set");
+            return;
+        };
+        let store = PostgresStore::connect(&url, 2).await.expect("connects");
+        let show = |pool: &PgPool, show: &'static str| {
+            let pool = pool.clone();
+            async move {
+                // Every connection of the pool at once, so none is asked twice.
+                let mut conns = Vec::new();
+                for _ in 0..2 {
+                    conns.push(pool.acquire().await.expect("a connection"));
+                }
+                let mut values = Vec::new();
+                for conn in &mut conns {
+                    let value: String = sqlx::query_scalar(show)
+                        .fetch_one(&mut **conn)
+                        .await
+                        .expect("shows");
+                    values.push(value);
+                }
+                values
+            }
+        };
+        assert_eq!(show(&store.pool, "SHOW jit").await, ["off", "off"]);
+        assert_eq!(show(&store.claim_pool, "SHOW jit").await, ["off", "off"]);
+        assert_eq!(
+            show(&store.claim_pool, "SHOW synchronous_commit").await,
+            ["off", "off"]
+        );
+        store.close().await;
     }
 }
