@@ -99,6 +99,20 @@ pub(crate) struct Job {
     enqueued_at: Instant,
 }
 
+impl Job {
+    fn new(id: Option<OutboxId>) -> Job {
+        Job {
+            id,
+            enqueued_at: Instant::now(),
+        }
+    }
+
+    /// Whichever row is due next.
+    fn next_due() -> Job {
+        Job::new(None)
+    }
+}
+
 /// Settings the delivery core needs, copied out of [`Settings`] once.
 #[derive(Debug, Clone)]
 pub(crate) struct Policy {
@@ -111,6 +125,8 @@ pub(crate) struct Policy {
     /// When a failed email is tried again, and when it is given up.
     retry: RetryPolicy,
     sweep_interval: Duration,
+    /// `worker.concurrency`: on a shared queue, the most offers one sweep makes.
+    concurrency: usize,
     /// Least time between two emails to one pending address.
     resend_interval: Duration,
     /// Emails still to send beyond which signups are refused.
@@ -230,6 +246,7 @@ impl Delivery {
                 max_attempts: worker.max_attempts(),
             },
             sweep_interval: worker.sweep_interval(),
+            concurrency: worker.concurrency,
             resend_interval: settings.signup.resend_interval(),
             max_backlog: worker.max_backlog,
             acquire_timeout: settings.smtp.acquire_timeout(),
@@ -443,11 +460,7 @@ impl Delivery {
     }
 
     fn hand_over(&self, id: Option<OutboxId>) {
-        let job = Job {
-            id,
-            enqueued_at: Instant::now(),
-        };
-        if let Err(e) = self.inner.jobs.try_send(job) {
+        if let Err(e) = self.inner.jobs.try_send(Job::new(id)) {
             match e {
                 mpsc::error::TrySendError::Full(_) => {
                     self.inner.overflowed.store(true, Ordering::Relaxed);

@@ -6,7 +6,9 @@
 //! whose backoff has passed, rows the full channel could not take, rows left by the last run.
 //! It also counts the backlog, which the backlog cap (`worker.max_backlog`) is checked against.
 //! Between intervals it sweeps again whenever the workers have drained a channel that rows could
-//! not fit in (see `Delivery::took_job`), so a large backlog is not paced by the interval.
+//! not fit in (see `Delivery::took_job`), so a large backlog is not paced by the interval. On a
+//! queue other instances share, it offers no more rows than there are workers, each offer for
+//! the row due next, and a worker that took one goes on to the next by itself (see `worker`).
 
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info};
@@ -54,7 +56,15 @@ async fn sweep(delivery: &Delivery) -> Result<(), StoreError> {
             .store(true, std::sync::atomic::Ordering::Relaxed);
         return Ok(());
     }
-    let due = store.due_emails(room as i64).await?;
+    // On a shared queue each offer is for the row due next, and a worker that took one goes on
+    // to the next until none is due (see `worker`): as many offers as workers keep them all
+    // busy however many rows wait, and the query reads no more rows than that.
+    let wanted = if store.shared() {
+        room.min(delivery.inner.policy.concurrency)
+    } else {
+        room
+    };
+    let due = store.due_emails(wanted as i64).await?;
     if !due.is_empty() {
         debug!(count = due.len(), "offering due emails to the workers");
     }

@@ -55,9 +55,25 @@ async fn run(
         };
         delivery.took_job();
         // Once taken, a job is finished even during shutdown (bounded by the SMTP timeout).
-        deliver(&delivery, job, &shutdown).await;
+        // A worker that took the row due next goes on to the next one until none is due, as
+        // a queue's fetch loop does: a backlog on a shared queue drains at the workers' pace
+        // with no offer per row (see `sweeper`).
+        let mut job = job;
+        while deliver(&delivery, job, &shutdown).await == Took::NextDue && !shutdown.is_cancelled()
+        {
+            job = Job::next_due();
+        }
     }
     info!(worker, "worker stopped");
+}
+
+/// What a delivery claimed.
+#[derive(Debug, PartialEq, Eq)]
+enum Took {
+    /// The row due next, for a job that named none: more may be due.
+    NextDue,
+    /// Its own row, a row taken over, or nothing.
+    Other,
 }
 
 /// Claims, sends and records one outbox row. The send is traced in a span that carries the
@@ -65,7 +81,7 @@ async fn run(
 /// time, the outcome and the id of the request that created it. The span starts at the claim:
 /// only a claimed row says which trace it belongs to, and a span joins a trace only before it is
 /// first entered.
-async fn deliver(delivery: &Delivery, job: Job, shutdown: &CancellationToken) {
+async fn deliver(delivery: &Delivery, job: Job, shutdown: &CancellationToken) -> Took {
     // A connection first, the claim second: the lease starts only once the send can.
     let permit = delivery.mailer().connection().await;
     let store = delivery.store();
@@ -79,7 +95,7 @@ async fn deliver(delivery: &Delivery, job: Job, shutdown: &CancellationToken) {
             Ok(None) if !shutdown.is_cancelled() => store.claim_next_due(lease).await,
             Err(e) => {
                 error!(outbox_id = %id, error = %e, "cannot claim the email; the sweeper will offer it again");
-                return;
+                return Took::Other;
             }
             own => own,
         },
@@ -87,11 +103,16 @@ async fn deliver(delivery: &Delivery, job: Job, shutdown: &CancellationToken) {
     };
     let claimed = match claimed {
         Ok(Some(claimed)) => claimed,
-        Ok(None) => return,
+        Ok(None) => return Took::Other,
         Err(e) => {
             error!(error = %e, "cannot claim a due email; the sweeper will offer it again");
-            return;
+            return Took::Other;
         }
+    };
+    let took = if job.id.is_none() {
+        Took::NextDue
+    } else {
+        Took::Other
     };
     // The queue wait (commit or offer → claim) of the row in hand: a row taken over waited
     // from its commit if this is its first attempt; a retry's wait since its due time is not
@@ -159,5 +180,6 @@ async fn deliver(delivery: &Delivery, job: Job, shutdown: &CancellationToken) {
         }
     }
     .instrument(span)
-    .await
+    .await;
+    took
 }
