@@ -1,10 +1,17 @@
 //! The worker pool: `concurrency` tokio tasks sharing one channel receiver.
 //!
-//! Each worker is one of the "waiters" of docs/sync-vs-background.md: it takes an id, waits for a free SMTP
-//! connection (`smtp.pool_size` in all, shared with sync signups), claims the row (or, if
-//! another sender claimed it first, the oldest row that is due), waits on the SMTP server,
-//! records the outcome and takes the next. While one waits on the network the others run; that
-//! is concurrency on a handful of threads, not one thread per email.
+//! Each worker is one of the "waiters" of docs/sync-vs-background.md: it takes a job, waits for a
+//! free SMTP connection (`smtp.pool_size` in all, shared with sync signups), claims the job's row
+//! (or, if another sender claimed it first, the oldest row that is due; or, for a job that names
+//! no row, the oldest due row at once), waits on the SMTP server, records the outcome and takes
+//! the next. While one waits on the network the others run; that is concurrency on a handful of
+//! threads, not one thread per email.
+//!
+//! On a queue several instances share, most jobs name no row (see `Delivery::offer_found`). A
+//! worker that took a row that way goes on taking the row due next until none is due, as a
+//! queue's fetch loop does, so a backlog drains at the workers' pace without an offer per row;
+//! between two rows it takes a job waiting in the channel first (a local signup's own row, most
+//! likely), so new emails do not wait behind the whole backlog.
 
 use std::{sync::Arc, time::Instant};
 
@@ -55,16 +62,34 @@ async fn run(
         };
         delivery.took_job();
         // Once taken, a job is finished even during shutdown (bounded by the SMTP timeout).
-        // A worker that took the row due next goes on to the next one until none is due, as
-        // a queue's fetch loop does: a backlog on a shared queue drains at the workers' pace
-        // with no offer per row (see `sweeper`).
+        // While it keeps finding due rows, the worker goes on (see the module docs).
         let mut job = job;
-        while deliver(&delivery, job, &shutdown).await == Took::NextDue && !shutdown.is_cancelled()
-        {
-            job = Job::next_due();
+        let mut draining = false;
+        loop {
+            let names_a_row = job.id.is_some();
+            match deliver(&delivery, job, &shutdown).await {
+                Took::NextDue => draining = true,
+                Took::Other if !names_a_row => draining = false,
+                Took::Other => {}
+            }
+            if !draining || shutdown.is_cancelled() {
+                break;
+            }
+            job = match waiting(&receiver) {
+                Some(job) => {
+                    delivery.took_job();
+                    job
+                }
+                None => Job::next_due(),
+            };
         }
     }
     info!(worker, "worker stopped");
+}
+
+/// A job waiting in the channel, if one is and no idle worker is already waiting for it.
+fn waiting(receiver: &Mutex<mpsc::Receiver<Job>>) -> Option<Job> {
+    receiver.try_lock().ok()?.try_recv().ok()
 }
 
 /// What a delivery claimed.
@@ -77,7 +102,7 @@ enum Took {
 }
 
 /// Claims, sends and records one outbox row. The send is traced in a span that carries the
-/// queue wait (from the commit, or the sweeper's offer, to the claim), the attempt, the send
+/// queue wait (from the commit, or the offer of the row by id, to the claim), the attempt, the send
 /// time, the outcome and the id of the request that created it. The span starts at the claim:
 /// only a claimed row says which trace it belongs to, and a span joins a trace only before it is
 /// first entered.
@@ -99,6 +124,8 @@ async fn deliver(delivery: &Delivery, job: Job, shutdown: &CancellationToken) ->
             }
             own => own,
         },
+        // A job that names no row is dropped at shutdown: its rows stay queued in the table.
+        None if shutdown.is_cancelled() => return Took::Other,
         None => store.claim_next_due(lease).await,
     };
     let claimed = match claimed {

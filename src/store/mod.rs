@@ -297,8 +297,9 @@ impl Store {
 
     /// Claims the oldest due row no sender holds, as [`Store::claim`] claims one: for a worker
     /// whose own row another sender took first, and, on a shared queue, for one offered a row
-    /// that every instance was offered (see [`Store::shared`]). `None` when nothing is due, or,
-    /// on SQLite, when another worker asking at the same moment took the one row both picked.
+    /// that every instance was offered (see [`Store::shared`]). `None` when nothing is due, on
+    /// PostgreSQL when every due row is held by another sender, and on SQLite when another
+    /// worker asking at the same moment took the one row both picked.
     pub async fn claim_next_due(
         &self,
         lease: Duration,

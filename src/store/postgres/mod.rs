@@ -10,16 +10,16 @@
 //!   clock (`confirmd_now_ms()` in the schema), so instances whose clocks disagree still agree on
 //!   which lease ran out: a fast clock cannot take a row back from a live sender.
 //! - **Wake-ups cross instances.** A background signup's transaction ends with `pg_notify` on
-//!   [`CHANNEL`]; every instance listens ([`listener`]) and hands the id to its workers, as a
-//!   local signup does. Notifications are a fast path only: one lost while a listener
+//!   [`CHANNEL`]; every instance listens ([`listener`]) and wakes a worker of its own for the row
+//!   due next (every instance hears each one). Notifications are a fast path only: one lost while a listener
 //!   reconnects is found by the sweeper, as on SQLite.
 //! - **Concurrent signups of one address** meet on the unique address and the user's row lock
 //!   ([`signup`]), never as an error.
 //!
 //! # Group commit, here too
 //!
-//! Signups, the workers' claims (of their own rows, and of the oldest due rows for workers that
-//! lost theirs to another instance) and the outcomes of their sends are each written in batches
+//! Signups, the workers' claims (of their own rows, and of the oldest due rows for workers
+//! offered no row in particular or that lost theirs to another sender) and the outcomes of their sends are each written in batches
 //! ([`batch`]): whatever waits when a batch starts is written with one statement, or one
 //! transaction, and a request alone is written at once. PostgreSQL runs transactions side by
 //! side and shares the WAL flush of those that commit together, so this was not obvious; the

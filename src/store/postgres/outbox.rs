@@ -41,8 +41,9 @@ impl PostgresStore {
     }
 
     /// Claims the oldest due row no sender holds, as [`PostgresStore::claim`] claims one row:
-    /// for a worker whose own row another instance took first. Written with the other such
-    /// claims of this instance's workers ([`NextDue`]).
+    /// for a worker offered no row in particular (a sweeper's find, another instance's signup)
+    /// or whose own row another sender took first. `None` when no due row is free. Written with
+    /// the other such claims of this instance's workers ([`NextDue`]).
     pub async fn claim_next_due(
         &self,
         lease: Duration,
