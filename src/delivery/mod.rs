@@ -453,8 +453,8 @@ impl Delivery {
     /// one another instance wrote (its listener heard). On a queue other instances share, they
     /// were offered the same row, by their sweepers or their listeners; a worker that asked for
     /// it by id would most often lose it to one of them, and then ask again for whichever row
-    /// is due. So there the offer is for the row due next, which a claim takes
-    /// skipping rows other senders hold, and no instance loses a claim to another.
+    /// is due. So there the offer is for the row due next, which a claim takes skipping rows
+    /// other senders hold, and no instance loses a claim to another.
     fn offer_found(&self, id: OutboxId) {
         self.hand_over((!self.store().shared()).then_some(id));
     }

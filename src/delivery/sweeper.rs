@@ -2,13 +2,14 @@
 //!
 //! At start-up and then every `worker.sweep_interval_ms` it writes the outcomes of sends that the
 //! database refused to record (see `in_hand`), then takes back rows whose lease expired (their
-//! sender died mid-send; rows this process still has in hand are left alone), and offers the workers every queued row that is due: retries
-//! whose backoff has passed, rows the full channel could not take, rows left by the last run.
-//! It also counts the backlog, which the backlog cap (`worker.max_backlog`) is checked against.
-//! Between intervals it sweeps again whenever the workers have drained a channel that rows could
-//! not fit in (see `Delivery::took_job`), so a large backlog is not paced by the interval. On a
-//! queue other instances share, it offers no more rows than there are workers, each offer for
-//! the row due next, and a worker that took one goes on to the next by itself (see `worker`).
+//! sender died mid-send; rows this process still has in hand are left alone), and offers the
+//! workers every queued row that is due: retries whose backoff has passed, rows the full channel
+//! could not take, rows left by the last run. It also counts the backlog, which the backlog cap
+//! (`worker.max_backlog`) is checked against. Between intervals it sweeps again whenever the
+//! workers have drained a channel that rows could not fit in (see `Delivery::took_job`), so a large
+//! backlog is not paced by the interval. On a queue other instances share, it offers no more rows
+//! than there are workers, each offer for the row due next, and a worker that took one goes on to
+//! the next by itself (see `worker`).
 
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info};

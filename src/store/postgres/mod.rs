@@ -11,26 +11,25 @@
 //!   which lease ran out: a fast clock cannot take a row back from a live sender.
 //! - **Wake-ups cross instances.** A background signup's transaction ends with `pg_notify` on
 //!   [`CHANNEL`]; every instance listens ([`listener`]) and wakes a worker of its own for the row
-//!   due next (every instance hears each one). Notifications are a fast path only: one lost while a listener
-//!   reconnects is found by the sweeper, as on SQLite.
+//!   due next (every instance hears each one). Notifications are a fast path only: one lost
+//!   while a listener reconnects is found by the sweeper, as on SQLite.
 //! - **Concurrent signups of one address** meet on the unique address and the user's row lock
 //!   ([`signup`]), never as an error.
 //!
 //! # Group commit, here too
 //!
-//! Signups, the workers' claims (of their own rows, and of the oldest due rows for workers
-//! offered no row in particular or that lost theirs to another sender) and the outcomes of their sends are each written in batches
-//! ([`batch`]): whatever waits when a batch starts is written with one statement, or one
-//! transaction, and a request alone is written at once. PostgreSQL runs transactions side by
-//! side and shares the WAL flush of those that commit together, so this was not obvious; the
-//! measurements decided it (BENCHMARKS.md, section 9). One transaction per signup and two
-//! single-row commits per email gave 0.33x the PostgreSQL floor and 287 no-op jobs a second per
-//! core on a loaded machine; batched, 0.58x and 1,008 to 1,784 per core on a quieter one. The
-//! two were not measured under the same load, so not all of the gain is batching's. A signup
-//! alone was six
-//! round trips (begin, user, token, outbox row, notification, commit); a batch of new addresses
-//! is three. What a batch costs: one statement of each kind in flight per instance (the rest of
-//! the pool stays free for reads, the sweeper and the pruner), and a batch that fails for a
+//! Signups, the workers' claims (of their own rows, and of the oldest due rows for workers offered
+//! no row in particular or that lost theirs to another sender) and the outcomes of their sends are
+//! each written in batches ([`batch`]): whatever waits when a batch starts is written with one
+//! statement, or one transaction, and a request alone is written at once. PostgreSQL runs
+//! transactions side by side and shares the WAL flush of those that commit together, so this was
+//! not obvious; the measurements decided it (BENCHMARKS.md, section 9). One transaction per signup
+//! and two single-row commits per email gave 0.33x the PostgreSQL floor and 287 no-op jobs a second
+//! per core on a loaded machine; batched, 0.58x and 1,008 to 1,784 per core on a quieter one. The
+//! two were not measured under the same load, so not all of the gain is batching's. A signup alone
+//! was six round trips (begin, user, token, outbox row, notification, commit); a batch of new
+//! addresses is three. What a batch costs: one statement of each kind in flight per instance (the
+//! rest of the pool stays free for reads, the sweeper and the pruner), and a batch that fails for a
 //! reason that may be one request's is written again one request at a time.
 //!
 //! # Claims do not wait for the disk
