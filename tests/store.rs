@@ -339,8 +339,10 @@ async fn retention(store: &Store) {
         written_before: failed_at,
     };
     assert_eq!(store.prune(young_failed, 500).await.unwrap(), 0);
+    // Every token was created before the cutoff (the store reads only those).
     let signups = Prune::ExpiredSignups {
         expired_before: now_ms(),
+        created_before: cutoff,
         failed_since: failed_at,
     };
     // Only the signup whose every link expired goes: the live link, the confirmed user and
@@ -359,6 +361,7 @@ async fn retention(store: &Store) {
     assert!(!shown(&failed).await);
     let signups = Prune::ExpiredSignups {
         expired_before: now_ms(),
+        created_before: cutoff,
         failed_since: cutoff,
     };
     assert_eq!(store.prune(signups, 500).await.unwrap(), 1);
@@ -367,6 +370,7 @@ async fn retention(store: &Store) {
     // The confirmed user's expired token goes; the user stays, and is sent the account notice.
     let tokens = Prune::ExpiredTokens {
         expired_before: now_ms(),
+        created_before: cutoff,
     };
     assert_eq!(store.prune(tokens, 500).await.unwrap(), 1);
     assert!(store.token_owner(&confirmed_hash).await.unwrap().is_none());

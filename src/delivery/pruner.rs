@@ -36,7 +36,7 @@ pub(super) async fn run(
     shutdown: CancellationToken,
 ) {
     loop {
-        let pass = Pass::at(clock::now_ms(), &settings);
+        let pass = Pass::at(clock::now_ms(), &settings, delivery.inner.policy.token_ttl);
         match pass
             .run(delivery.store(), delivery.metrics(), &settings, &shutdown)
             .await
@@ -60,8 +60,8 @@ struct Pass {
 }
 
 impl Pass {
-    /// What a pass at `now` deletes under `settings`.
-    fn at(now: i64, settings: &RetentionSettings) -> Pass {
+    /// What a pass at `now` deletes under `settings`, where links last `token_ttl`.
+    fn at(now: i64, settings: &RetentionSettings, token_ttl: Duration) -> Pass {
         let before = |age: Option<Duration>| age.map(|age| now.saturating_sub(millis(age)));
         let failed_before = before(settings.failed_age());
         let mut targets = Vec::with_capacity(4);
@@ -75,12 +75,20 @@ impl Pass {
         // as long as a sent email is kept, and goes with its signup or token after that: a link
         // clicked a day late still says what happened to it.
         if let Some(expired_before) = before(settings.sent_age()) {
+            // A link lasts `token_ttl` from its token's creation or longer (from its send), so
+            // only tokens created that long before `expired_before` can have expired by then:
+            // the pruner reads those, off the creation index the sends never move.
+            let created_before = expired_before.saturating_sub(millis(token_ttl));
             targets.push(Prune::ExpiredSignups {
                 expired_before,
+                created_before,
                 // Failed emails kept forever keep their signups forever.
                 failed_since: failed_before.unwrap_or(i64::MIN),
             });
-            targets.push(Prune::ExpiredTokens { expired_before });
+            targets.push(Prune::ExpiredTokens {
+                expired_before,
+                created_before,
+            });
         }
         Pass { targets }
     }
@@ -121,14 +129,20 @@ mod tests {
     fn an_expired_link_keeps_its_answer_as_long_as_a_sent_email_is_kept() {
         let settings = Settings::defaults().retention;
         let now = 10_000_000_000;
-        let three_days_ago = now - 3 * 24 * 3600 * 1000;
-        let pass = Pass::at(now, &settings);
+        let day = 24 * 3600 * 1000;
+        let three_days_ago = now - 3 * day;
+        let ttl = Settings::defaults().token.ttl();
+        assert_eq!(ttl, Duration::from_secs(24 * 3600));
+        let pass = Pass::at(now, &settings, ttl);
+        // Tokens created four days ago or earlier: a link made later lasts past three days ago.
         assert!(pass.targets.contains(&Prune::ExpiredSignups {
             expired_before: three_days_ago,
-            failed_since: now - 30 * 24 * 3600 * 1000,
+            created_before: three_days_ago - day,
+            failed_since: now - 30 * day,
         }));
         assert!(pass.targets.contains(&Prune::ExpiredTokens {
-            expired_before: three_days_ago
+            expired_before: three_days_ago,
+            created_before: three_days_ago - day,
         }));
 
         // Sent emails kept forever keep expired links forever.
@@ -136,7 +150,7 @@ mod tests {
             sent_days: 0,
             ..settings
         };
-        let pass = Pass::at(now, &forever);
+        let pass = Pass::at(now, &forever, ttl);
         assert!(pass.targets.iter().all(|target| !matches!(
             target,
             Prune::ExpiredSignups { .. } | Prune::ExpiredTokens { .. }

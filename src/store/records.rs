@@ -197,14 +197,19 @@ pub enum Prune {
     /// Pending users whose every link expired before `expired_before`, with their tokens and
     /// emails, unless an email of theirs is still queued or being sent, or failed at or after
     /// `failed_since` (an operator may still requeue it, and its link is renewed when it is
-    /// sent).
+    /// sent). Only tokens created before `created_before` are read: a link lasts at least
+    /// `token.ttl_hours` from its token's creation, so no token created since has expired.
     ExpiredSignups {
         expired_before: i64,
+        created_before: i64,
         failed_since: i64,
     },
-    /// Tokens of confirmed users that expired before `expired_before`: their links only ever
-    /// said "already confirmed" or "expired".
-    ExpiredTokens { expired_before: i64 },
+    /// Tokens of confirmed users that expired before `expired_before`, of those created before
+    /// `created_before`: their links only ever said "already confirmed" or "expired".
+    ExpiredTokens {
+        expired_before: i64,
+        created_before: i64,
+    },
 }
 
 impl Prune {

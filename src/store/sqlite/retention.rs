@@ -3,10 +3,11 @@
 //! Every prune statement is one batch in a transaction of its own, through the writer
 //! connection: it waits for the signup group being written, holds the write lock for one batch,
 //! and the group-commit writer gets it back at once. Each reads only the rows it may delete, off
-//! an index made for it (`migrations/sqlite/20261130000700_retention.sql`). The joins from tokens
-//! to users are `CROSS JOIN`s, which in SQLite fix the order: expired tokens first (a range of
-//! the expiry index), then each one's user. Left to itself, the planner may read every user and
-//! look up each one's tokens.
+//! an index made for it (`migrations/sqlite/20261130000700_retention.sql` and
+//! `20261201000100_tokens_by_creation.sql`). The joins from tokens to users are `CROSS JOIN`s,
+//! which in SQLite fix the order: old tokens first (a range of the creation index, filtered by
+//! expiry), then each one's user. Left to itself, the planner may read every user and look up
+//! each one's tokens.
 
 use super::SqliteStore;
 use crate::store::{ActiveCounts, Prune, StoreError};
@@ -62,13 +63,14 @@ impl SqliteStore {
             // indexes).
             Prune::ExpiredSignups {
                 expired_before,
+                created_before,
                 failed_since,
             } => {
                 sqlx::query!(
                     "DELETE FROM users WHERE id IN (
                          SELECT t.user_id FROM confirmation_tokens t
                          CROSS JOIN users u ON u.id = t.user_id
-                         WHERE t.expires_at < ?1 AND u.status = 'pending'
+                         WHERE t.created_at < ?4 AND t.expires_at < ?1 AND u.status = 'pending'
                            AND NOT EXISTS (SELECT 1 FROM confirmation_tokens live
                                            WHERE live.user_id = t.user_id AND live.expires_at >= ?1)
                            AND NOT EXISTS (SELECT 1 FROM email_outbox o
@@ -78,20 +80,25 @@ impl SqliteStore {
                          LIMIT ?3)",
                     expired_before,
                     failed_since,
-                    limit
+                    limit,
+                    created_before
                 )
                 .execute(&self.writer)
                 .await
             }
-            Prune::ExpiredTokens { expired_before } => {
+            Prune::ExpiredTokens {
+                expired_before,
+                created_before,
+            } => {
                 sqlx::query!(
                     "DELETE FROM confirmation_tokens WHERE token_hash IN (
                          SELECT t.token_hash FROM confirmation_tokens t
                          CROSS JOIN users u ON u.id = t.user_id
-                         WHERE t.expires_at < ?1 AND u.status = 'confirmed'
+                         WHERE t.created_at < ?3 AND t.expires_at < ?1 AND u.status = 'confirmed'
                          LIMIT ?2)",
                     expired_before,
-                    limit
+                    limit,
+                    created_before
                 )
                 .execute(&self.writer)
                 .await
