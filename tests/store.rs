@@ -222,6 +222,55 @@ async fn take_over(a: &Store, b: &Store) {
 }
 
 #[tokio::test]
+async fn a_sent_outcome_claims_the_row_due_next_with_it() {
+    let (_dir, store) = store().await;
+    sent_then_next(&store, &store).await;
+}
+
+/// A sender going through a backlog records a sent email and claims the oldest due row in one
+/// write; another sender's claim meanwhile takes a row of its own, and when nothing is due the
+/// outcome is still written and nothing is claimed.
+async fn sent_then_next(a: &Store, b: &Store) {
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        let stored = a
+            .create_signup(signup(&format!("next{i}@example.com"), 1_000))
+            .await
+            .unwrap();
+        ids.push(stored.outbox_id);
+    }
+    let lease = Duration::from_secs(60);
+    let far = now_ms() + 3_600_000;
+    let first = a.claim_next_due(lease).await.unwrap().unwrap();
+    let second = a
+        .mark_sent_and_claim_next(first.claim, now_ms(), far, lease)
+        .await
+        .unwrap()
+        .expect("a row still due");
+    assert_eq!(second.attempts, 1);
+    let counts = a.outbox_counts().await.unwrap();
+    assert_eq!((counts.sent, counts.sending, counts.queued), (1, 1, 1));
+
+    let third = b.claim_next_due(lease).await.unwrap().unwrap();
+    let mut taken = vec![first.claim.id, second.claim.id, third.claim.id];
+    taken.sort_by_key(|id| id.0);
+    assert_eq!(taken, ids, "each row once");
+    assert!(
+        a.mark_sent_and_claim_next(second.claim, now_ms(), far, lease)
+            .await
+            .unwrap()
+            .is_none(),
+        "nothing left that no sender holds"
+    );
+    let counts = a.outbox_counts().await.unwrap();
+    assert_eq!((counts.sent, counts.sending, counts.queued), (2, 1, 0));
+    // The outcome carries the sent link's expiry to its token, as `mark_sent` does.
+    let hash = second.token_hash.expect("a confirmation's token");
+    let owner = a.token_owner(&hash).await.unwrap().unwrap();
+    assert_eq!(owner.expires_at, far);
+}
+
+#[tokio::test]
 async fn the_pruner_deletes_what_is_old_enough_and_keeps_the_rest() {
     let (_dir, store) = store().await;
     retention(&store).await;
@@ -682,7 +731,8 @@ mod postgres {
 
     use super::{
         HeldLock, again_in_a_group, committed_together, database::TestDatabase, fault_in_a_group,
-        lease_fencing, prune_batches, retention, senders_at_once, signup, take_over,
+        lease_fencing, prune_batches, retention, senders_at_once, sent_then_next, signup,
+        take_over,
     };
 
     /// `count` stores on one fresh, migrated database: instances of one deployment.
@@ -909,6 +959,12 @@ mod postgres {
     async fn a_sender_whose_row_another_instance_took_takes_another_due_row() {
         let (_database, stores) = instances(2).await;
         take_over(&stores[0], &stores[1]).await;
+    }
+
+    #[tokio::test]
+    async fn a_sent_outcome_claims_the_row_due_next_with_it_beside_another_instance() {
+        let (_database, stores) = instances(2).await;
+        sent_then_next(&stores[0], &stores[1]).await;
     }
 
     #[tokio::test]

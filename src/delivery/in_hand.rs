@@ -22,7 +22,7 @@ use std::{collections::HashSet, sync::Mutex as SyncMutex, time::Duration};
 use tokio::sync::Mutex;
 use tracing::{info, warn};
 
-use crate::store::{Claim, OutboxId, Store, StoreError};
+use crate::store::{Claim, ClaimedEmail, OutboxId, Store, StoreError};
 
 /// What a send came to, as the store records it.
 #[derive(Debug, Clone)]
@@ -52,6 +52,35 @@ impl Outcome {
             } => store.mark_sent(claim, *at, *link_expires_at).await,
             Outcome::Retry { retry_in, error } => store.mark_retry(claim, *retry_in, error).await,
             Outcome::Failed { error } => store.mark_failed(claim, error).await,
+        }
+    }
+
+    /// Writes this outcome of `claim` and claims the row due next under `lease`: a sent
+    /// email's in the same statement (see [`Store::mark_sent_and_claim_next`]), any other's
+    /// after it. An error is the outcome's; a claim that fails after the outcome was written
+    /// claims nothing, and the sweeper offers the rows again.
+    pub(super) async fn write_and_claim_next(
+        &self,
+        store: &Store,
+        claim: Claim,
+        lease: Duration,
+    ) -> Result<Option<ClaimedEmail>, StoreError> {
+        match self {
+            Outcome::Sent {
+                at,
+                link_expires_at,
+            } => {
+                store
+                    .mark_sent_and_claim_next(claim, *at, *link_expires_at, lease)
+                    .await
+            }
+            _ => {
+                self.write(store, claim).await?;
+                Ok(store.claim_next_due(lease).await.unwrap_or_else(|e| {
+                    warn!(error = %e, "cannot claim a due email; the sweeper will offer it again");
+                    None
+                }))
+            }
         }
     }
 }

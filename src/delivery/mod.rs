@@ -404,7 +404,9 @@ impl Delivery {
                         this.hand_back(claim).await?;
                         return Ok(None);
                     };
-                    let attempt = this.attempt(&permit, claim, &to, &outgoing, 1, now).await;
+                    let (attempt, _) = this
+                        .attempt(&permit, claim, &to, &outgoing, 1, now, None)
+                        .await;
                     Span::current().record("outcome", attempt.as_str());
                     Ok::<_, StoreError>(Some(attempt))
                 };

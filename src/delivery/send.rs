@@ -85,6 +85,10 @@ impl Delivery {
     /// sent, retry later, or failed for good. A row that sends nothing waits about as long as a
     /// send and ends as the last real send did (sent, or retried during an outage): its
     /// requester cannot tell it from one that sent.
+    ///
+    /// With `next_due`, a lease, a sent outcome also claims the row due next, written with it
+    /// (see [`crate::store::Store::mark_sent_and_claim_next`]); that row comes back beside the attempt.
+    #[allow(clippy::too_many_arguments)]
     pub(super) async fn attempt(
         &self,
         permit: &ConnectionPermit,
@@ -93,7 +97,8 @@ impl Delivery {
         outgoing: &Outgoing,
         attempts: i64,
         created_at: i64,
-    ) -> Attempt {
+        next_due: Option<Duration>,
+    ) -> (Attempt, Option<ClaimedEmail>) {
         let _sending = self.inner.in_hand.sending(claim.id);
         let started = Instant::now();
         let mailer = &self.inner.mailer;
@@ -104,7 +109,9 @@ impl Delivery {
                     .recent_sends
                     .mimic(self.inner.policy.send_timeout);
                 tokio::time::sleep(wait).await;
-                return self.record(claim, attempts, created_at, outcome).await;
+                return self
+                    .record(claim, attempts, created_at, outcome, next_due)
+                    .await;
             }
             Outgoing::Confirmation { link } => mailer.confirmation(&ConfirmationEmail {
                 id: claim.id.0,
@@ -127,27 +134,30 @@ impl Delivery {
             self.inner.recent_sends.observe(took);
         }
         self.inner.recent_sends.record(&result, took);
-        let attempt = self.record(claim, attempts, created_at, result).await;
+        let (attempt, next) = self
+            .record(claim, attempts, created_at, result, next_due)
+            .await;
         let outcome = match &attempt {
             Attempt::Sent => EmailOutcome::Sent,
             Attempt::Retrying { .. } => EmailOutcome::Retried,
             Attempt::Failed { .. } => EmailOutcome::Failed,
         };
         self.inner.metrics.observe_send(took, outcome);
-        attempt
+        (attempt, next)
     }
 
     /// Writes what a send came to: sent, due again after a backoff, or failed for good. If the
     /// database refuses the write, the outcome is kept and written later (see [`in_hand`]):
     /// the send happened either way. The `attempts`-th attempt at an email signed up at
-    /// `created_at` (Unix ms).
+    /// `created_at` (Unix ms). With `next_due`, claims the row due next with a sent outcome.
     async fn record(
         &self,
         claim: Claim,
         attempts: i64,
         created_at: i64,
         result: Result<(), SendError>,
-    ) -> Attempt {
+        next_due: Option<Duration>,
+    ) -> (Attempt, Option<ClaimedEmail>) {
         let policy = &self.inner.policy;
         let (attempt, outcome) = match result {
             Ok(()) => (
@@ -187,10 +197,18 @@ impl Delivery {
                 }
             }
         };
-        if let Err(error) = outcome.write(&self.inner.store, claim).await {
-            self.inner.in_hand.keep(claim, outcome, &error).await;
+        let store = &self.inner.store;
+        let written = match next_due {
+            Some(lease) => outcome.write_and_claim_next(store, claim, lease).await,
+            None => outcome.write(store, claim).await.map(|()| None),
+        };
+        match written {
+            Ok(next) => (attempt, next),
+            Err(error) => {
+                self.inner.in_hand.keep(claim, outcome, &error).await;
+                (attempt, None)
+            }
         }
-        attempt
     }
 }
 

@@ -9,18 +9,24 @@
 //!
 //! On a queue several instances share, most jobs name no row (see `Delivery::offer_found`). A
 //! worker that took a row that way goes on taking the row due next until none is due, as a
-//! queue's fetch loop does, so a backlog drains at the workers' pace without an offer per row;
-//! between two rows it takes a job waiting in the channel first (a local signup's own row, most
-//! likely), so new emails do not wait behind the whole backlog.
+//! queue's fetch loop does, so a backlog drains at the workers' pace without an offer per row.
+//! It asks for the next row with the outcome of the last (`Store::mark_sent_and_claim_next`:
+//! one statement on PostgreSQL, as River's and Oban's complete-and-fetch), and keeps its SMTP
+//! connection for it, but only while no job waits in the channel (a local signup's own row, most
+//! likely: it goes first, so new emails do not wait behind the whole backlog) and no sync
+//! request or other worker waits for a connection.
 
-use std::{sync::Arc, time::Instant};
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use tokio::sync::{Mutex, mpsc};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::{Instrument, Span, error, field, info, info_span, warn};
 
 use super::{Attempt, Delivery, Job};
-use crate::{clock, telemetry::millis};
+use crate::{clock, mail::ConnectionPermit, store::ClaimedEmail, telemetry::millis};
 
 pub(super) fn spawn_pool(
     delivery: Delivery,
@@ -67,7 +73,7 @@ async fn run(
         let mut draining = false;
         loop {
             let names_a_row = job.id.is_some();
-            match deliver(&delivery, job, &shutdown).await {
+            match deliver(&delivery, job, &receiver, &shutdown).await {
                 Took::NextDue => draining = true,
                 Took::Other if !names_a_row => draining = false,
                 Took::Other => {}
@@ -101,12 +107,18 @@ enum Took {
     Other,
 }
 
-/// Claims, sends and records one outbox row. The send is traced in a span that carries the
-/// queue wait (from the commit, or the offer of the row by id, to the claim), the attempt, the send
-/// time, the outcome and the id of the request that created it. The span starts at the claim:
+/// Claims, sends and records one outbox row, and, for a job that named none, the rows due after
+/// it while its outcome can claim them (see [`send`]). Each send is traced in a span that carries
+/// the queue wait (from the commit, or the offer of the row by id, to the claim), the attempt, the
+/// send time, the outcome and the id of the request that created it. The span starts at the claim:
 /// only a claimed row says which trace it belongs to, and a span joins a trace only before it is
 /// first entered.
-async fn deliver(delivery: &Delivery, job: Job, shutdown: &CancellationToken) -> Took {
+async fn deliver(
+    delivery: &Delivery,
+    job: Job,
+    receiver: &Mutex<mpsc::Receiver<Job>>,
+    shutdown: &CancellationToken,
+) -> Took {
     // A connection first, the claim second: the lease starts only once the send can.
     let permit = delivery.mailer().connection().await;
     let store = delivery.store();
@@ -128,7 +140,7 @@ async fn deliver(delivery: &Delivery, job: Job, shutdown: &CancellationToken) ->
         None if shutdown.is_cancelled() => return Took::Other,
         None => store.claim_next_due(lease).await,
     };
-    let claimed = match claimed {
+    let mut claimed = match claimed {
         Ok(Some(claimed)) => claimed,
         Ok(None) => return Took::Other,
         Err(e) => {
@@ -136,23 +148,47 @@ async fn deliver(delivery: &Delivery, job: Job, shutdown: &CancellationToken) ->
             return Took::Other;
         }
     };
-    let took = if job.id.is_none() {
-        Took::NextDue
-    } else {
-        Took::Other
-    };
+    if job.id.is_some() {
+        send(delivery, &permit, claimed, Some(job), None).await;
+        return Took::Other;
+    }
+    // The row due next: while no job waits in the channel (it goes first), no one waits for
+    // this connection, and no shutdown came, the outcome claims the row after it.
+    loop {
+        let going_on = !shutdown.is_cancelled()
+            && !delivery.mailer().awaited()
+            && receiver
+                .try_lock()
+                .map_or(true, |receiver| receiver.is_empty());
+        let next_due = going_on.then_some(lease);
+        match send(delivery, &permit, claimed, None, next_due).await {
+            Some(next) => claimed = next,
+            // Asked with the outcome, and none was free: the backlog is done.
+            None if going_on => return Took::Other,
+            None => return Took::NextDue,
+        }
+    }
+}
+
+/// Sends the claimed row, traced (see [`deliver`]), for `job` if it was offered by id; with
+/// `next_due`, a lease, its outcome also claims the row due next, which is returned.
+async fn send(
+    delivery: &Delivery,
+    permit: &ConnectionPermit,
+    claimed: ClaimedEmail,
+    job: Option<Job>,
+    next_due: Option<Duration>,
+) -> Option<ClaimedEmail> {
     // The queue wait (commit or offer → claim) of the row in hand: a row taken over waited
     // from its commit if this is its first attempt; a retry's wait since its due time is not
     // known here, and is left out.
-    let queue_wait = if Some(claimed.claim.id) == job.id {
-        Some(job.enqueued_at.elapsed())
-    } else if claimed.attempts == 1 {
-        let waited = clock::now_ms().saturating_sub(claimed.created_at);
-        Some(std::time::Duration::from_millis(
-            u64::try_from(waited).unwrap_or(0),
-        ))
-    } else {
-        None
+    let queue_wait = match job {
+        Some(job) if job.id == Some(claimed.claim.id) => Some(job.enqueued_at.elapsed()),
+        _ if claimed.attempts == 1 => {
+            let waited = clock::now_ms().saturating_sub(claimed.created_at);
+            Some(Duration::from_millis(u64::try_from(waited).unwrap_or(0)))
+        }
+        _ => None,
     };
     if let Some(queue_wait) = queue_wait {
         delivery.metrics().observe_queue_wait(queue_wait);
@@ -176,18 +212,19 @@ async fn deliver(delivery: &Delivery, job: Job, shutdown: &CancellationToken) ->
             Ok(outgoing) => outgoing,
             Err(e) => {
                 error!(error = %e, "cannot store the link's new hash; the lease will bring the email back");
-                return;
+                return None;
             }
         };
         let sending = Instant::now();
-        let attempt = delivery
+        let (attempt, next) = delivery
             .attempt(
-                &permit,
+                permit,
                 claimed.claim,
                 &claimed.recipient,
                 &outgoing,
                 claimed.attempts,
                 claimed.created_at,
+                next_due,
             )
             .await;
         span.record("send_ms", millis(sending.elapsed()));
@@ -205,8 +242,8 @@ async fn deliver(delivery: &Delivery, job: Job, shutdown: &CancellationToken) ->
                 error!(error = %error, "email failed for good");
             }
         }
+        next
     }
     .instrument(span)
-    .await;
-    took
+    .await
 }

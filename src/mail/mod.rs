@@ -14,7 +14,13 @@ mod notice;
 mod pool;
 mod transport;
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
@@ -41,12 +47,31 @@ pub struct Mailer {
     /// open a connection for a sender holding a permit, and keeps no more idle ones than there
     /// are permits, so this bounds the connections open at any moment.
     connections: Arc<Semaphore>,
+    /// Senders waiting for a permit right now (see [`Mailer::awaited`]).
+    waiting: Arc<AtomicUsize>,
 }
 
 /// The right to use one SMTP connection, from [`Mailer::connection`]; given back when dropped.
 /// A worker takes it before it claims an email, so that waiting for a connection never eats into
 /// the claim's lease.
 pub struct ConnectionPermit(#[allow(dead_code)] OwnedSemaphorePermit);
+
+/// Counts one sender as waiting for a connection until dropped (its permit came, or a sync
+/// request gave up waiting).
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl<'a> Waiting<'a> {
+    fn on(count: &'a AtomicUsize) -> Waiting<'a> {
+        count.fetch_add(1, Ordering::Relaxed);
+        Waiting(count)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum SendError {
@@ -165,6 +190,7 @@ impl Mailer {
             from,
             timeout,
             connections: Arc::new(Semaphore::new(Semaphore::MAX_PERMITS)),
+            waiting: Arc::default(),
         }
     }
 
@@ -177,11 +203,18 @@ impl Mailer {
     /// Waits until a connection is free, however long that takes: for workers, which have
     /// nothing better to do.
     pub async fn connection(&self) -> ConnectionPermit {
+        let _waiting = Waiting::on(&self.waiting);
         let permit = Arc::clone(&self.connections)
             .acquire_owned()
             .await
             .expect("the semaphore is never closed");
         ConnectionPermit(permit)
+    }
+
+    /// Is a sender waiting for a connection? A worker holding one keeps it for its next email
+    /// only when none is, so a sync request never waits behind a whole backlog.
+    pub fn awaited(&self) -> bool {
+        self.waiting.load(Ordering::Relaxed) > 0
     }
 
     /// Waits at most `wait` for a free connection: for a sync request, which has a client

@@ -318,6 +318,37 @@ impl Store {
         backend!(self, store => store.mark_sent(claim, now, link_expires_at).await)
     }
 
+    /// [`Store::mark_sent`], then [`Store::claim_next_due`] for the worker that sent it. On
+    /// PostgreSQL one statement does both, so a worker going through a shared backlog records
+    /// an email and takes the next in one round trip; SQLite writes them one after the other.
+    /// `None` when no due row is free. An error is the outcome's: nothing was claimed.
+    pub async fn mark_sent_and_claim_next(
+        &self,
+        claim: Claim,
+        now: i64,
+        link_expires_at: i64,
+        lease: Duration,
+    ) -> Result<Option<ClaimedEmail>, StoreError> {
+        match self {
+            #[cfg(not(sqlx_prepare = "postgres"))]
+            Store::Sqlite(store) => {
+                store.mark_sent(claim, now, link_expires_at).await?;
+                // The outcome is written; a claim that fails leaves the rows queued for the
+                // sweeper, and must not pass for the outcome's failure.
+                Ok(store.claim_next_due(lease).await.unwrap_or_else(|e| {
+                    tracing::warn!(error = %e, "cannot claim a due email; the sweeper will offer it again");
+                    None
+                }))
+            }
+            #[cfg(not(sqlx_prepare = "sqlite"))]
+            Store::Postgres(store) => {
+                store
+                    .mark_sent_and_claim_next(claim, now, link_expires_at, lease)
+                    .await
+            }
+        }
+    }
+
     /// A failed attempt that may succeed later: back to the queue, due `retry_in` from now on
     /// the database's clock.
     pub async fn mark_retry(

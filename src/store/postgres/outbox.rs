@@ -15,7 +15,10 @@
 //! for it: a worker that took several would lease emails that then wait for connections, their
 //! leases running on while they wait. What is batched is the writing: the claims and the
 //! outcomes that this instance's workers ask for at the same time go to the server together
-//! ([`super::batch`]), one statement for all the claims, one for each kind of outcome.
+//! ([`super::batch`]), one statement for all the claims, one for each kind of outcome. A worker
+//! going through a backlog asks for its next row with the outcome of its last: the statement
+//! that writes the sent rows also claims the rows due next (complete-and-fetch), so an email
+//! costs a drain one statement where it cost two.
 
 use std::{collections::HashMap, time::Duration};
 
@@ -65,7 +68,24 @@ impl PostgresStore {
             at: now,
             link_expires_at,
         };
-        self.outcomes.write((claim, sent)).await
+        self.outcomes.write((claim, sent, None)).await.map(drop)
+    }
+
+    /// [`PostgresStore::mark_sent`], and in the same statement [`PostgresStore::claim_next_due`]
+    /// for the worker that sent it: a worker going through a backlog records one email and takes
+    /// the next in one round trip where it took two. `None` when no due row is free.
+    pub async fn mark_sent_and_claim_next(
+        &self,
+        claim: Claim,
+        now: i64,
+        link_expires_at: i64,
+        lease: Duration,
+    ) -> Result<Option<ClaimedEmail>, StoreError> {
+        let sent = Outcome::Sent {
+            at: now,
+            link_expires_at,
+        };
+        self.outcomes.write((claim, sent, Some(lease))).await
     }
 
     /// A failed attempt that may succeed later: back to the queue, due `retry_in` from now.
@@ -79,7 +99,7 @@ impl PostgresStore {
             retry_in,
             error: error.to_owned(),
         };
-        self.outcomes.write((claim, retry)).await
+        self.outcomes.write((claim, retry, None)).await.map(drop)
     }
 
     /// Gave up: the address was refused, the attempts ran out, or the link expires first.
@@ -88,7 +108,7 @@ impl PostgresStore {
         let failed = Outcome::Failed {
             error: error.to_owned(),
         };
-        self.outcomes.write((claim, failed)).await
+        self.outcomes.write((claim, failed, None)).await.map(drop)
     }
 
     /// Takes back rows whose sender's lease ran out (its instance died mid-send, most likely):
@@ -309,34 +329,46 @@ impl Batch for NextDue {
 }
 
 /// Outcomes, written by one statement for each kind of outcome in a batch, in one transaction
-/// when there is more than one kind.
+/// when there is more than one kind. A sent outcome may also ask for the row due next (its
+/// lease): the statement that writes the sent rows claims those too.
 pub(super) struct Outcomes;
 
 impl Batch for Outcomes {
-    type Request = (Claim, Outcome);
-    type Answer = ();
+    type Request = (Claim, Outcome, Option<Duration>);
+    type Answer = Option<ClaimedEmail>;
 
     /// Each row is written only while it still carries its claim's id; a stale claim (its lease
     /// ran out and another sender took the row) writes nothing, and is not an error.
     async fn write(
         &self,
         pool: &PgPool,
-        requests: &[(Claim, Outcome)],
-    ) -> Result<Vec<Result<(), StoreError>>, sqlx::Error> {
+        requests: &[(Claim, Outcome, Option<Duration>)],
+    ) -> Result<Vec<Result<Option<ClaimedEmail>, StoreError>>, sqlx::Error> {
         let mut rows = OutcomeRows::default();
-        for (claim, outcome) in requests {
-            rows.push(claim, outcome);
+        for (claim, outcome, next) in requests {
+            rows.push(claim, outcome, *next);
         }
         // A batch of one kind (all sent, as a drain's are) is one statement, committed alone:
         // BEGIN and COMMIT around it would be two more round trips for each batch.
-        if rows.kinds() > 1 {
+        let claimed = if rows.kinds() > 1 {
             let mut tx = pool.begin().await?;
-            rows.write(&mut tx).await?;
+            let claimed = rows.write(&mut tx).await?;
             tx.commit().await?;
+            claimed
         } else {
-            rows.write(&mut *pool.acquire().await?).await?;
-        }
-        Ok(requests.iter().map(|_| Ok(())).collect())
+            rows.write(&mut *pool.acquire().await?).await?
+        };
+        // The rows claimed go to the requests that asked for one, in order.
+        let mut claimed = claimed
+            .into_iter()
+            .map(|row| ClaimedEmail::try_from(row).map_err(StoreError::from));
+        Ok(requests
+            .iter()
+            .map(|(_, _, next)| match next {
+                Some(_) => claimed.next().transpose(),
+                None => Ok(None),
+            })
+            .collect())
     }
 }
 
@@ -346,6 +378,8 @@ struct OutcomeRows {
     sent: Fenced,
     sent_at: Vec<i64>,
     link_expires: Vec<i64>,
+    /// The leases of the rows due next that sent outcomes asked for, one each.
+    next: Vec<Duration>,
     retried: Fenced,
     retry_in_ms: Vec<i64>,
     retry_errors: Vec<String>,
@@ -354,7 +388,9 @@ struct OutcomeRows {
 }
 
 impl OutcomeRows {
-    fn push(&mut self, claim: &Claim, outcome: &Outcome) {
+    /// Adds an outcome; `next`, the lease of the row due next it asks for, counts only with a
+    /// sent one (the only kind that asks).
+    fn push(&mut self, claim: &Claim, outcome: &Outcome, next: Option<Duration>) {
         match outcome {
             Outcome::Sent {
                 at,
@@ -363,6 +399,7 @@ impl OutcomeRows {
                 self.sent.push(claim);
                 self.sent_at.push(*at);
                 self.link_expires.push(*link_expires_at);
+                self.next.extend(next);
             }
             Outcome::Retry { retry_in, error } => {
                 self.retried.push(claim);
@@ -384,10 +421,19 @@ impl OutcomeRows {
             .count()
     }
 
-    /// One statement for each kind in the batch, on `conn`.
-    async fn write(&self, conn: &mut PgConnection) -> Result<(), sqlx::Error> {
+    /// One statement for each kind in the batch, on `conn`; returns the rows due next claimed
+    /// with the sent ones.
+    ///
+    /// The sent rows' statement also claims as many of the oldest due rows as were asked for,
+    /// as [`NextDue`] does. A statement's parts see one snapshot and take disjoint rows (the
+    /// sent ones are `sending`, the claimed ones `queued`), so the claim cannot take a row this
+    /// statement has just written.
+    async fn write(&self, conn: &mut PgConnection) -> Result<Vec<ClaimedRow>, sqlx::Error> {
+        let mut claimed = Vec::new();
         if !self.sent.ids.is_empty() {
-            sqlx::query!(
+            let lease = self.next.iter().max().copied().unwrap_or_default();
+            claimed = sqlx::query_as!(
+                ClaimedRow,
                 "WITH outcome AS (
                      SELECT * FROM unnest($1::BIGINT[], $2::BIGINT[], $3::BIGINT[], $4::BIGINT[])
                          AS outcome(id, claim_id, sent_at, link_expires_at)
@@ -399,16 +445,34 @@ impl OutcomeRows {
                      WHERE o.id = outcome.id AND o.state = 'sending'
                        AND o.claim_id = outcome.claim_id
                      RETURNING o.token_hash, outcome.link_expires_at
+                 ), token AS (
+                     UPDATE confirmation_tokens t
+                     SET expires_at = GREATEST(t.expires_at, sent.link_expires_at)
+                     FROM sent WHERE t.token_hash = sent.token_hash
+                 ), free AS (
+                     SELECT id FROM email_outbox
+                     WHERE state = 'queued' AND next_attempt_at <= confirmd_now_ms()
+                     ORDER BY next_attempt_at
+                     LIMIT $5
+                     FOR UPDATE SKIP LOCKED
                  )
-                 UPDATE confirmation_tokens t
-                 SET expires_at = GREATEST(t.expires_at, sent.link_expires_at)
-                 FROM sent WHERE t.token_hash = sent.token_hash",
+                 UPDATE email_outbox o
+                 SET state = 'sending', lease_until = confirmd_now_ms() + $6,
+                     attempts = o.attempts + 1, claim_id = nextval('email_outbox_claims') + $7
+                 FROM free
+                 WHERE o.id = free.id
+                 RETURNING o.id, o.claim_id AS \"claim_id!\", o.kind, o.recipient, o.nonce,
+                           NULL::TEXT AS legacy_token, o.token_hash, o.attempts, o.request_id,
+                           o.trace_context, o.created_at",
                 &self.sent.ids,
                 &self.sent.claim_ids,
                 &self.sent_at,
-                &self.link_expires
+                &self.link_expires,
+                self.next.len() as i64,
+                millis(lease),
+                claim_offset()
             )
-            .execute(&mut *conn)
+            .fetch_all(&mut *conn)
             .await?;
         }
         if !self.retried.ids.is_empty() {
@@ -442,7 +506,7 @@ impl OutcomeRows {
             .execute(&mut *conn)
             .await?;
         }
-        Ok(())
+        Ok(claimed)
     }
 }
 
