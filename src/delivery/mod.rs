@@ -75,7 +75,7 @@ use in_hand::InHand;
 use recent_sends::RecentSends;
 pub use retry::Backoff;
 use retry::RetryPolicy;
-pub(crate) use send::{Attempt, Outgoing};
+pub(crate) use send::{AskNext, Attempt, Next, Outgoing};
 pub use smtp_check::SmtpStatus;
 pub use status::Readiness;
 

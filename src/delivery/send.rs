@@ -26,6 +26,20 @@ pub(crate) enum Outgoing {
     Nothing,
 }
 
+/// Whether the row due next was claimed with an attempt's outcome (see [`Delivery::attempt`]).
+pub(crate) enum Next {
+    /// It was not asked for.
+    NotAsked,
+    /// Claimed, leased to the worker that asked.
+    Claimed(ClaimedEmail),
+    /// Asked for, and none was free; or the outcome's write failed, and nothing was claimed.
+    NoneClaimed,
+}
+
+/// When a sender asks for the row due next with its outcome: a function, called as the outcome
+/// is about to be written, that answers with the lease to claim it under, or `None` not to.
+pub(crate) type AskNext<'a> = &'a (dyn Fn() -> Option<Duration> + Sync);
+
 /// What one attempt at sending a claimed row came to; the worker logs it.
 #[derive(Debug)]
 pub(crate) enum Attempt {
@@ -86,8 +100,9 @@ impl Delivery {
     /// send and ends as the last real send did (sent, or retried during an outage): its
     /// requester cannot tell it from one that sent.
     ///
-    /// With `next_due`, a lease, a sent outcome also claims the row due next, written with it
-    /// (see [`crate::store::Store::mark_sent_and_claim_next`]); that row comes back beside the attempt.
+    /// With `ask_next`, the outcome may also claim the row due next, as it is written (see
+    /// [`AskNext`] and [`crate::store::Store::mark_sent_and_claim_next`]); what it claimed comes
+    /// back beside the attempt.
     #[allow(clippy::too_many_arguments)]
     pub(super) async fn attempt(
         &self,
@@ -97,8 +112,8 @@ impl Delivery {
         outgoing: &Outgoing,
         attempts: i64,
         created_at: i64,
-        next_due: Option<Duration>,
-    ) -> (Attempt, Option<ClaimedEmail>) {
+        ask_next: Option<AskNext<'_>>,
+    ) -> (Attempt, Next) {
         let _sending = self.inner.in_hand.sending(claim.id);
         let started = Instant::now();
         let mailer = &self.inner.mailer;
@@ -110,7 +125,7 @@ impl Delivery {
                     .mimic(self.inner.policy.send_timeout);
                 tokio::time::sleep(wait).await;
                 return self
-                    .record(claim, attempts, created_at, outcome, next_due)
+                    .record(claim, attempts, created_at, outcome, ask_next)
                     .await;
             }
             Outgoing::Confirmation { link } => mailer.confirmation(&ConfirmationEmail {
@@ -135,7 +150,7 @@ impl Delivery {
         }
         self.inner.recent_sends.record(&result, took);
         let (attempt, next) = self
-            .record(claim, attempts, created_at, result, next_due)
+            .record(claim, attempts, created_at, result, ask_next)
             .await;
         let outcome = match &attempt {
             Attempt::Sent => EmailOutcome::Sent,
@@ -149,15 +164,16 @@ impl Delivery {
     /// Writes what a send came to: sent, due again after a backoff, or failed for good. If the
     /// database refuses the write, the outcome is kept and written later (see [`in_hand`]):
     /// the send happened either way. The `attempts`-th attempt at an email signed up at
-    /// `created_at` (Unix ms). With `next_due`, claims the row due next with a sent outcome.
+    /// `created_at` (Unix ms). With `ask_next`, asked as the outcome is written, claims the row
+    /// due next with it.
     async fn record(
         &self,
         claim: Claim,
         attempts: i64,
         created_at: i64,
         result: Result<(), SendError>,
-        next_due: Option<Duration>,
-    ) -> (Attempt, Option<ClaimedEmail>) {
+        ask_next: Option<AskNext<'_>>,
+    ) -> (Attempt, Next) {
         let policy = &self.inner.policy;
         let (attempt, outcome) = match result {
             Ok(()) => (
@@ -198,15 +214,20 @@ impl Delivery {
             }
         };
         let store = &self.inner.store;
-        let written = match next_due {
-            Some(lease) => outcome.write_and_claim_next(store, claim, lease).await,
-            None => outcome.write(store, claim).await.map(|()| None),
+        // Asked now, after the send: a job or a sync request that began waiting during it goes
+        // before the row due next.
+        let written = match ask_next.and_then(|ask| ask()) {
+            Some(lease) => outcome
+                .write_and_claim_next(store, claim, lease)
+                .await
+                .map(|claimed| claimed.map_or(Next::NoneClaimed, Next::Claimed)),
+            None => outcome.write(store, claim).await.map(|()| Next::NotAsked),
         };
         match written {
             Ok(next) => (attempt, next),
             Err(error) => {
                 self.inner.in_hand.keep(claim, outcome, &error).await;
-                (attempt, None)
+                (attempt, Next::NoneClaimed)
             }
         }
     }

@@ -25,8 +25,13 @@ use tokio::sync::{Mutex, mpsc};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::{Instrument, Span, error, field, info, info_span, warn};
 
-use super::{Attempt, Delivery, Job};
-use crate::{clock, mail::ConnectionPermit, store::ClaimedEmail, telemetry::millis};
+use super::{AskNext, Attempt, Delivery, Job, Next};
+use crate::{
+    clock,
+    mail::ConnectionPermit,
+    store::{Claim, ClaimedEmail},
+    telemetry::millis,
+};
 
 pub(super) fn spawn_pool(
     delivery: Delivery,
@@ -101,9 +106,11 @@ fn waiting(receiver: &Mutex<mpsc::Receiver<Job>>) -> Option<Job> {
 /// What a delivery claimed.
 #[derive(Debug, PartialEq, Eq)]
 enum Took {
-    /// The row due next, for a job that named none: more may be due.
+    /// The row due next, for a job that named none, and the rows after it while the outcomes
+    /// claimed them; more may be due.
     NextDue,
-    /// Its own row, a row taken over, or nothing.
+    /// Its own row, a row taken over, or nothing; or rows due next until a claim found none
+    /// free (or failed), or a shutdown came.
     Other,
 }
 
@@ -152,33 +159,56 @@ async fn deliver(
         send(delivery, &permit, claimed, Some(job), None).await;
         return Took::Other;
     }
-    // The row due next: while no job waits in the channel (it goes first), no one waits for
-    // this connection, and no shutdown came, the outcome claims the row after it.
-    loop {
+    // The row due next: the outcome claims the row after it, asked as it is written, while no
+    // shutdown came, no one waits for a connection and no job waits in the channel (it goes
+    // first: a local signup's own row, most likely).
+    let ask_next = || {
         let going_on = !shutdown.is_cancelled()
             && !delivery.mailer().awaited()
             && receiver
                 .try_lock()
                 .map_or(true, |receiver| receiver.is_empty());
-        let next_due = going_on.then_some(lease);
-        match send(delivery, &permit, claimed, None, next_due).await {
-            Some(next) => claimed = next,
-            // Asked with the outcome, and none was free: the backlog is done.
-            None if going_on => return Took::Other,
-            None => return Took::NextDue,
+        going_on.then_some(lease)
+    };
+    loop {
+        match send(delivery, &permit, claimed, None, Some(&ask_next)).await {
+            // Claimed as the outcome was written: after a shutdown that came since, it goes
+            // back to the queue unsent, so the shutdown waits for no second send.
+            Next::Claimed(next) if shutdown.is_cancelled() => {
+                give_back(delivery, next.claim).await;
+                return Took::Other;
+            }
+            Next::Claimed(next) => claimed = next,
+            // None was free (or the outcome's write failed): the backlog is done here.
+            Next::NoneClaimed => return Took::Other,
+            // Not asked: the worker's loop takes the waiting job, or stops.
+            Next::NotAsked => return Took::NextDue,
         }
     }
 }
 
+/// Puts a row claimed during shutdown back in the queue, due now (its attempt stays counted).
+/// If that write fails, the row comes back when its lease runs out.
+async fn give_back(delivery: &Delivery, claim: Claim) {
+    let reason = "not tried: the instance was shutting down";
+    if let Err(e) = delivery
+        .store()
+        .mark_retry(claim, Duration::ZERO, reason)
+        .await
+    {
+        warn!(outbox_id = %claim.id, error = %e, "cannot put the email back in the queue; its lease will");
+    }
+}
+
 /// Sends the claimed row, traced (see [`deliver`]), for `job` if it was offered by id; with
-/// `next_due`, a lease, its outcome also claims the row due next, which is returned.
+/// `ask_next`, its outcome may also claim the row due next.
 async fn send(
     delivery: &Delivery,
     permit: &ConnectionPermit,
     claimed: ClaimedEmail,
     job: Option<Job>,
-    next_due: Option<Duration>,
-) -> Option<ClaimedEmail> {
+    ask_next: Option<AskNext<'_>>,
+) -> Next {
     // The queue wait (commit or offer → claim) of the row in hand: a row taken over waited
     // from its commit if this is its first attempt; a retry's wait since its due time is not
     // known here, and is left out.
@@ -212,7 +242,7 @@ async fn send(
             Ok(outgoing) => outgoing,
             Err(e) => {
                 error!(error = %e, "cannot store the link's new hash; the lease will bring the email back");
-                return None;
+                return Next::NoneClaimed;
             }
         };
         let sending = Instant::now();
@@ -224,7 +254,7 @@ async fn send(
                 &outgoing,
                 claimed.attempts,
                 claimed.created_at,
-                next_due,
+                ask_next,
             )
             .await;
         span.record("send_ms", millis(sending.elapsed()));

@@ -197,8 +197,9 @@ pub enum Prune {
     /// Pending users whose every link expired before `expired_before`, with their tokens and
     /// emails, unless an email of theirs is still queued or being sent, or failed at or after
     /// `failed_since` (an operator may still requeue it, and its link is renewed when it is
-    /// sent). Only tokens created before `created_before` are read: a link lasts at least
-    /// `token.ttl_hours` from its token's creation, so no token created since has expired.
+    /// sent). Only tokens created before `created_before` are read: a link lasts
+    /// `token.ttl_hours` from about its token's creation or longer, so a token created since is
+    /// left for a later pass (on PostgreSQL, late by the signup's write delay and clock skew).
     ExpiredSignups {
         expired_before: i64,
         created_before: i64,

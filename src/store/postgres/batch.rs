@@ -1,8 +1,9 @@
 //! Batching of the senders' writes: the claims of one instance's workers, and the outcomes they
 //! record, each written many to a statement.
 //!
-//! Every email costs a sender two writes, its claim and its outcome, and each write alone is a
-//! round trip and a commit that waits for the WAL to reach the disk. With 16 workers draining a
+//! Every email costs a sender two writes, its claim and its outcome (one, in a drain, where the
+//! outcome claims the next row: [`super::outbox`]), and each write alone is a round trip and a
+//! commit that waits for the WAL to reach the disk. With 16 workers draining a
 //! backlog, 16 claims are in flight at once; written one by one they are 16 commits, written
 //! together one. So each kind of write has a task of its own that takes every request waiting
 //! when it starts a statement and writes them all with it; a request that arrives alone is

@@ -38,7 +38,9 @@
 //! claims' two connections say otherwise (`synchronous_commit = off`): a claim lost in a crash
 //! of the server leaves its row queued and its email, if it was in hand, is sent again, which is
 //! what a crash does to an email in hand anyway; the outcome's commit, which does wait, makes the
-//! claim before it durable too. The sequence that numbers claims may rewind with them, so a
+//! claim before it durable too. (A worker draining a backlog claims its next row with the outcome
+//! of its last, in the outcome's statement, so those claims wait for the flush the outcome waits
+//! for anyway.) The sequence that numbers claims may rewind with them, so a
 //! claim's id also carries a random offset drawn for its batch ([`outbox`]): an outcome a worker
 //! kept through the crash cannot pass the fence of a later claim of its row. A sender waited on
 //! the disk twice per email, for its claim and for its outcome; once only, a no-op drain of 16

@@ -358,15 +358,19 @@ impl Batch for Outcomes {
         } else {
             rows.write(&mut *pool.acquire().await?).await?
         };
-        // The rows claimed go to the requests that asked for one, in order.
-        let mut claimed = claimed
-            .into_iter()
-            .map(|row| ClaimedEmail::try_from(row).map_err(StoreError::from));
+        // The rows claimed go to the requests that asked for one, in order. A row that cannot
+        // be read claims nothing for its requester, whose outcome is written: it comes back
+        // when its lease runs out, to fail where it is read again.
+        let mut claimed = claimed.into_iter().map(|row| {
+            ClaimedEmail::try_from(row)
+                .inspect_err(|e| tracing::error!(error = %e, "cannot read a claimed email"))
+                .ok()
+        });
         Ok(requests
             .iter()
-            .map(|(_, _, next)| match next {
-                Some(_) => claimed.next().transpose(),
-                None => Ok(None),
+            .map(|(_, outcome, next)| match (outcome, next) {
+                (Outcome::Sent { .. }, Some(_)) => Ok(claimed.next().flatten()),
+                _ => Ok(None),
             })
             .collect())
     }
