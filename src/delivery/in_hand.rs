@@ -76,10 +76,7 @@ impl Outcome {
             }
             _ => {
                 self.write(store, claim).await?;
-                Ok(store.claim_next_due(lease).await.unwrap_or_else(|e| {
-                    warn!(error = %e, "cannot claim a due email; the sweeper will offer it again");
-                    None
-                }))
+                Ok(store.claim_next_after_outcome(lease).await)
             }
         }
     }

@@ -333,12 +333,7 @@ impl Store {
             #[cfg(not(sqlx_prepare = "postgres"))]
             Store::Sqlite(store) => {
                 store.mark_sent(claim, now, link_expires_at).await?;
-                // The outcome is written; a claim that fails leaves the rows queued for the
-                // sweeper, and must not pass for the outcome's failure.
-                Ok(store.claim_next_due(lease).await.unwrap_or_else(|e| {
-                    tracing::warn!(error = %e, "cannot claim a due email; the sweeper will offer it again");
-                    None
-                }))
+                Ok(self.claim_next_after_outcome(lease).await)
             }
             #[cfg(not(sqlx_prepare = "sqlite"))]
             Store::Postgres(store) => {
@@ -347,6 +342,15 @@ impl Store {
                     .await
             }
         }
+    }
+
+    /// [`Store::claim_next_due`] once an outcome is written: a claim that fails claims nothing
+    /// (logged), and must not pass for the outcome's failure; the sweeper offers the rows again.
+    pub(crate) async fn claim_next_after_outcome(&self, lease: Duration) -> Option<ClaimedEmail> {
+        self.claim_next_due(lease).await.unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "cannot claim a due email; the sweeper will offer it again");
+            None
+        })
     }
 
     /// A failed attempt that may succeed later: back to the queue, due `retry_in` from now on
