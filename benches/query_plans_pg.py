@@ -7,7 +7,10 @@ The queries are read from `.sqlx/` (the offline data of `sqlx::query!`; the Post
 those of src/store/postgres/), so the list is complete and cannot drift from the code. Each is
 prepared with its parameter types and explained as a generic plan (`plan_cache_mode =
 force_generic_plan`: the plan PostgreSQL uses when it cannot look at the values, so a NULL
-parameter cannot fold the statement away), through `psql`. Nothing is executed.
+parameter cannot fold the statement away), through `psql`. Nothing is executed. A statement
+that calls one of confirmd's PL/pgSQL functions shows only a `Function Scan`; the statement
+inside the function is explained too, with the function's arguments as parameters and under
+its `SET` clauses.
 
 Run it against a database with many rows and fresh statistics (benches/flat_latency.py
 --postgres seeds one, and --keep keeps it): on a nearly empty table a sequential scan is the
@@ -59,12 +62,13 @@ def source_of(query, sources):
     return "?"
 
 
-def explain(url, query, types):
+def explain(url, query, types, settings=()):
     statement = "confirmd_plan"
     params = f"({', '.join(types)})" if types else ""
     args = f"({', '.join(['NULL'] * len(types))})" if types else ""
     script = (
         "SET plan_cache_mode = force_generic_plan;\n"
+        + "".join(f"SET {name} = {value};\n" for name, value in settings) +
         f"PREPARE {statement}{params} AS {query};\n"
         f"EXPLAIN EXECUTE {statement}{args};\n"
     )
@@ -74,6 +78,35 @@ def explain(url, query, types):
     if done.returncode != 0:
         raise SystemExit(f"psql failed on {squash(query)[:100]}:\n{done.stderr}")
     return [line for line in done.stdout.splitlines() if line.strip()]
+
+
+def function_bodies(url):
+    """The statement inside each of confirmd's PL/pgSQL functions of the form `RETURN QUERY
+    <statement>;`, its arguments as parameters, under the function's own settings (its `SET`
+    clauses): the claim of the due rows runs there (migrations/postgres/*_claim_due.sql), out
+    of sight of an EXPLAIN of the statement that calls it."""
+    done = subprocess.run(
+        ["psql", url, "-X", "-q", "-At", "-F", "\t", "-v", "ON_ERROR_STOP=1", "-c",
+         "SELECT proname, regexp_replace(prosrc, '\\s+', ' ', 'g'), array_to_json(proargnames), "
+         "array_to_json(ARRAY(SELECT format_type(t, NULL) FROM unnest(proargtypes) AS t)), "
+         "array_to_json(coalesce(proconfig, '{}')) "
+         "FROM pg_proc JOIN pg_language l ON l.oid = prolang "
+         "WHERE proname LIKE 'confirmd\\_%' AND l.lanname = 'plpgsql'"],
+        capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"psql failed reading the functions:\n{done.stderr}")
+    bodies = []
+    for line in done.stdout.splitlines():
+        name, source, names, types, config = line.split("\t")
+        found = re.search(r"RETURN QUERY(.*?);\s*END", source)
+        if not found:
+            continue
+        query = found.group(1)
+        for n, arg in enumerate(json.loads(names)[:len(json.loads(types))], start=1):
+            query = re.sub(rf"\b{arg}\b", f"${n}", query)
+        settings = [tuple(item.split("=", 1)) for item in json.loads(config)]
+        bodies.append((f"outbox.rs: {name}()", query, json.loads(types), settings))
+    return bodies
 
 
 def main():
@@ -91,10 +124,11 @@ def main():
         if data.get("db_name") != "PostgreSQL":
             continue
         types = [pg_type(t) for t in data["describe"]["parameters"].get("Left", [])]
-        statements.append((source_of(data["query"], sources), data["query"], types))
+        statements.append((source_of(data["query"], sources), data["query"], types, ()))
+    statements += function_bodies(url)
     hot_scans, other_scans = [], []
-    for source, query, types in sorted(statements):
-        plan = explain(url, query, types)
+    for source, query, types, settings in sorted(statements):
+        plan = explain(url, query, types, settings)
         print(f"[{source}] {squash(query)}")
         node = ""
         for line in plan:
@@ -107,7 +141,7 @@ def main():
             elif BY_ID_FILTER.search(line):
                 flag = f"{node}, rows by id through its filter"
             if flag:
-                (hot_scans if source in HOT_PATHS else other_scans).append((source, query, flag))
+                (hot_scans if source.startswith(HOT_PATHS) else other_scans).append((source, query, flag))
         print()
     print(f"{len(statements)} statements; sequential scans and rows by id through a filter on "
           f"the request and worker paths ({', '.join(HOT_PATHS)}): {len(hot_scans)}; "

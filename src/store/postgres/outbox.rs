@@ -284,6 +284,10 @@ impl Batch for Claims {
 
 /// Claims of whichever rows are due, by one statement per batch: the oldest due rows no sender
 /// holds, one for each request, skipping rows another instance has locked.
+///
+/// The claim is the function `confirmd_claim_due`, so that it walks the queue's index in order
+/// under any statistics: planned as a statement of its own on a young table, it sorted every
+/// queued row for each claim (see its migration, `20261201000200_claim_due.sql`).
 pub(super) struct NextDue;
 
 impl Batch for NextDue {
@@ -300,21 +304,11 @@ impl Batch for NextDue {
         let lease = leases.iter().max().copied().unwrap_or_default();
         let rows = sqlx::query_as!(
             ClaimedRow,
-            "WITH free AS (
-                 SELECT id FROM email_outbox
-                 WHERE state = 'queued' AND next_attempt_at <= confirmd_now_ms()
-                 ORDER BY next_attempt_at
-                 LIMIT $1
-                 FOR UPDATE SKIP LOCKED
-             )
-             UPDATE email_outbox o
-             SET state = 'sending', lease_until = confirmd_now_ms() + $2,
-                 attempts = o.attempts + 1, claim_id = nextval('email_outbox_claims') + $3
-             FROM free
-             WHERE o.id = free.id
-             RETURNING o.id, o.claim_id AS \"claim_id!\", o.kind, o.recipient, o.nonce,
-                       NULL::TEXT AS legacy_token, o.token_hash, o.attempts, o.request_id,
-                       o.trace_context, o.created_at",
+            "SELECT id AS \"id!\", claim_id AS \"claim_id!\", kind AS \"kind!\",
+                    recipient AS \"recipient!\", nonce, NULL::TEXT AS legacy_token, token_hash,
+                    attempts AS \"attempts!\", request_id, trace_context,
+                    created_at AS \"created_at!\"
+             FROM confirmd_claim_due($1, $2, $3)",
             leases.len() as i64,
             millis(lease),
             claim_offset()
@@ -429,9 +423,9 @@ impl OutcomeRows {
     /// with the sent ones.
     ///
     /// The sent rows' statement also claims as many of the oldest due rows as were asked for,
-    /// as [`NextDue`] does. A statement's parts see one snapshot and take disjoint rows (the
-    /// sent ones are `sending`, the claimed ones `queued`), so the claim cannot take a row this
-    /// statement has just written.
+    /// through the function [`NextDue`] calls. The function runs its claim on a snapshot of its
+    /// own, which may see the sent rows already written; it takes `queued` rows only, and the
+    /// sent ones are `sending` or `sent`, so the claim cannot take a row this statement writes.
     async fn write(&self, conn: &mut PgConnection) -> Result<Vec<ClaimedRow>, sqlx::Error> {
         let mut claimed = Vec::new();
         if !self.sent.ids.is_empty() {
@@ -453,21 +447,12 @@ impl OutcomeRows {
                      UPDATE confirmation_tokens t
                      SET expires_at = GREATEST(t.expires_at, sent.link_expires_at)
                      FROM sent WHERE t.token_hash = sent.token_hash
-                 ), free AS (
-                     SELECT id FROM email_outbox
-                     WHERE state = 'queued' AND next_attempt_at <= confirmd_now_ms()
-                     ORDER BY next_attempt_at
-                     LIMIT $5
-                     FOR UPDATE SKIP LOCKED
                  )
-                 UPDATE email_outbox o
-                 SET state = 'sending', lease_until = confirmd_now_ms() + $6,
-                     attempts = o.attempts + 1, claim_id = nextval('email_outbox_claims') + $7
-                 FROM free
-                 WHERE o.id = free.id
-                 RETURNING o.id, o.claim_id AS \"claim_id!\", o.kind, o.recipient, o.nonce,
-                           NULL::TEXT AS legacy_token, o.token_hash, o.attempts, o.request_id,
-                           o.trace_context, o.created_at",
+                 SELECT id AS \"id!\", claim_id AS \"claim_id!\", kind AS \"kind!\",
+                        recipient AS \"recipient!\", nonce, NULL::TEXT AS legacy_token,
+                        token_hash, attempts AS \"attempts!\", request_id, trace_context,
+                        created_at AS \"created_at!\"
+                 FROM confirmd_claim_due($5, $6, $7)",
                 &self.sent.ids,
                 &self.sent.claim_ids,
                 &self.sent_at,
