@@ -103,7 +103,8 @@ def function_bodies(url):
             continue
         query = found.group(1)
         for n, arg in enumerate(json.loads(names)[:len(json.loads(types))], start=1):
-            query = re.sub(rf"\b{arg}\b", f"${n}", query)
+            # The argument, not a column of that name (`due.id`) nor text in quotes.
+            query = re.sub(rf"(?<![.\w\"'$]){arg}\b(?!\")", f"${n}", query)
         settings = [tuple(item.split("=", 1)) for item in json.loads(config)]
         bodies.append((f"outbox.rs: {name}()", query, json.loads(types), settings))
     return bodies

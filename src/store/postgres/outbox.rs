@@ -308,7 +308,7 @@ impl Batch for NextDue {
                     recipient AS \"recipient!\", nonce, NULL::TEXT AS legacy_token, token_hash,
                     attempts AS \"attempts!\", request_id, trace_context,
                     created_at AS \"created_at!\"
-             FROM confirmd_claim_due($1, $2, $3)",
+             FROM confirmd_claim_due($1, $2, $3, '{}')",
             leases.len() as i64,
             millis(lease),
             claim_offset()
@@ -423,9 +423,10 @@ impl OutcomeRows {
     /// with the sent ones.
     ///
     /// The sent rows' statement also claims as many of the oldest due rows as were asked for,
-    /// through the function [`NextDue`] calls. The function runs its claim on a snapshot of its
-    /// own, which may see the sent rows already written; it takes `queued` rows only, and the
-    /// sent ones are `sending` or `sent`, so the claim cannot take a row this statement writes.
+    /// through the function [`NextDue`] calls. The function claims on a snapshot of its own,
+    /// taken after this statement's: on it, another instance may have put one of the sent rows
+    /// back in the queue (its lease ran out), and claimed there, the row would fail this
+    /// statement's own update of it. So the sent rows are excluded from the claim by id.
     async fn write(&self, conn: &mut PgConnection) -> Result<Vec<ClaimedRow>, sqlx::Error> {
         let mut claimed = Vec::new();
         if !self.sent.ids.is_empty() {
@@ -452,7 +453,7 @@ impl OutcomeRows {
                         recipient AS \"recipient!\", nonce, NULL::TEXT AS legacy_token,
                         token_hash, attempts AS \"attempts!\", request_id, trace_context,
                         created_at AS \"created_at!\"
-                 FROM confirmd_claim_due($5, $6, $7)",
+                 FROM confirmd_claim_due($5, $6, $7, $1)",
                 &self.sent.ids,
                 &self.sent.claim_ids,
                 &self.sent_at,
