@@ -1,7 +1,8 @@
 //! The server secret that confirmation tokens are derived from, and where it comes from.
 //!
-//! An outbox row keeps a random nonce instead of its token, and the token is
-//! `HMAC-SHA256(secret, nonce)`, computed when the email is built. The database never holds the
+//! An outbox row keeps a nonce instead of its token, and the token is the nonce's time prefix
+//! followed by `HMAC-SHA256(secret, nonce)` (the first 26 bytes), computed when the email is
+//! built (see [`crate::domain::ConfirmationToken`]). The database never holds the
 //! secret, so a copy of every database file (WAL and journal included) cannot produce a link.
 //!
 //! Where the secret comes from, in order:
@@ -27,7 +28,7 @@ use sha2::Sha256;
 
 use crate::{
     config::TokenSettings,
-    domain::{ConfirmationToken, TokenNonce},
+    domain::{ConfirmationToken, TIME_PREFIX, TokenNonce},
     store::Store,
 };
 
@@ -69,7 +70,11 @@ impl TokenKey {
         let mut mac = <hmac::Hmac<Sha256>>::new_from_slice(self.0.expose_secret())
             .expect("HMAC takes a key of any length");
         mac.update(&nonce.0);
-        ConfirmationToken::from_bytes(&mac.finalize().into_bytes().into())
+        let mac = mac.finalize().into_bytes();
+        let mut token = [0u8; 32];
+        token[..TIME_PREFIX].copy_from_slice(&nonce.0[..TIME_PREFIX]);
+        token[TIME_PREFIX..].copy_from_slice(&mac[..32 - TIME_PREFIX]);
+        ConfirmationToken::from_bytes(&token)
     }
 
     /// The key as configured, or read from (or generated into) its file: see the module docs.

@@ -23,7 +23,8 @@ async fn an_email_queued_before_the_upgrade_is_sent_with_its_old_link_which_work
         dir.path().join("confirmd.db").display()
     );
 
-    // The old schema, applied by sqlx as the old binary did, with a signup waiting in it.
+    // The old schema, applied by sqlx as the old binary did, with a signup waiting in it, its
+    // token stored under the whole SHA-256 of its text, as keys were before the time prefix.
     let old = dir.path().join("old-migrations");
     std::fs::create_dir(&old).unwrap();
     for name in OLD_MIGRATIONS {
@@ -48,7 +49,7 @@ async fn an_email_queued_before_the_upgrade_is_sent_with_its_old_link_which_work
         "INSERT INTO confirmation_tokens (token_hash, user_id, created_at, expires_at)
          VALUES (?1, 'u1', 1, 4102444800000)",
     )
-    .bind(token.hash().0.to_vec())
+    .bind(token.legacy_hash().0.to_vec())
     .execute(&mut conn)
     .await
     .unwrap();

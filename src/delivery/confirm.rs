@@ -47,7 +47,13 @@ impl Delivery {
         confirm: bool,
     ) -> Result<LinkState, StoreError> {
         let store = &self.inner.store;
-        let Some(owner) = store.token_owner(&token.hash()).await? else {
+        // A link sent before stored keys began with the token's time prefix was stored under
+        // the whole hash; it is looked for there only when the key of today finds nothing.
+        let owner = match store.token_owner(&token.hash()).await? {
+            Some(owner) => Some(owner),
+            None => store.token_owner(&token.legacy_hash()).await?,
+        };
+        let Some(owner) = owner else {
             return Ok(LinkState::Unknown);
         };
         match owner.status {

@@ -177,7 +177,7 @@ struct Inner {
 /// its state.
 #[derive(Debug, Clone)]
 pub struct SignupReceipt {
-    /// The signup request's id: a random UUID, not the user's.
+    /// The signup request's id: a time-ordered random UUID (see [`signup_id`]), not the user's.
     pub signup_id: String,
     pub email: String,
     pub mode: DeliveryMode,
@@ -336,12 +336,12 @@ impl Delivery {
                 retry_after: policy.sweep_interval,
             });
         }
-        let nonce = TokenNonce::generate();
-        let token = self.inner.key.token_for(&nonce);
         let now = clock::now_ms();
+        let nonce = TokenNonce::made_at(now);
+        let token = self.inner.key.token_for(&nonce);
         let claim_for = (mode == DeliveryMode::Sync).then_some(policy.lease);
         let new = NewSignup {
-            signup_id: signup_id(),
+            signup_id: signup_id(now),
             email: email.clone(),
             name: name.cloned(),
             nonce,
@@ -506,12 +506,57 @@ impl Delivery {
     }
 }
 
-/// A signup request's public id: a random (version 4) UUID, which says nothing about the user,
-/// the address or the time.
-fn signup_id() -> String {
-    let mut bytes = [0u8; 16];
-    getrandom::fill(&mut bytes).expect("the operating system's random source failed");
-    uuid::Builder::from_random_bytes(bytes)
+/// A signup request's public id: a version 7 UUID, the request's millisecond (`now`) then 74
+/// random bits. It says nothing about the user or the address, and of the time only what
+/// `GET /signups/{id}` shows its holder anyway (`created_at`). Unguessable: the random bits are
+/// all the operating system's, with no counter among them (which `Uuid::now_v7` would put there
+/// to order ids within a millisecond). Time-ordered, so each new id lands on the last page of the
+/// outbox's index of ids; a random (version 4) id landed on a random page of an index as large as
+/// the table, one page more to write per signup (BENCHMARKS.md, section 2).
+fn signup_id(now: i64) -> String {
+    let mut random = [0u8; 10];
+    getrandom::fill(&mut random).expect("the operating system's random source failed");
+    let millis = u64::try_from(now).unwrap_or(0);
+    uuid::Builder::from_unix_timestamp_millis(millis, &random)
         .into_uuid()
         .to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signup_ids_are_version_7_uuids_of_their_millisecond_with_random_bits_and_sort_by_it() {
+        let now = 1_796_000_000_123_i64;
+        let id = uuid::Uuid::parse_str(&signup_id(now)).unwrap();
+        assert_eq!(id.get_version_num(), 7);
+        assert_eq!(id.get_variant(), uuid::Variant::RFC4122);
+        let (seconds, nanos) = id.get_timestamp().unwrap().to_unix();
+        assert_eq!(
+            seconds * 1000 + u64::from(nanos / 1_000_000),
+            1_796_000_000_123
+        );
+
+        // Two ids of one millisecond share the first 48 bits and nothing that counts up: of
+        // 64 such ids, no two are a step apart.
+        let mut twins: Vec<u128> = (0..64)
+            .map(|_| uuid::Uuid::parse_str(&signup_id(now)).unwrap().as_u128())
+            .collect();
+        assert!(twins.iter().all(|t| t >> 80 == id.as_u128() >> 80));
+        twins.sort_unstable();
+        twins.dedup();
+        assert_eq!(twins.len(), 64);
+        assert!(
+            twins.windows(2).all(|w| w[1] - w[0] > 1 << 16),
+            "{twins:x?}"
+        );
+
+        // As text (how the index holds them), later ids sort after.
+        let ids: Vec<String> = [now - 1_000, now - 1, now, now + 1, now + 86_400_000]
+            .into_iter()
+            .map(signup_id)
+            .collect();
+        assert!(ids.windows(2).all(|w| w[0] < w[1]), "{ids:?}");
+    }
 }

@@ -9,4 +9,5 @@ mod token;
 pub use delivery_mode::{DeliveryMode, UnknownMode};
 pub use email::{EmailError, SubscriberEmail};
 pub use name::{NameError, SubscriberName};
+pub(crate) use token::TIME_PREFIX;
 pub use token::{ConfirmationToken, MalformedToken, TokenHash, TokenNonce};

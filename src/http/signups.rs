@@ -3,7 +3,7 @@
 //! Both say nothing about anyone else. `POST /signups` answers a new, a pending and a confirmed
 //! address with the same status, the same body and about the same delay (see
 //! [`crate::delivery`]): what the address receives differs, the answer does not. Its id names the
-//! signup *request*, a random UUID, never the user; `GET /signups/{id}` then shows only what that
+//! signup *request*, a time-ordered random UUID, never the user; `GET /signups/{id}` then shows only what that
 //! request's sender knows already: its own email's mode, state and times. No name, no account
 //! status, no SMTP error text: operators read those with `confirmd outbox` and in the logs.
 
@@ -79,7 +79,7 @@ struct SignupRequest {
 /// The same for every address: new, pending or already confirmed.
 #[derive(Serialize, ToSchema)]
 struct SignupResponse {
-    /// This signup request's id (a random UUID), for `GET /signups/{id}`. Not the user's.
+    /// This signup request's id (a time-ordered random UUID), for `GET /signups/{id}`. Not the user's.
     #[schema(example = "5b0d3f52-8f0c-4b6e-9d51-2a7c0c1e9f3a")]
     id: String,
     /// The address as parsed.

@@ -110,7 +110,10 @@ async fn a_stranger_learns_nothing(mode: &str, resend_interval_s: u64) {
         .collect();
     let db = app.db().await;
     for id in &ids {
-        assert!(uuid_v4(id), "{context}: {id} is not a random UUID");
+        assert!(
+            uuid_v7(id),
+            "{context}: {id} is not a time-ordered random UUID"
+        );
         assert!(
             ![pending_id.as_str(), confirmed_id.as_str()].contains(id),
             "{context}"
@@ -166,12 +169,13 @@ async fn a_stranger_learns_nothing(mode: &str, resend_interval_s: u64) {
     }
 }
 
-/// A version 4 UUID as text: nothing in it but randomness.
-fn uuid_v4(id: &str) -> bool {
+/// A version 7 UUID as text: a time, then randomness (the request's own time, which
+/// `GET /signups/{id}` shows its holder as `created_at`).
+fn uuid_v7(id: &str) -> bool {
     let parts: Vec<&str> = id.split('-').collect();
     parts.iter().map(|p| p.len()).eq([8, 4, 4, 4, 12])
         && id.chars().all(|c| c == '-' || c.is_ascii_hexdigit())
-        && parts[2].starts_with('4')
+        && parts[2].starts_with('7')
 }
 
 #[tokio::test]
