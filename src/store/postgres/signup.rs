@@ -1,7 +1,7 @@
 //! What a signup writes (the user, the token's hash, the outbox row), and the reads and the write
 //! behind the link: a signup request's state, a token's owner, confirming it.
 //!
-//! Signups are written in batches, many to a transaction ([`Signups`]). Two instances may sign
+//! Signups are written in batches, many to a commit ([`Signups`]). Two instances may sign
 //! one address up at the same moment; SQLite
 //! never met that (its one writer did one signup at a time), so here the user row is the lock:
 //! the first signup of an address inserts it (`ON CONFLICT DO NOTHING`: the second waits for the
@@ -12,7 +12,7 @@
 
 use std::{collections::HashMap, sync::Arc};
 
-use sqlx::{PgConnection, PgPool};
+use sqlx::{Connection, PgConnection, PgPool};
 use uuid::Uuid;
 
 use super::{PostgresStore, batch::Batch, listener::CHANNEL};
@@ -113,12 +113,16 @@ impl PostgresStore {
     }
 }
 
-/// Signups, written many to a transaction: group commit, as SQLite's writer does it.
+/// Signups, written many to a commit: group commit, as SQLite's writer does it.
 ///
 /// A signup alone is six round trips (begin, user, token, outbox row, notification, commit) and
-/// a commit that waits for the WAL flush. The signups waiting when a batch starts are written
-/// by one statement for all the new addresses among them ([`insert_new_users`]), the others
-/// statement by statement after it, in the same transaction, so each sees what the batch wrote.
+/// a commit that waits for the WAL flush. The signups waiting when a batch starts are written by
+/// one statement for all the new addresses among them ([`insert_new_users`]), which commits on
+/// its own: no `BEGIN` before it and no `COMMIT` after it, so a batch is one round trip, and the
+/// task does not hold a transaction open while it reads the answer and sends the next command
+/// (measured on the sending floor bench, a batch spent a third of its time on those: BENCHMARKS.md,
+/// 9.5). The others, addresses that have a user, are written after it statement by statement, in
+/// a transaction of their own, which sees the users the statement created.
 pub(super) struct Signups {
     /// This instance, in its notifications' payloads (see [`PostgresStore::hear_new_emails`]).
     pub(super) instance: Arc<str>,
@@ -133,25 +137,76 @@ impl Batch for Signups {
         pool: &PgPool,
         signups: &[NewSignup],
     ) -> Result<Vec<Result<StoredSignup, StoreError>>, sqlx::Error> {
-        let mut tx = pool.begin().await?;
-        let mut written = insert_new_users(&mut tx, &self.instance, signups).await?;
+        let mut conn = pool.acquire().await?;
+        // Fails whole or commits whole: on an error nothing of the batch is written, and the
+        // batcher may write its signups again one by one.
+        let mut written = insert_new_users(&mut conn, &self.instance, signups).await?;
+        let again: Vec<&NewSignup> = signups
+            .iter()
+            .filter(|new| !written.contains_key(&new.signup_id))
+            .collect();
+        // From here the new addresses are written, so no error may fail the batch: writing them
+        // again would find their addresses taken and write each a second email.
+        let mut again = write_repeats(&mut conn, &self.instance, &again).await;
+        Ok(signups
+            .iter()
+            .map(|new| {
+                let answer = match written.remove(&new.signup_id) {
+                    Some(stored) => Ok(stored),
+                    None => again
+                        .remove(&new.signup_id)
+                        .expect("a signup not written as new was written again"),
+                };
+                answer.map(|stored| StoredSignup {
+                    group_size: signups.len(),
+                    ..stored
+                })
+            })
+            .collect())
+    }
+}
+
+/// Signups of addresses that have a user (or that a signup earlier in the batch created), by
+/// signup id: together in one transaction, or, if that fails (two instances' batches that
+/// share two such addresses can deadlock, say), each in a transaction of its own, so only a
+/// signup at fault gets the error.
+async fn write_repeats(
+    conn: &mut PgConnection,
+    instance: &str,
+    signups: &[&NewSignup],
+) -> HashMap<String, Result<StoredSignup, StoreError>> {
+    if signups.is_empty() {
+        return HashMap::new();
+    }
+    let together: Result<Vec<StoredSignup>, StoreError> = async {
+        let mut tx = conn.begin().await?;
         let mut answers = Vec::with_capacity(signups.len());
         for new in signups {
-            let answer = match written.remove(&new.signup_id) {
-                Some(stored) => Ok(stored),
-                None => match write_signup(&mut tx, &self.instance, new).await {
-                    Err(StoreError::Database(error)) => return Err(error),
-                    answer => answer,
-                },
-            };
-            answers.push(answer.map(|stored| StoredSignup {
-                group_size: signups.len(),
-                ..stored
-            }));
+            answers.push(write_signup(&mut tx, instance, new).await?);
         }
         tx.commit().await?;
         Ok(answers)
     }
+    .await;
+    if let Ok(answers) = together {
+        return signups
+            .iter()
+            .zip(answers)
+            .map(|(new, stored)| (new.signup_id.clone(), Ok(stored)))
+            .collect();
+    }
+    let mut answers = HashMap::with_capacity(signups.len());
+    for new in signups {
+        let answer = async {
+            let mut tx = conn.begin().await?;
+            let stored = write_signup(&mut tx, instance, new).await?;
+            tx.commit().await?;
+            Ok(stored)
+        }
+        .await;
+        answers.insert(new.signup_id.clone(), answer);
+    }
+    answers
 }
 
 /// Writes the signups of addresses that have no user yet, with one statement: their users,
