@@ -67,14 +67,25 @@ impl TokenKey {
 
     /// The token that the row with this nonce links to.
     pub fn token_for(&self, nonce: &TokenNonce) -> ConfirmationToken {
-        let mut mac = <hmac::Hmac<Sha256>>::new_from_slice(self.0.expose_secret())
-            .expect("HMAC takes a key of any length");
-        mac.update(&nonce.0);
-        let mac = mac.finalize().into_bytes();
+        let mac = self.mac(nonce);
         let mut token = [0u8; 32];
         token[..TIME_PREFIX].copy_from_slice(&nonce.0[..TIME_PREFIX]);
         token[TIME_PREFIX..].copy_from_slice(&mac[..32 - TIME_PREFIX]);
         ConfirmationToken::from_bytes(&token)
+    }
+
+    /// The token a version before the time prefix derived from this nonce: the whole MAC,
+    /// stored under its [`legacy_hash`](ConfirmationToken::legacy_hash). For a row queued by
+    /// such a version, whose link may be out already (see `Delivery::outgoing`).
+    pub fn legacy_token_for(&self, nonce: &TokenNonce) -> ConfirmationToken {
+        ConfirmationToken::from_bytes(&self.mac(nonce))
+    }
+
+    fn mac(&self, nonce: &TokenNonce) -> [u8; 32] {
+        let mut mac = <hmac::Hmac<Sha256>>::new_from_slice(self.0.expose_secret())
+            .expect("HMAC takes a key of any length");
+        mac.update(&nonce.0);
+        mac.finalize().into_bytes().into()
     }
 
     /// The key as configured, or read from (or generated into) its file: see the module docs.

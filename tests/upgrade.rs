@@ -6,7 +6,11 @@ use support::{app::InProcessApp, links, smtp};
 
 use std::time::Duration;
 
-use confirmd::{Settings, domain::ConfirmationToken};
+use confirmd::{
+    Settings,
+    domain::{ConfirmationToken, TokenNonce},
+    secret::TokenKey,
+};
 use sqlx::{Connection, SqliteConnection};
 
 /// The migrations of the old schema, the ones an existing database has applied.
@@ -105,6 +109,87 @@ async fn an_email_queued_before_the_upgrade_is_sent_with_its_old_link_which_work
         ("confirmed", Some("Ann"))
     );
     conn.close().await.unwrap();
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn an_email_queued_before_keys_had_a_time_prefix_goes_out_with_the_link_it_was_stored_under()
+{
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!(
+        "sqlite://{}?mode=rwc",
+        dir.path().join("confirmd.db").display()
+    );
+    let secret = "s".repeat(32);
+
+    // The schema of today, and a row as the version before wrote it: a random nonce, and its
+    // token (the whole HMAC) stored under the whole SHA-256 of its text. A send of it may have
+    // reached the server and timed out, so its link may be out already.
+    let mut conn = SqliteConnection::connect(&url).await.unwrap();
+    sqlx::migrate::Migrator::new(std::path::Path::new("migrations/sqlite"))
+        .await
+        .unwrap()
+        .run(&mut conn)
+        .await
+        .unwrap();
+    let nonce = TokenNonce([7; 32]);
+    let token = TokenKey::new(&secret).legacy_token_for(&nonce);
+    let stored = token.legacy_hash().0.to_vec();
+    sqlx::query(
+        "INSERT INTO users (id, email, status, created_at)
+         VALUES ('u1', 'ann@example.com', 'pending', 1)",
+    )
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    sqlx::query(
+        "INSERT INTO confirmation_tokens (token_hash, user_id, name, created_at, expires_at)
+         VALUES (?1, 'u1', 'Ann', 1, 4102444800000)",
+    )
+    .bind(&stored)
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    sqlx::query(
+        "INSERT INTO email_outbox (signup_id, user_id, kind, recipient, nonce, token_hash, mode,
+                                   state, attempts, next_attempt_at, created_at)
+         VALUES ('s1', 'u1', 'confirmation', 'ann@example.com', ?1, ?2, 'background',
+                 'queued', 1, 1, 1)",
+    )
+    .bind(&nonce.0[..])
+    .bind(&stored)
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    conn.close().await.unwrap();
+
+    let smtp = smtp::SmtpServer::start().await;
+    let mut settings = Settings::defaults();
+    settings.server.listen = "127.0.0.1:0".into();
+    settings.database.url = url.clone();
+    settings.smtp.port = smtp.port();
+    settings.token.secret = secret.into();
+    settings.worker.sweep_interval_ms = 100;
+    let app = InProcessApp::start(settings).await;
+
+    // The email carries the link it was stored under, not a new one: the old link stays valid.
+    let mail = smtp.wait_for_mail(1, Duration::from_secs(10)).await;
+    let link = mail[0].confirmation_link();
+    assert!(link.ends_with(token.expose()), "{link}");
+    let mut conn = SqliteConnection::connect(&url).await.unwrap();
+    let kept: Vec<u8> = sqlx::query_scalar("SELECT token_hash FROM confirmation_tokens")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(kept, stored, "the key it was stored under");
+    conn.close().await.unwrap();
+    let confirmed = reqwest::Client::new()
+        .post(format!("{}/confirm", app.address))
+        .json(&serde_json::json!({ "token": links::token_of(&link) }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(confirmed.status(), 200);
     app.stop().await;
 }
 

@@ -64,11 +64,23 @@ impl Delivery {
     /// if the secret changed since the signup, the new token's hash replaces the stored one
     /// first, so the link that goes out is the one that works.
     pub(crate) async fn outgoing(&self, claimed: &ClaimedEmail) -> Result<Outgoing, StoreError> {
+        // A row queued by a version before the time prefix, its key the whole hash of a token
+        // that was the whole MAC: its link may be out already (a send the server took but did
+        // not acknowledge in time), so it goes out again as it was, and stays valid.
+        let mut stored_as_legacy = false;
         let token = match claimed.kind {
             EmailKind::AccountNotice => return Ok(Outgoing::AccountNotice),
             EmailKind::Suppressed => return Ok(Outgoing::Nothing),
             EmailKind::Confirmation => match (&claimed.nonce, &claimed.legacy_token) {
-                (Some(nonce), _) => self.inner.key.token_for(nonce),
+                (Some(nonce), _) => {
+                    let legacy = self.inner.key.legacy_token_for(nonce);
+                    stored_as_legacy = claimed.token_hash.as_ref() == Some(&legacy.legacy_hash());
+                    if stored_as_legacy {
+                        legacy
+                    } else {
+                        self.inner.key.token_for(nonce)
+                    }
+                }
                 (None, Some(legacy)) => match ConfirmationToken::parse(legacy) {
                     Ok(token) => token,
                     Err(_) => return Ok(Outgoing::Nothing),
@@ -83,6 +95,7 @@ impl Delivery {
         // stored hash was made from.
         if let Some(stored) = &claimed.token_hash
             && claimed.nonce.is_some()
+            && !stored_as_legacy
             && *stored != hash
         {
             self.inner
