@@ -140,7 +140,14 @@ async fn write_or_split<B: Batch>(
 ) -> Vec<Result<B::Answer, StoreError>> {
     match kind.write(pool, requests).await {
         Ok(answers) => {
-            health.proven_writable();
+            // A batch can commit and still meet a fault in a later statement, which it answers
+            // as `Unwritable` after telling `health` (see `signup::write_repeats`).
+            if !answers
+                .iter()
+                .any(|answer| matches!(answer, Err(StoreError::Unwritable(_))))
+            {
+                health.proven_writable();
+            }
             answers
         }
         Err(error) if is_server_fault(&error) || requests.len() == 1 => {

@@ -162,6 +162,7 @@ impl PostgresStore {
         let instance: Arc<str> = uuid::Uuid::new_v4().to_string().into();
         let signups = Signups {
             instance: instance.clone(),
+            health: health.clone(),
         };
         let store = PostgresStore {
             instance,

@@ -15,7 +15,12 @@ use std::{collections::HashMap, sync::Arc};
 use sqlx::{Connection, PgConnection, PgPool};
 use uuid::Uuid;
 
-use super::{PostgresStore, batch::Batch, listener::CHANNEL};
+use super::{
+    PostgresStore,
+    batch::Batch,
+    health::{WriteHealth, is_server_fault},
+    listener::CHANNEL,
+};
 use crate::{
     domain::{SubscriberName, TokenHash},
     store::{
@@ -126,6 +131,9 @@ impl PostgresStore {
 pub(super) struct Signups {
     /// This instance, in its notifications' payloads (see [`PostgresStore::hear_new_emails`]).
     pub(super) instance: Arc<str>,
+    /// Told of a server fault that the repeat signups meet after the new ones have committed,
+    /// which the batch cannot report as its own failure (see [`write_repeats`]).
+    pub(super) health: Arc<WriteHealth>,
 }
 
 impl Batch for Signups {
@@ -138,8 +146,11 @@ impl Batch for Signups {
         signups: &[NewSignup],
     ) -> Result<Vec<Result<StoredSignup, StoreError>>, sqlx::Error> {
         let mut conn = pool.acquire().await?;
-        // Fails whole or commits whole: on an error nothing of the batch is written, and the
-        // batcher may write its signups again one by one.
+        // One statement, so it commits whole or not at all. On an error from the server nothing
+        // of it is written, and the batcher may write its signups again one by one. (An error
+        // on confirmd's side after the commit, such as a row it cannot decode, which the types
+        // checked at build time rule out, or the connection lost before the answer, as with
+        // any commit, would leave its signups written and answered with an error.)
         let mut written = insert_new_users(&mut conn, &self.instance, signups).await?;
         let again: Vec<&NewSignup> = signups
             .iter()
@@ -147,7 +158,7 @@ impl Batch for Signups {
             .collect();
         // From here the new addresses are written, so no error may fail the batch: writing them
         // again would find their addresses taken and write each a second email.
-        let mut again = write_repeats(&mut conn, &self.instance, &again).await;
+        let mut again = write_repeats(&mut conn, &self.instance, &self.health, &again).await;
         Ok(signups
             .iter()
             .map(|new| {
@@ -169,10 +180,12 @@ impl Batch for Signups {
 /// Signups of addresses that have a user (or that a signup earlier in the batch created), by
 /// signup id: together in one transaction, or, if that fails (two instances' batches that
 /// share two such addresses can deadlock, say), each in a transaction of its own, so only a
-/// signup at fault gets the error.
+/// signup at fault gets the error. A server fault (see [`is_server_fault`]) is told to `health`
+/// and refuses the signups not yet written, as the batcher does for a batch.
 async fn write_repeats(
     conn: &mut PgConnection,
     instance: &str,
+    health: &WriteHealth,
     signups: &[&NewSignup],
 ) -> HashMap<String, Result<StoredSignup, StoreError>> {
     if signups.is_empty() {
@@ -188,25 +201,48 @@ async fn write_repeats(
         Ok(answers)
     }
     .await;
-    if let Ok(answers) = together {
-        return signups
-            .iter()
-            .zip(answers)
-            .map(|(new, stored)| (new.signup_id.clone(), Ok(stored)))
-            .collect();
-    }
+    let mut fault = match together {
+        Ok(answers) => {
+            return signups
+                .iter()
+                .zip(answers)
+                .map(|(new, stored)| (new.signup_id.clone(), Ok(stored)))
+                .collect();
+        }
+        Err(error) => server_fault(health, &error),
+    };
     let mut answers = HashMap::with_capacity(signups.len());
     for new in signups {
-        let answer = async {
-            let mut tx = conn.begin().await?;
-            let stored = write_signup(&mut tx, instance, new).await?;
-            tx.commit().await?;
-            Ok(stored)
-        }
-        .await;
+        let answer = match &fault {
+            Some(fault) => Err(StoreError::Unwritable(fault.clone())),
+            None => {
+                let written = async {
+                    let mut tx = conn.begin().await?;
+                    let stored = write_signup(&mut tx, instance, new).await?;
+                    tx.commit().await?;
+                    Ok(stored)
+                }
+                .await;
+                if let Err(error) = &written {
+                    fault = server_fault(health, error);
+                }
+                written
+            }
+        };
         answers.insert(new.signup_id.clone(), answer);
     }
     answers
+}
+
+/// The fault, if `error` is the server's: told to `health`, for the signups still to write.
+fn server_fault(health: &WriteHealth, error: &StoreError) -> Option<String> {
+    match error {
+        StoreError::Database(error) if is_server_fault(error) => {
+            health.failed(error);
+            Some(error.to_string())
+        }
+        _ => None,
+    }
 }
 
 /// Writes the signups of addresses that have no user yet, with one statement: their users,
