@@ -10,7 +10,7 @@ use tracing::{Instrument, info_span};
 use super::{Delivery, in_hand::Outcome, retry::AfterFailure};
 use crate::{
     clock,
-    domain::ConfirmationToken,
+    domain::{ConfirmationToken, TIME_PREFIX},
     mail::{ConfirmationEmail, ConnectionPermit, SendError},
     metrics::EmailOutcome,
     store::{Claim, ClaimedEmail, EmailKind, StoreError},
@@ -73,13 +73,18 @@ impl Delivery {
             EmailKind::Suppressed => return Ok(Outgoing::Nothing),
             EmailKind::Confirmation => match (&claimed.nonce, &claimed.legacy_token) {
                 (Some(nonce), _) => {
-                    let legacy = self.inner.key.legacy_token_for(nonce);
-                    stored_as_legacy = claimed.token_hash.as_ref() == Some(&legacy.legacy_hash());
-                    if stored_as_legacy {
-                        legacy
-                    } else {
-                        self.inner.key.token_for(nonce)
-                    }
+                    // A key of today begins with its nonce's time prefix: only a key that does
+                    // not can be the old kind, and only then is the old token worth deriving.
+                    let legacy = claimed
+                        .token_hash
+                        .as_ref()
+                        .filter(|stored| stored.0[..TIME_PREFIX] != nonce.0[..TIME_PREFIX])
+                        .map(|_| self.inner.key.legacy_token_for(nonce))
+                        .filter(|legacy| {
+                            claimed.token_hash.as_ref() == Some(&legacy.legacy_hash())
+                        });
+                    stored_as_legacy = legacy.is_some();
+                    legacy.unwrap_or_else(|| self.inner.key.token_for(nonce))
                 }
                 (None, Some(legacy)) => match ConfirmationToken::parse(legacy) {
                     Ok(token) => token,
