@@ -69,12 +69,7 @@ async fn an_email_queued_before_the_upgrade_is_sent_with_its_old_link_which_work
 
     // The new binary starts on it: it migrates, and its sweeper finds the waiting email.
     let smtp = smtp::SmtpServer::start().await;
-    let mut settings = Settings::defaults();
-    settings.server.listen = "127.0.0.1:0".into();
-    settings.database.url = url.clone();
-    settings.smtp.port = smtp.port();
-    settings.worker.sweep_interval_ms = 100;
-    let app = InProcessApp::start(settings).await;
+    let app = InProcessApp::start(settings(&url, &smtp)).await;
     let address = app.address.clone();
 
     let mail = smtp.wait_for_mail(1, Duration::from_secs(10)).await;
@@ -164,12 +159,8 @@ async fn an_email_queued_before_keys_had_a_time_prefix_goes_out_with_the_link_it
     conn.close().await.unwrap();
 
     let smtp = smtp::SmtpServer::start().await;
-    let mut settings = Settings::defaults();
-    settings.server.listen = "127.0.0.1:0".into();
-    settings.database.url = url.clone();
-    settings.smtp.port = smtp.port();
+    let mut settings = settings(&url, &smtp);
     settings.token.secret = secret.into();
-    settings.worker.sweep_interval_ms = 100;
     let app = InProcessApp::start(settings).await;
 
     // The email carries the link it was stored under, not a new one: the old link stays valid.
@@ -191,6 +182,17 @@ async fn an_email_queued_before_keys_had_a_time_prefix_goes_out_with_the_link_it
         .unwrap();
     assert_eq!(confirmed.status(), 200);
     app.stop().await;
+}
+
+/// The new binary on the database at `url`, sending to `smtp`, its sweeper quick to find the
+/// email the old one left waiting.
+fn settings(url: &str, smtp: &smtp::SmtpServer) -> Settings {
+    let mut settings = Settings::defaults();
+    settings.server.listen = "127.0.0.1:0".into();
+    settings.database.url = url.to_owned();
+    settings.smtp.port = smtp.port();
+    settings.worker.sweep_interval_ms = 100;
+    settings
 }
 
 /// Each backend has its own migrations folder, and `sqlx::migrate!` embeds only that folder: a
