@@ -668,6 +668,47 @@ async fn fault_in_a_group(store: &Store, lock: impl HeldLock) {
 
 /// States are parsed where a row is read: a state this build does not know (a database written
 /// by a newer version, or edited by hand) is an error there, not a string that flows on.
+/// What the writer commits reaches the database file within moments, copied there by the
+/// checkpointer, long before the log holds the pages at which the writer would checkpoint it
+/// itself (10,000: the writer is spared the checkpoints' writes and syncs). Read from a copy of
+/// the database file alone, without its log.
+#[tokio::test]
+async fn the_checkpointer_copies_the_log_into_the_database_file_without_the_writer() {
+    let (dir, store) = store().await;
+    let now = now_ms();
+    let signups = 200;
+    for i in 0..signups {
+        // One at a time: a transaction, and so a few pages of log, each.
+        store
+            .create_signup(signup(&format!("user{i}@example.com"), now))
+            .await
+            .unwrap();
+    }
+    let file = dir.path().join("db.sqlite");
+    let copy = dir.path().join("file-alone.sqlite");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        // A copy taken while a checkpoint writes may be torn: that is an error or a short
+        // count, and the next copy is taken a moment later.
+        std::fs::copy(&file, &copy).unwrap();
+        let mut alone = SqliteConnection::connect(&format!("sqlite://{}", copy.display()))
+            .await
+            .unwrap();
+        let in_file: Result<i64, _> = sqlx::query_scalar("SELECT COUNT(*) FROM users")
+            .fetch_one(&mut alone)
+            .await;
+        alone.close().await.unwrap();
+        if in_file.as_ref().is_ok_and(|&n| n == signups) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the database file alone holds {in_file:?} of the {signups} users committed"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 #[tokio::test]
 async fn a_state_the_code_does_not_know_is_an_error_where_the_row_is_read() {
     let (dir, store) = store().await;

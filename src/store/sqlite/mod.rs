@@ -19,10 +19,14 @@
 //! so), and claims and outcomes refused at once, while it does not, and accepted again as soon
 //! as it does.
 //!
+//! The writer does not checkpoint the write-ahead log itself unless the log grows long: a task
+//! of its own does, beside it (see [`checkpoint`]).
+//!
 //! The statements are grouped by what they serve: [`signup`] (the signup and the link),
 //! [`outbox`] (the sender's state machine), [`operator`] (`confirmd outbox`), [`retention`] (the
 //! pruner's deletes and the counts `/metrics` reads).
 
+mod checkpoint;
 mod health;
 mod operator;
 mod outbox;
@@ -132,7 +136,12 @@ impl SqliteStore {
                 source,
             })?;
         }
-        let mut writer_options = options.clone();
+        // The writer checkpoints only as a backstop; the checkpointer task does it (see
+        // [`checkpoint`]).
+        let mut writer_options = options.clone().pragma(
+            "wal_autocheckpoint",
+            checkpoint::WRITER_CHECKPOINT_PAGES.to_string(),
+        );
         if max_size_mb > 0 {
             let pages = max_size_mb.saturating_mul(1024 * 1024) / PAGE_SIZE;
             writer_options = writer_options.pragma("max_page_count", pages.to_string());
@@ -178,6 +187,13 @@ impl SqliteStore {
                     let mut queue = queue.lock().await;
                     group_commit(&writer, &mut queue, &waiting, &health).await;
                 }
+            }
+        }));
+        tokio::spawn(tasks.supervise("checkpointer", {
+            let reader = reader.clone();
+            move || {
+                let reader = reader.clone();
+                async move { checkpoint::checkpoints(&reader).await }
             }
         }));
         Ok(SqliteStore {
