@@ -54,8 +54,10 @@ use super::{NewSignup, OutboxId, StoreError, StoredSignup};
 use crate::supervise::Tasks;
 
 /// How every connection to the database is set up. Public so that the floor benchmark
-/// (`benches/floor.rs`) measures a bare handler on exactly these settings, and so that the token
-/// secret (`crate::secret`) can find the database file's folder.
+/// (`benches/floor.rs`) measures a bare handler on these settings, and so that the token secret
+/// (`crate::secret`) can find the database file's folder. The writer adds two of its own: the
+/// size cap, and checkpoints left to the checkpointer (see [`checkpoint`]); the floor's bare
+/// handler checkpoints as SQLite does by default.
 pub fn connect_options(url: &str) -> Result<SqliteConnectOptions, StoreError> {
     Ok(SqliteConnectOptions::from_str(url)?
         .journal_mode(SqliteJournalMode::Wal)
@@ -76,8 +78,23 @@ pub struct SqliteStore {
     writes: mpsc::Sender<Write>,
     waiting: Arc<Waiting>,
     health: Arc<Health>,
+    checkpointer: Arc<Checkpointer>,
     /// The supervised tasks of the application, the writer first among them.
     tasks: Tasks,
+}
+
+/// The checkpointer task's connection, and what stops the task: [`SqliteStore::close`], or the
+/// last clone of the store dropped.
+#[derive(Debug)]
+struct Checkpointer {
+    connection: SqlitePool,
+    stop: CancellationToken,
+}
+
+impl Drop for Checkpointer {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
 }
 
 /// What tells whether the store can take signups (see [`health`]).
@@ -189,11 +206,20 @@ impl SqliteStore {
                 }
             }
         }));
+        let checkpointer = Arc::new(Checkpointer {
+            // A connection of its own: a checkpoint's copies and syncs take no reader from the
+            // requests, even with `database.max_connections = 1`.
+            connection: SqlitePoolOptions::new()
+                .max_connections(1)
+                .connect_with(options)
+                .await?,
+            stop: CancellationToken::new(),
+        });
         tokio::spawn(tasks.supervise("checkpointer", {
-            let reader = reader.clone();
+            let (connection, stop) = (checkpointer.connection.clone(), checkpointer.stop.clone());
             move || {
-                let reader = reader.clone();
-                async move { checkpoint::checkpoints(&reader).await }
+                let (connection, stop) = (connection.clone(), stop.clone());
+                async move { checkpoint::checkpoints(&connection, &stop).await }
             }
         }));
         Ok(SqliteStore {
@@ -202,6 +228,7 @@ impl SqliteStore {
             writes,
             waiting,
             health,
+            checkpointer,
             tasks,
         })
     }
@@ -232,6 +259,10 @@ impl SqliteStore {
     }
 
     pub async fn close(&self) {
+        // The writer closes last: SQLite's last connection to a file checkpoints the whole log
+        // and deletes it.
+        self.checkpointer.stop.cancel();
+        self.checkpointer.connection.close().await;
         self.reader.close().await;
         self.writer.close().await;
     }
