@@ -19,8 +19,8 @@
 //! so), and claims and outcomes refused at once, while it does not, and accepted again as soon
 //! as it does.
 //!
-//! The writer does not checkpoint the write-ahead log itself unless the log grows long: a task
-//! of its own does, beside it (see [`checkpoint`]).
+//! A task beside the writer copies the write-ahead log into the database file before the writer
+//! would have to (see [`checkpoint`]).
 //!
 //! The statements are grouped by what they serve: [`signup`] (the signup and the link),
 //! [`outbox`] (the sender's state machine), [`operator`] (`confirmd outbox`), [`retention`] (the
@@ -55,9 +55,8 @@ use crate::supervise::Tasks;
 
 /// How every connection to the database is set up. Public so that the floor benchmark
 /// (`benches/floor.rs`) measures a bare handler on these settings, and so that the token secret
-/// (`crate::secret`) can find the database file's folder. The writer adds two of its own: the
-/// size cap, and checkpoints left to the checkpointer (see [`checkpoint`]); the floor's bare
-/// handler checkpoints as SQLite does by default.
+/// (`crate::secret`) can find the database file's folder. The writer adds the size cap; the
+/// checkpointer (see [`checkpoint`]) is confirmd's, not the floor's.
 pub fn connect_options(url: &str) -> Result<SqliteConnectOptions, StoreError> {
     Ok(SqliteConnectOptions::from_str(url)?
         .journal_mode(SqliteJournalMode::Wal)
@@ -153,12 +152,7 @@ impl SqliteStore {
                 source,
             })?;
         }
-        // The writer checkpoints only as a backstop; the checkpointer task does it (see
-        // [`checkpoint`]).
-        let mut writer_options = options.clone().pragma(
-            "wal_autocheckpoint",
-            checkpoint::WRITER_CHECKPOINT_PAGES.to_string(),
-        );
+        let mut writer_options = options.clone();
         if max_size_mb > 0 {
             let pages = max_size_mb.saturating_mul(1024 * 1024) / PAGE_SIZE;
             writer_options = writer_options.pragma("max_page_count", pages.to_string());
