@@ -209,13 +209,19 @@ impl SqliteStore {
                 .await?,
             stop: CancellationToken::new(),
         });
-        tokio::spawn(tasks.supervise("checkpointer", {
-            let (connection, stop) = (checkpointer.connection.clone(), checkpointer.stop.clone());
-            move || {
-                let (connection, stop) = (connection.clone(), stop.clone());
-                async move { checkpoint::checkpoints(&connection, &stop).await }
-            }
-        }));
+        // An in-memory database has no log to copy (SQLite answers a checkpoint there with an
+        // error whenever another connection is inside a transaction).
+        let on_file = health.file.is_some();
+        if on_file {
+            tokio::spawn(tasks.supervise("checkpointer", {
+                let (connection, stop) =
+                    (checkpointer.connection.clone(), checkpointer.stop.clone());
+                move || {
+                    let (connection, stop) = (connection.clone(), stop.clone());
+                    async move { checkpoint::checkpoints(&connection, &stop).await }
+                }
+            }));
+        }
         Ok(SqliteStore {
             writer,
             reader,
