@@ -95,19 +95,11 @@ async fn checkpoint_if_due(connection: &SqlitePool) -> Result<(), sqlx::Error> {
 mod tests {
     use crate::store::sqlite::SqliteStore;
 
-    async fn store() -> (tempfile::TempDir, SqliteStore) {
-        let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}?mode=rwc", dir.path().join("db").display());
-        let store = SqliteStore::connect_capped(&url, 2, 0).await.unwrap();
-        store.migrate().await.unwrap();
-        (dir, store)
-    }
-
     /// Closing the store ends the task and closes its connection, so the writer, closing last,
     /// checkpoints the rest and deletes the log, as SQLite's last connection to a file does.
     #[tokio::test]
     async fn a_closed_store_leaves_no_log_behind() {
-        let (dir, store) = store().await;
+        let (dir, store) = SqliteStore::migrated_in_temp_dir().await;
         let wal = dir.path().join("db-wal");
         assert!(wal.exists(), "a migrated database in WAL mode has a log");
         store.close().await;

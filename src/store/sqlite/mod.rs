@@ -267,6 +267,16 @@ impl SqliteStore {
         self.writer.close().await;
     }
 
+    /// A migrated store on a file `db` in a folder of its own, for the unit tests.
+    #[cfg(test)]
+    async fn migrated_in_temp_dir() -> (tempfile::TempDir, SqliteStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}?mode=rwc", dir.path().join("db").display());
+        let store = SqliteStore::connect_capped(&url, 2, 0).await.unwrap();
+        store.migrate().await.unwrap();
+        (dir, store)
+    }
+
     /// Signups handed to the group-commit writer and not answered yet.
     pub fn signups_pending(&self) -> usize {
         self.waiting.signups.load(Ordering::Relaxed)

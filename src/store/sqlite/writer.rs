@@ -525,11 +525,7 @@ mod tests {
     }
 
     async fn store() -> (tempfile::TempDir, SqliteStore) {
-        let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}?mode=rwc", dir.path().join("db").display());
-        let store = SqliteStore::connect_capped(&url, 2, 0).await.unwrap();
-        store.migrate().await.unwrap();
-        (dir, store)
+        SqliteStore::migrated_in_temp_dir().await
     }
 
     /// `count` queued rows, due now.
