@@ -6,8 +6,8 @@
 //! in the connection whose commit takes the log past 1,000 pages: here that is the writer, every
 //! signup, claim and outcome waiting while it writes those pages to their places in the file
 //! and waits for the disk. On a large file those places are scattered, and a pruner deleting old
-//! rows fills the log quickly; the checkpoints were most of the signups' p99 (BENCHMARKS.md,
-//! 10.1).
+//! rows fills the log quickly; with no checkpoint at all (an ablation) the background signups'
+//! p99 fell by half (BENCHMARKS.md, 10.1).
 //!
 //! So a task on a connection of its own looks at the log every [`LOOK_EVERY`] and, once it holds
 //! [`COPY_AT_PAGES`] pages not yet copied (half of SQLite's threshold), runs `PASSIVE`
@@ -32,8 +32,8 @@ use tracing::{info, warn};
 pub(super) const LOOK_EVERY: Duration = Duration::from_millis(100);
 
 /// Pages of log not yet in the database file at which the checkpointer copies them: half of
-/// the 1,000 at which the writer checkpoints (SQLite's default), so that the task copies most of
-/// the log before the writer would.
+/// the 1,000 at which the writer checkpoints (SQLite's default), so that the task starts copying
+/// well before the writer would.
 pub(super) const COPY_AT_PAGES: i64 = 500;
 
 /// Most `PASSIVE` passes one look makes to catch up with the writer.
