@@ -784,11 +784,11 @@ fn postgres_runs_skipped() {}
 /// can break: each test's stores share a fresh database, as instances of one deployment would.
 #[cfg(confirmd_test_postgres)]
 mod postgres {
-    use std::{collections::HashSet, sync::Arc, time::Duration};
+    use std::{sync::Arc, time::Duration};
 
     use std::str::FromStr;
 
-    use confirmd::store::{EmailKind, OutboxId, Store, StoreError};
+    use confirmd::store::{EmailKind, Store, StoreError};
     use sqlx::{Connection, PgConnection, postgres::PgConnectOptions};
     use tokio::{
         net::{TcpListener, TcpStream},
@@ -1200,34 +1200,73 @@ mod postgres {
     }
 
     #[tokio::test]
-    async fn a_background_signup_on_one_instance_wakes_the_others() {
-        let (_database, stores) = instances(2).await;
+    async fn a_batch_of_background_signups_on_one_instance_wakes_the_others_once_for_all() {
+        let (database, stores) = instances(2).await;
         let (heard, mut hearing) = mpsc::unbounded_channel();
         let shutdown = CancellationToken::new();
         let tracker = TaskTracker::new();
         let heard = Arc::new(heard);
         stores[1].hear_new_emails(
-            move |id: OutboxId| {
-                let _ = heard.send(id);
+            move |emails: usize| {
+                let _ = heard.send(emails);
             },
             shutdown.clone(),
             &tracker,
         );
-        // The listener may not be listening yet: sign up until it hears one.
-        let mut written = HashSet::new();
+        // The listener may not be listening yet: sign up until it hears one, of one email.
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        let id = loop {
-            let stored = stores[0]
-                .create_signup(signup(&format!("user{}@example.com", written.len()), 1_000))
+        let mut n = 0;
+        loop {
+            n += 1;
+            stores[0]
+                .create_signup(signup(&format!("early{n}@example.com"), 1_000))
                 .await
                 .unwrap();
-            written.insert(stored.outbox_id);
             match tokio::time::timeout(Duration::from_millis(100), hearing.recv()).await {
-                Ok(Some(id)) => break id,
+                Ok(Some(emails)) => {
+                    assert_eq!(emails, 1);
+                    break;
+                }
                 _ => assert!(tokio::time::Instant::now() < deadline, "nothing was heard"),
             }
-        };
-        assert!(written.contains(&id));
+        }
+        while let Ok(emails) = hearing.try_recv() {
+            assert_eq!(emails, 1, "one email per signup written alone");
+        }
+
+        // Ten signups written in one or two statements are heard as one or two notifications
+        // that count ten emails, not as ten.
+        let lock = hold_users(&database.url).await;
+        let tasks = (0..10)
+            .map(|i| {
+                let store = stores[0].clone();
+                let new = signup(&format!("batch{i}@example.com"), 1_000);
+                tokio::spawn(async move { store.create_signup(new).await })
+            })
+            .collect::<Vec<_>>();
+        while stores[0].signups_pending() < 10 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the signups never reached the batcher"
+            );
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        lock.release().await;
+        let mut statements = 0.0;
+        for task in tasks {
+            statements += 1.0 / task.await.unwrap().unwrap().group_size as f64;
+        }
+        let statements = statements.round() as usize;
+        assert!(statements <= 2, "{statements} statements wrote 10 signups");
+        let mut notifications = Vec::new();
+        while notifications.iter().sum::<usize>() < 10 {
+            match tokio::time::timeout(Duration::from_secs(5), hearing.recv()).await {
+                Ok(Some(emails)) => notifications.push(emails),
+                _ => panic!("heard {notifications:?} of 10 emails"),
+            }
+        }
+        assert_eq!(notifications.len(), statements, "heard {notifications:?}");
+        assert_eq!(notifications.iter().sum::<usize>(), 10);
         shutdown.cancel();
         tracker.close();
         tracker.wait().await;

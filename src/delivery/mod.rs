@@ -286,7 +286,7 @@ impl Delivery {
         // this process's own signups do.
         let wake = {
             let delivery = delivery.clone();
-            move |id| delivery.offer_found(id)
+            move |emails| delivery.offer_heard(emails)
         };
         delivery
             .store()
@@ -451,14 +451,24 @@ impl Delivery {
         self.hand_over(Some(id));
     }
 
-    /// Hands the workers a due row this process did not just write: one the sweeper found, or
-    /// one another instance wrote (its listener heard). On a queue other instances share, they
-    /// were offered the same row, by their sweepers or their listeners; a worker that asked for
-    /// it by id would most often lose it to one of them, and then ask again for whichever row
-    /// is due. So there the offer is for the row due next, which a claim takes skipping rows
-    /// other senders hold, and no instance loses a claim to another.
+    /// Hands the workers a due row this process did not just write, one the sweeper found. On a
+    /// queue other instances share, their sweepers offered them the same row (and their
+    /// listeners offer them the rows other instances write: [`Delivery::offer_heard`]); a worker
+    /// that asked for it by id would most often lose it to one of them, and then ask again for
+    /// whichever row is due. So there the offer is for the row due next, which a claim takes
+    /// skipping rows other senders hold, and no instance loses a claim to another.
     fn offer_found(&self, id: OutboxId) {
         self.hand_over((!self.store().shared()).then_some(id));
+    }
+
+    /// Another instance wrote `emails` rows (its notification said how many): offers the row due
+    /// next that many times, at most once per worker. A worker that took such an offer goes on to
+    /// the next due row until none is due (see `worker`), as after the sweeper's offers; more
+    /// offers would only end its run early.
+    fn offer_heard(&self, emails: usize) {
+        for _ in 0..emails.min(self.inner.policy.concurrency) {
+            self.hand_over(None);
+        }
     }
 
     fn hand_over(&self, id: Option<OutboxId>) {

@@ -226,12 +226,12 @@ impl Store {
         backend!(self, store => store.signups_pending())
     }
 
-    /// Starts what hears of emails written by other instances, and hands each one's id to
-    /// `wake`: the same call a local signup's id goes through. A no-op for SQLite, whose one
-    /// process wrote every row itself. Runs (supervised) until `shutdown`.
+    /// Starts what hears of emails written by other instances, and tells `wake` how many each
+    /// time it hears of some. A no-op for SQLite, whose one process wrote every row itself.
+    /// Runs (supervised) until `shutdown`.
     pub fn hear_new_emails(
         &self,
-        wake: impl Fn(OutboxId) + Send + Sync + 'static,
+        wake: impl Fn(usize) + Send + Sync + 'static,
         shutdown: CancellationToken,
         tracker: &TaskTracker,
     ) {

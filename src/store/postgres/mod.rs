@@ -9,9 +9,9 @@
 //! - **One clock.** Leases, due times and the rows a signup writes are stamped with the server's
 //!   clock (`confirmd_now_ms()` in the schema), so instances whose clocks disagree still agree on
 //!   which lease ran out: a fast clock cannot take a row back from a live sender.
-//! - **Wake-ups cross instances.** A background signup's transaction ends with `pg_notify` on
-//!   [`CHANNEL`]; every instance listens ([`listener`]) and wakes a worker of its own for the row
-//!   due next (every instance hears each one). Notifications are a fast path only: one lost
+//! - **Wake-ups cross instances.** A statement that writes background signups ends with one
+//!   `pg_notify` on [`CHANNEL`] for its rows; every instance listens ([`listener`]) and wakes
+//!   workers of its own for the rows due next (every instance hears each one). Notifications are a fast path only: one lost
 //!   while a listener reconnects is found by the sweeper, as on SQLite.
 //! - **Concurrent signups of one address** meet on the unique address and the user's row lock
 //!   ([`signup`]), never as an error.
@@ -89,7 +89,7 @@ pub use listener::CHANNEL;
 use outbox::{Claims, NextDue, Outcomes};
 use signup::Signups;
 
-use super::{OutboxId, StoreError};
+use super::StoreError;
 use crate::supervise::Tasks;
 
 /// How long a signup, a claim or a probe waits for a pooled connection before it fails (and
@@ -232,11 +232,11 @@ impl PostgresStore {
     /// Starts the listener (see [`listener`]) under supervision, until `shutdown`.
     pub fn hear_new_emails(
         &self,
-        wake: impl Fn(OutboxId) + Send + Sync + 'static,
+        wake: impl Fn(usize) + Send + Sync + 'static,
         shutdown: CancellationToken,
         tracker: &TaskTracker,
     ) {
-        let wake: Arc<dyn Fn(OutboxId) + Send + Sync> = Arc::new(wake);
+        let wake: Arc<dyn Fn(usize) + Send + Sync> = Arc::new(wake);
         let (pool, instance) = (self.pool.clone(), self.instance.clone());
         tracker.spawn(self.tasks.supervise("listener", move || {
             listener::run(

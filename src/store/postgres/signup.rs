@@ -19,7 +19,7 @@ use super::{
     PostgresStore,
     batch::Batch,
     health::{WriteHealth, is_server_fault},
-    listener::CHANNEL,
+    listener::{self, CHANNEL},
 };
 use crate::{
     domain::{SubscriberName, TokenHash},
@@ -310,10 +310,11 @@ async fn insert_new_users(
                FROM fresh
                RETURNING id, signup_id, claim_id
            )
-           -- Delivered to the listeners of every instance when (and only if) this commits.
+           -- One notification for the statement's background rows, delivered to the listeners
+           -- of every instance when (and only if) this commits.
            SELECT id AS "id!", signup_id AS "signup_id!", claim_id,
-                  CASE WHEN claim_id IS NULL THEN pg_notify($13, $14 || ':' || id) END::TEXT
-                      AS notified
+                  (SELECT pg_notify($13, $14 || ':' || count(*)) FROM emails
+                   WHERE claim_id IS NULL HAVING count(*) > 0)::TEXT AS notified
            FROM emails"#,
         &user_ids,
         &keys as &[&str],
@@ -462,7 +463,7 @@ async fn write_signup(
     .await?;
     if new.claim_for.is_none() {
         // Delivered to the listeners of every instance when (and only if) this commits.
-        let payload = format!("{instance}:{}", row.id);
+        let payload = listener::payload(instance, 1);
         sqlx::query!("SELECT pg_notify($1, $2)::TEXT", CHANNEL, payload)
             .fetch_one(&mut *tx)
             .await?;

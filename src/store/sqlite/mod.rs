@@ -50,7 +50,7 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use health::{FileIdentity, WriteHealth};
 use writer::{Pending, QUEUE, Waiting, Write, group_commit};
 
-use super::{NewSignup, OutboxId, StoreError, StoredSignup};
+use super::{NewSignup, StoreError, StoredSignup};
 use crate::supervise::Tasks;
 
 /// How every connection to the database is set up. Public so that the floor benchmark
@@ -286,7 +286,7 @@ impl SqliteStore {
     /// workers directly.
     pub fn hear_new_emails(
         &self,
-        _wake: impl Fn(OutboxId) + Send + Sync + 'static,
+        _wake: impl Fn(usize) + Send + Sync + 'static,
         _shutdown: CancellationToken,
         _tracker: &TaskTracker,
     ) {
