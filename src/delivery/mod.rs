@@ -464,7 +464,7 @@ impl Delivery {
     /// Another instance wrote `emails` rows (its notification said how many): offers the row due
     /// next that many times, at most once per worker. A worker that took such an offer goes on to
     /// the next due row until none is due (see `worker`), as after the sweeper's offers; more
-    /// offers would only end its run early.
+    /// offers than workers would add no sender, only claims of their own.
     fn offer_heard(&self, emails: usize) {
         for _ in 0..emails.min(self.inner.policy.concurrency) {
             self.hand_over(None);

@@ -11,8 +11,9 @@
 //!   which lease ran out: a fast clock cannot take a row back from a live sender.
 //! - **Wake-ups cross instances.** A statement that writes background signups ends with one
 //!   `pg_notify` on [`CHANNEL`] for its rows; every instance listens ([`listener`]) and wakes
-//!   workers of its own for the rows due next (every instance hears each one). Notifications are a fast path only: one lost
-//!   while a listener reconnects is found by the sweeper, as on SQLite.
+//!   workers of its own for the rows due next (every instance hears each one). Notifications
+//!   are a fast path only: one lost while a listener reconnects is found by the sweeper, as on
+//!   SQLite.
 //! - **Concurrent signups of one address** meet on the unique address and the user's row lock
 //!   ([`signup`]), never as an error.
 //!

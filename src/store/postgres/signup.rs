@@ -195,8 +195,9 @@ async fn write_repeats(
         let mut tx = conn.begin().await?;
         let mut answers = Vec::with_capacity(signups.len());
         for new in signups {
-            answers.push(write_signup(&mut tx, instance, new).await?);
+            answers.push(write_signup(&mut tx, new).await?);
         }
+        notify(&mut tx, instance, signups).await?;
         tx.commit().await?;
         Ok(answers)
     }
@@ -218,7 +219,8 @@ async fn write_repeats(
             None => {
                 let written = async {
                     let mut tx = conn.begin().await?;
-                    let stored = write_signup(&mut tx, instance, new).await?;
+                    let stored = write_signup(&mut tx, new).await?;
+                    notify(&mut tx, instance, &[new]).await?;
                     tx.commit().await?;
                     Ok(stored)
                 }
@@ -246,10 +248,10 @@ fn server_fault(health: &WriteHealth, error: &StoreError) -> Option<String> {
 }
 
 /// Writes the signups of addresses that have no user yet, with one statement: their users,
-/// tokens and outbox rows, and a notification for each background row. Returns them by signup
-/// id; a signup missing from the answer found its address taken (by a user already there, by
-/// an earlier signup of the same address in `signups`, or by another instance's transaction,
-/// which the statement waited for) and wrote nothing.
+/// tokens and outbox rows, and one notification that counts the background rows. Returns them
+/// by signup id; a signup missing from the answer found its address taken (by a user already
+/// there, by an earlier signup of the same address in `signups`, or by another instance's
+/// transaction, which the statement waited for) and wrote nothing.
 ///
 /// The users are inserted in the order of their addresses, so two instances' batches that
 /// share new addresses wait on each other in one order. (The repeat signups after it lock their
@@ -355,13 +357,28 @@ async fn insert_new_users(
         .collect())
 }
 
-/// One signup, statement by statement, in the transaction `tx`: the way for an address that has
-/// a user already (or that a signup earlier in the same batch created).
-async fn write_signup(
+/// One notification, in the transaction `tx`, for the background rows of `signups`, which `tx`
+/// wrote: delivered to the listeners of every instance when (and only if) it commits. One per
+/// transaction, not one per row: PostgreSQL delivers a transaction's notifications of one
+/// payload once, so rows notified one by one with their count would be heard as one.
+async fn notify(
     tx: &mut PgConnection,
     instance: &str,
-    new: &NewSignup,
-) -> Result<StoredSignup, StoreError> {
+    signups: &[&NewSignup],
+) -> Result<(), sqlx::Error> {
+    let emails = signups.iter().filter(|new| new.claim_for.is_none()).count();
+    if emails > 0 {
+        let payload = listener::payload(instance, emails);
+        sqlx::query!("SELECT pg_notify($1, $2)::TEXT", CHANNEL, payload)
+            .fetch_one(&mut *tx)
+            .await?;
+    }
+    Ok(())
+}
+
+/// One signup, statement by statement, in the transaction `tx`: the way for an address that has
+/// a user already (or that a signup earlier in the same batch created). The caller notifies.
+async fn write_signup(tx: &mut PgConnection, new: &NewSignup) -> Result<StoredSignup, StoreError> {
     let key = new.email.key();
     // At most twice round: the user row can vanish between the two statements only if the
     // pruner deleted it (an expired pending signup) in between, and then the second insert,
@@ -461,13 +478,6 @@ async fn write_signup(
     )
     .fetch_one(&mut *tx)
     .await?;
-    if new.claim_for.is_none() {
-        // Delivered to the listeners of every instance when (and only if) this commits.
-        let payload = listener::payload(instance, 1);
-        sqlx::query!("SELECT pg_notify($1, $2)::TEXT", CHANNEL, payload)
-            .fetch_one(&mut *tx)
-            .await?;
-    }
     Ok(StoredSignup {
         signup_id: new.signup_id.clone(),
         outbox_id: OutboxId(row.id),

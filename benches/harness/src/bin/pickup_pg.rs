@@ -9,8 +9,9 @@
 //!
 //! Two ways for B to learn of A's signups:
 //!
-//! - **notifications on**: as confirmd runs. A's transaction ends with `pg_notify`, B's
-//!   listener hands the id to its workers.
+//! - **notifications on**: as confirmd runs. A's signup statement ends with `pg_notify`, whose
+//!   payload counts the emails it wrote (one here), and B's listener offers its workers as many
+//!   of the rows due next.
 //! - **notifications off**: only B's sweeper finds the rows, every `worker.sweep_interval_ms`
 //!   (`--sweep-interval-ms`, confirmd's default 2000). confirmd has no switch for this, and
 //!   needs none; here A's sessions put a schema of the benchmark's ahead of `pg_catalog` in their
