@@ -359,8 +359,8 @@ async fn insert_new_users(
 
 /// One notification, in the transaction `tx`, for the background rows of `signups`, which `tx`
 /// wrote: delivered to the listeners of every instance when (and only if) it commits. One per
-/// transaction, not one per row: PostgreSQL delivers a transaction's notifications of one
-/// payload once, so rows notified one by one with their count would be heard as one.
+/// transaction, not one per row: PostgreSQL delivers a transaction's identical notifications
+/// once, so rows notified one by one, each as one email, would be heard as one email.
 async fn notify(
     tx: &mut PgConnection,
     instance: &str,
