@@ -113,55 +113,38 @@ def seed(database, rows, users, span_days, grouped=False):
         return
     conn = sqlite3.connect(database, isolation_level=None)
     began = time.monotonic()
+    conn.execute("BEGIN IMMEDIATE")
     if grouped:
         # Each user's emails one after the other, users in the order they were created, as
         # confirmd writes them (a signup and its resends close together), so that a prune in age
         # order deletes the entries of a page of `email_outbox_user` together.
-        conn.execute("BEGIN IMMEDIATE")
         conn.execute("DELETE FROM email_outbox")
-        conn.execute(
-            """
-            WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < :rows)
-            INSERT INTO email_outbox (user_id, recipient, mode, state, attempts, next_attempt_at,
-                                      created_at, sent_at)
-            SELECT printf('seed-%012d', 1 + (i - 1) * :users / :rows),
-                   printf('seed.%d@example.com', 1 + (i - 1) * :users / :rows),
-                   'background', 'sent', 1, :now - :span + i * (:span / :rows),
-                   :now - :span + i * (:span / :rows), :now - :span + i * (:span / :rows) + 80
-            FROM n
-            """,
-            {"users": users, "rows": rows, "now": now, "span": span},
-        )
-        conn.execute("COMMIT")
-        conn.execute("ANALYZE")
-        count = conn.execute("SELECT COUNT(*) FROM email_outbox").fetchone()[0]
-        print(f"seeded {count:,} outbox rows, each user's together, in "
-              f"{time.monotonic() - began:.0f} s (after the users)", file=sys.stderr)
-        conn.close()
-        return
-    # seed_users.py dates its rows over the past year: bring them into the span, then add the
-    # rest, oldest first.
-    conn.execute("BEGIN IMMEDIATE")
-    conn.execute("UPDATE email_outbox SET created_at = :now - :span + rowid * (:span / :rows), "
-                 "sent_at = :now - :span + rowid * (:span / :rows) + 80",
-                 {"now": now, "span": span, "rows": rows})
+        first, user = 1, "1 + (i - 1) * :users / :rows"
+    else:
+        # seed_users.py dates its rows over the past year: bring them into the span, then add
+        # the rest, oldest first, each user's spread over the span.
+        conn.execute("UPDATE email_outbox SET created_at = :now - :span + rowid * (:span / :rows), "
+                     "sent_at = :now - :span + rowid * (:span / :rows) + 80",
+                     {"now": now, "span": span, "rows": rows})
+        first, user = users + 1, "1 + i % :users"
     conn.execute(
-        """
-        WITH RECURSIVE n(i) AS (SELECT :users + 1 WHERE :users < :rows UNION ALL SELECT i + 1 FROM n WHERE i < :rows)
+        f"""
+        WITH RECURSIVE n(i) AS (SELECT :first WHERE :first <= :rows UNION ALL SELECT i + 1 FROM n WHERE i < :rows)
         INSERT INTO email_outbox (user_id, recipient, mode, state, attempts, next_attempt_at,
                                   created_at, sent_at)
-        SELECT printf('seed-%012d', 1 + i % :users), printf('seed.%d@example.com', 1 + i % :users),
+        SELECT printf('seed-%012d', {user}), printf('seed.%d@example.com', {user}),
                'background', 'sent', 1, :now - :span + i * (:span / :rows),
                :now - :span + i * (:span / :rows), :now - :span + i * (:span / :rows) + 80
         FROM n
         """,
-        {"users": users, "rows": rows, "now": now, "span": span},
+        {"users": users, "rows": rows, "now": now, "span": span, "first": first},
     )
     conn.execute("COMMIT")
     conn.execute("ANALYZE")
     count = conn.execute("SELECT COUNT(*) FROM email_outbox").fetchone()[0]
-    print(f"seeded {count:,} outbox rows in {time.monotonic() - began:.0f} s (after the users)",
-          file=sys.stderr)
+    together = ", each user's together," if grouped else ""
+    print(f"seeded {count:,} outbox rows{together} in {time.monotonic() - began:.0f} s "
+          "(after the users)", file=sys.stderr)
     conn.close()
 
 
