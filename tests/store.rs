@@ -788,7 +788,7 @@ mod postgres {
 
     use std::str::FromStr;
 
-    use confirmd::store::{EmailKind, Store, StoreError};
+    use confirmd::store::{EmailKind, Prune, Store, StoreError};
     use sqlx::{Connection, PgConnection, postgres::PgConnectOptions};
     use tokio::{
         net::{TcpListener, TcpStream},
@@ -798,9 +798,9 @@ mod postgres {
     use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
     use super::{
-        HeldLock, again_in_a_group, committed_together, database::TestDatabase, fault_in_a_group,
-        lease_fencing, prune_batches, retention, senders_at_once, sent_then_next, signup,
-        take_over,
+        HeldLock, again_in_a_group, clocks_past, committed_together, database::TestDatabase,
+        fault_in_a_group, lease_fencing, now_ms, prune_batches, retention, senders_at_once, sent,
+        sent_then_next, signup, take_over,
     };
 
     /// `count` stores on one fresh, migrated database: instances of one deployment.
@@ -824,6 +824,41 @@ mod postgres {
     async fn a_prune_deletes_in_batches_of_at_most_its_limit() {
         let (_database, stores) = instances(1).await;
         prune_batches(&stores[0]).await;
+    }
+
+    /// No foreign key deletes for the pruner on PostgreSQL (the migration
+    /// `20261207000100_no_foreign_keys.sql` dropped them): a pruned signup takes its token and
+    /// its email with it, and no row is left naming a user that is gone.
+    #[tokio::test]
+    async fn a_pruned_signup_takes_its_token_and_its_email_with_it() {
+        let (database, stores) = instances(1).await;
+        let store = &stores[0];
+        let (gone, _) = sent(store, "gone@example.com", now_ms() - 1).await;
+        let (kept, kept_hash) = sent(store, "kept@example.com", now_ms() + 3_600_000).await;
+        let cutoff = now_ms() + 1;
+        clocks_past(store, cutoff).await;
+        let signups = Prune::ExpiredSignups {
+            expired_before: now_ms(),
+            created_before: cutoff,
+            failed_since: cutoff,
+        };
+        assert_eq!(store.prune(signups, 500).await.unwrap(), 1);
+
+        // The sent email was younger than any age that prunes it alone.
+        assert!(store.signup(&gone.signup_id).await.unwrap().is_none());
+        assert!(store.signup(&kept.signup_id).await.unwrap().is_some());
+        assert!(store.token_owner(&kept_hash).await.unwrap().is_some());
+        let mut db = PgConnection::connect(&database.url).await.unwrap();
+        let (tokens, emails): (i64, i64) = sqlx::query_as(
+            "SELECT (SELECT COUNT(*) FROM confirmation_tokens
+                     WHERE user_id NOT IN (SELECT id FROM users)),
+                    (SELECT COUNT(*) FROM email_outbox
+                     WHERE user_id NOT IN (SELECT id FROM users))",
+        )
+        .fetch_one(&mut db)
+        .await
+        .unwrap();
+        assert_eq!((tokens, emails), (0, 0), "rows left without their user");
     }
 
     #[tokio::test]

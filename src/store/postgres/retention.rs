@@ -1,8 +1,10 @@
 //! What the pruner deletes (see `delivery::pruner`), and the cheap counts `/metrics` reads.
 //!
-//! Every prune statement is one batch: a `LIMIT`ed subselect picks the rows and locks them with
+//! Every prune is one batch: a `LIMIT`ed subselect picks the rows and locks them with
 //! `FOR UPDATE SKIP LOCKED`, so the pruners of several instances take different rows instead of
-//! waiting on each other, and a row a sender or a signup holds is left for the next pass. Each
+//! waiting on each other, and a row a sender or a signup holds is left for the next pass. (The
+//! expired signups take a second statement, which deletes each user with its tokens and emails:
+//! see `prune_signups`.) Each
 //! reads only the rows it may delete, off an index made for it
 //! (`migrations/postgres/20261130000700_retention.sql` and
 //! `20261201000100_tokens_by_creation.sql`). The picked keys are collected into an array (`=
@@ -66,35 +68,15 @@ impl PostgresStore {
                 .execute(&self.pool)
                 .await
             }
-            // The user's tokens and emails go with it (ON DELETE CASCADE). Its row is locked
-            // first: a signup of the same address holds that lock while it adds a token, and is
-            // skipped.
             Prune::ExpiredSignups {
                 expired_before,
                 created_before,
                 failed_since,
             } => {
-                sqlx::query!(
-                    "DELETE FROM users WHERE id = ANY(ARRAY(
-                         SELECT u.id FROM confirmation_tokens t
-                         JOIN users u ON u.id = t.user_id
-                         WHERE t.created_at < $2 AND t.expires_at < $1 AND u.status = 'pending'
-                           AND NOT EXISTS (SELECT 1 FROM confirmation_tokens live
-                                           WHERE live.user_id = u.id AND live.expires_at >= $1)
-                           AND NOT (SELECT EXISTS (
-                                   SELECT 1 FROM email_outbox o
-                                   WHERE o.user_id = u.id
-                                     AND (o.state IN ('queued', 'sending')
-                                          OR (o.state = 'failed' AND o.created_at >= $3))))
-                         ORDER BY t.created_at
-                         LIMIT $4 FOR UPDATE OF u SKIP LOCKED))",
-                    expired_before,
-                    created_before,
-                    failed_since,
-                    limit
-                )
-                .execute(&self.pool)
-                .await
+                let done = self
+                    .prune_signups(expired_before, created_before, failed_since, limit)
+                    .await;
+                return self.wrote(done);
             }
             Prune::ExpiredTokens {
                 expired_before,
@@ -116,5 +98,75 @@ impl PostgresStore {
             }
         };
         Ok(self.wrote(done)?.rows_affected())
+    }
+
+    /// Deletes at most `limit` pending signups whose every link expired before
+    /// `expired_before` (among tokens created before `created_before`), with their tokens and
+    /// emails, unless an email of theirs waits to be sent or failed since `failed_since`.
+    ///
+    /// Two statements in one transaction. The first picks the users and locks their rows,
+    /// skipping any that a signup of the same address holds. The second, on a snapshot taken
+    /// once those locks are held, checks each again and deletes it with its tokens and emails
+    /// (the tables have no foreign keys to do it: see `20261207000100_no_foreign_keys.sql`).
+    /// In one statement, a signup that added a live token and committed between that
+    /// statement's snapshot and its lock would go unseen: its user would be deleted, and its
+    /// token and email, written after the snapshot, left behind.
+    async fn prune_signups(
+        &self,
+        expired_before: i64,
+        created_before: i64,
+        failed_since: i64,
+        limit: i64,
+    ) -> Result<u64, sqlx::Error> {
+        let mut tx = self.pool.begin().await?;
+        let picked = sqlx::query_scalar!(
+            "SELECT u.id FROM confirmation_tokens t
+             JOIN users u ON u.id = t.user_id
+             WHERE t.created_at < $2 AND t.expires_at < $1 AND u.status = 'pending'
+               AND NOT EXISTS (SELECT 1 FROM confirmation_tokens live
+                               WHERE live.user_id = u.id AND live.expires_at >= $1)
+               AND NOT (SELECT EXISTS (
+                       SELECT 1 FROM email_outbox o
+                       WHERE o.user_id = u.id
+                         AND (o.state IN ('queued', 'sending')
+                              OR (o.state = 'failed' AND o.created_at >= $3))))
+             ORDER BY t.created_at
+             LIMIT $4 FOR UPDATE OF u SKIP LOCKED",
+            expired_before,
+            created_before,
+            failed_since,
+            limit
+        )
+        .fetch_all(&mut *tx)
+        .await?;
+        if picked.is_empty() {
+            return Ok(0);
+        }
+        let deleted = sqlx::query!(
+            "WITH doomed AS (
+                 SELECT u.id FROM users u
+                 WHERE u.id = ANY($1) AND u.status = 'pending'
+                   AND NOT EXISTS (SELECT 1 FROM confirmation_tokens live
+                                   WHERE live.user_id = u.id AND live.expires_at >= $2)
+                   AND NOT (SELECT EXISTS (
+                           SELECT 1 FROM email_outbox o
+                           WHERE o.user_id = u.id
+                             AND (o.state IN ('queued', 'sending')
+                                  OR (o.state = 'failed' AND o.created_at >= $3))))
+             ), tokens AS (
+                 DELETE FROM confirmation_tokens
+                 WHERE user_id = ANY(ARRAY(SELECT id FROM doomed))
+             ), emails AS (
+                 DELETE FROM email_outbox WHERE user_id = ANY(ARRAY(SELECT id FROM doomed))
+             )
+             DELETE FROM users WHERE id = ANY(ARRAY(SELECT id FROM doomed))",
+            &picked,
+            expired_before,
+            failed_since
+        )
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(deleted.rows_affected())
     }
 }
