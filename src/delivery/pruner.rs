@@ -13,9 +13,9 @@
 //! - the tokens of confirmed users that expired more than `retention.sent_days` ago.
 //!
 //! Confirmed users stay. Each kind goes in batches of at most `retention.batch_size` rows, one
-//! transaction each (one statement, but for PostgreSQL's expired signups, which take two), with `retention.batch_pause_ms` between them, so the pruner never holds
-//! SQLite's write lock for long and signups slip in between its batches. A kind is done when a
-//! batch comes back short. Runs supervised, like the sweeper: it keeps no state between passes.
+//! transaction each (one statement, but for PostgreSQL's expired signups, which take two), with
+//! `retention.batch_pause_ms` between them, so the pruner never holds SQLite's write lock for long
+//! and signups slip in between its batches. A kind is done when a batch comes back short. Runs supervised, like the sweeper: it keeps no state between passes.
 
 use std::time::Duration;
 
