@@ -4,17 +4,18 @@
 -- Each of the two constraints ran a trigger for every row inserted: a query of its own that
 -- locks the user row (`SELECT 1 FROM users … FOR KEY SHARE`). A new signup inserts a token and
 -- an email, so a batch of signups ran two such queries per signup, on the user the same
--- statement had just inserted, and the first of them wrote its lock into the row and the WAL. Counted with
--- pg_stat_statements over a round of the sending floor (BENCHMARKS.md 9.5): 60 µs of the
--- server's time per signup in the batch statement with them, 40 µs without.
+-- statement had just inserted, and the first of them wrote its lock into the row and the WAL.
+-- Counted with pg_stat_statements over a round of the sending floor (BENCHMARKS.md 9.5): 60 µs
+-- of the server's time per signup in the batch statement with them, 40 µs without.
 --
 -- What the constraints promised, the store keeps by how it writes:
 -- - a new address's user, token and email are inserted in one transaction (most often by one
 --   statement for a whole batch), so none of them is ever seen without the others;
 -- - an address that has a user gets its token and email only after locking that user row
 --   (`SELECT … FOR UPDATE`), which the pruner's lock on the row excludes;
--- - the pruner deletes a user's tokens and emails with the user, in one statement, on the user
---   rows it has locked (no more `ON DELETE CASCADE`).
+-- - the pruner deletes a user's tokens and emails with the user, in one transaction: it locks
+--   the user rows, then checks them again and deletes them with their rows, on a snapshot taken
+--   once the locks are held (no more `ON DELETE CASCADE`).
 -- SQLite keeps its foreign keys: there a check is a lookup in the same process, and its single
 -- writer already orders every write.
 ALTER TABLE confirmation_tokens DROP CONSTRAINT confirmation_tokens_user_id_fkey;
