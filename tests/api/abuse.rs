@@ -121,7 +121,7 @@ async fn the_backlog_cap_holds_for_the_whole_outage_and_lifts_once_smtp_is_back(
         let response = app.signup("after@example.com", "background").await;
         match response.status() {
             StatusCode::ACCEPTED => Ok(()),
-            status => Err(status),
+            status => Err(format!("{status}: {}", response.text().await.unwrap())),
         }
     })
     .await;

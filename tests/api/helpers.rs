@@ -475,13 +475,20 @@ where
 
 /// Asserts an `application/problem+json` answer with this status, and returns its body.
 pub async fn assert_problem(response: Response, status: StatusCode) -> Value {
-    assert_eq!(response.status(), status);
-    let content_type = response.headers()["content-type"]
-        .to_str()
-        .unwrap()
-        .to_owned();
-    assert_eq!(content_type, "application/problem+json");
-    let body: Value = response.json().await.unwrap();
+    let answered = response.status();
+    let content_type = response
+        .headers()
+        .get("content-type")
+        .map(|value| value.to_str().unwrap().to_owned());
+    // Read before asserting, so that a wrong answer is shown whole: a 503 says why in its body.
+    let text = response.text().await.unwrap();
+    assert_eq!(answered, status, "answered {text}");
+    assert_eq!(
+        content_type.as_deref(),
+        Some("application/problem+json"),
+        "{text}"
+    );
+    let body: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"));
     assert_eq!(body["status"], status.as_u16());
     assert!(
         body["type"].is_string() && body["title"].is_string(),
