@@ -15,7 +15,8 @@
 //! Confirmed users stay. Each kind goes in batches of at most `retention.batch_size` rows, one
 //! transaction each (one statement, but for PostgreSQL's expired signups, which take two), with
 //! `retention.batch_pause_ms` between them, so the pruner never holds SQLite's write lock for long
-//! and signups slip in between its batches. A kind is done when a batch comes back short. Runs supervised, like the sweeper: it keeps no state between passes.
+//! and signups slip in between its batches. A kind is done when a batch finds fewer rows than
+//! its limit. Runs supervised, like the sweeper: it keeps no state between passes.
 
 use std::time::Duration;
 
@@ -104,10 +105,10 @@ impl Pass {
         let mut total = 0;
         for &what in &self.targets {
             loop {
-                let rows = store.prune(what, settings.batch_size).await?;
-                metrics.observe_pruned(what, rows);
-                total += rows;
-                if rows < u64::from(settings.batch_size) {
+                let pruned = store.prune(what, settings.batch_size).await?;
+                metrics.observe_pruned(what, pruned.rows);
+                total += pruned.rows;
+                if !pruned.full {
                     break;
                 }
                 tokio::select! {

@@ -62,7 +62,7 @@ use crate::{config::DatabaseSettings, domain::TokenHash, supervise::Tasks};
 pub use postgres::PostgresStore;
 pub use records::{
     ActiveCounts, Claim, ClaimedEmail, FailedEmail, KindCounts, NewSignup, OutboxCounts, OutboxId,
-    Prune, Requeue, SignupView, StoredSignup, TokenOwner,
+    Prune, Pruned, Requeue, SignupView, StoredSignup, TokenOwner,
 };
 #[cfg(not(sqlx_prepare = "postgres"))]
 pub use sqlite::SqliteStore;
@@ -408,7 +408,7 @@ impl Store {
     /// rows it may delete, off an index. On SQLite it goes through the writer connection, so it
     /// waits its turn between signup groups and holds the write lock for one batch only; on
     /// PostgreSQL it skips rows another instance's pruner holds.
-    pub async fn prune(&self, what: Prune, limit: u32) -> Result<u64, StoreError> {
+    pub async fn prune(&self, what: Prune, limit: u32) -> Result<Pruned, StoreError> {
         backend!(self, store => store.prune(what, limit).await)
     }
 

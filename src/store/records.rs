@@ -213,6 +213,28 @@ pub enum Prune {
     },
 }
 
+/// What one prune statement did (see `Store::prune`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pruned {
+    /// Rows deleted: emails, tokens, or users (not counting the tokens and emails that went
+    /// with them).
+    pub rows: u64,
+    /// The statement found as many rows as its limit let it take, so more may be left. Not
+    /// the same as `rows` reaching the limit: expired signups are found by their tokens, and a
+    /// user who signed up twice has two.
+    pub full: bool,
+}
+
+impl Pruned {
+    /// A statement that deletes each row it finds.
+    pub(crate) fn deleted(rows: u64, limit: i64) -> Pruned {
+        Pruned {
+            rows,
+            full: i64::try_from(rows).is_ok_and(|rows| rows >= limit),
+        }
+    }
+}
+
 impl Prune {
     /// Every [`Prune::label`], for zero lines before the first prune.
     pub const LABELS: [&'static str; 4] = [

@@ -19,7 +19,7 @@
 //! failed, and when nothing had expired it scanned every token.
 
 use super::PostgresStore;
-use crate::store::{ActiveCounts, Prune, StoreError};
+use crate::store::{ActiveCounts, Prune, Pruned, StoreError};
 
 impl PostgresStore {
     /// Queued, sending and failed emails, each counted off its partial index, never the sent
@@ -40,8 +40,8 @@ impl PostgresStore {
         })
     }
 
-    /// Deletes at most `limit` rows of `what`; returns how many.
-    pub async fn prune(&self, what: Prune, limit: u32) -> Result<u64, StoreError> {
+    /// Deletes at most `limit` rows of `what`.
+    pub async fn prune(&self, what: Prune, limit: u32) -> Result<Pruned, StoreError> {
         let limit = i64::from(limit);
         let done = match what {
             Prune::DoneEmails { written_before } => {
@@ -97,7 +97,7 @@ impl PostgresStore {
                 .await
             }
         };
-        Ok(self.wrote(done)?.rows_affected())
+        Ok(Pruned::deleted(self.wrote(done)?.rows_affected(), limit))
     }
 
     /// Deletes at most `limit` pending signups whose every link expired before
@@ -117,7 +117,7 @@ impl PostgresStore {
         created_before: i64,
         failed_since: i64,
         limit: i64,
-    ) -> Result<u64, sqlx::Error> {
+    ) -> Result<Pruned, sqlx::Error> {
         let mut tx = self.pool.begin().await?;
         let picked = sqlx::query_scalar!(
             "SELECT u.id FROM confirmation_tokens t
@@ -139,8 +139,11 @@ impl PostgresStore {
         )
         .fetch_all(&mut *tx)
         .await?;
+        // The pick counts tokens, and a user who signed up twice has two: whether more may be
+        // left is read off the pick, not off the users deleted.
+        let full = i64::try_from(picked.len()).is_ok_and(|picked| picked >= limit);
         if picked.is_empty() {
-            return Ok(0);
+            return Ok(Pruned { rows: 0, full });
         }
         let deleted = sqlx::query!(
             "WITH doomed AS (
@@ -167,6 +170,9 @@ impl PostgresStore {
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
-        Ok(deleted.rows_affected())
+        Ok(Pruned {
+            rows: deleted.rows_affected(),
+            full,
+        })
     }
 }

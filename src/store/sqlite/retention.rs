@@ -10,7 +10,7 @@
 //! each one's tokens.
 
 use super::SqliteStore;
-use crate::store::{ActiveCounts, Prune, StoreError};
+use crate::store::{ActiveCounts, Prune, Pruned, StoreError};
 
 impl SqliteStore {
     /// Queued, sending and failed emails, each counted off an index that holds only its state's
@@ -31,8 +31,8 @@ impl SqliteStore {
         })
     }
 
-    /// Deletes at most `limit` rows of `what`; returns how many.
-    pub async fn prune(&self, what: Prune, limit: u32) -> Result<u64, StoreError> {
+    /// Deletes at most `limit` rows of `what`.
+    pub async fn prune(&self, what: Prune, limit: u32) -> Result<Pruned, StoreError> {
         let limit = i64::from(limit);
         let done = match what {
             Prune::DoneEmails { written_before } => {
@@ -60,7 +60,10 @@ impl SqliteStore {
                 .await
             }
             // The user's tokens and emails go with it (ON DELETE CASCADE, over their user_id
-            // indexes).
+            // indexes). DISTINCT: the limit counts users, not their tokens, so that a batch
+            // comes back full for as long as users are left to delete. The ORDER BY keeps the
+            // walk on the creation index: DISTINCT alone is planned as a scan of every token in
+            // user order, which yields the users distinct without a temporary B-tree.
             Prune::ExpiredSignups {
                 expired_before,
                 created_before,
@@ -68,7 +71,7 @@ impl SqliteStore {
             } => {
                 sqlx::query!(
                     "DELETE FROM users WHERE id IN (
-                         SELECT t.user_id FROM confirmation_tokens t
+                         SELECT DISTINCT t.user_id FROM confirmation_tokens t
                          CROSS JOIN users u ON u.id = t.user_id
                          WHERE t.created_at < ?4 AND t.expires_at < ?1 AND u.status = 'pending'
                            AND NOT EXISTS (SELECT 1 FROM confirmation_tokens live
@@ -77,7 +80,7 @@ impl SqliteStore {
                                            WHERE o.user_id = t.user_id
                                              AND (o.state IN ('queued', 'sending')
                                                   OR (o.state = 'failed' AND o.created_at >= ?2)))
-                         LIMIT ?3)",
+                         ORDER BY t.created_at LIMIT ?3)",
                     expired_before,
                     failed_since,
                     limit,
@@ -104,6 +107,6 @@ impl SqliteStore {
                 .await
             }
         };
-        Ok(self.wrote(done)?.rows_affected())
+        Ok(Pruned::deleted(self.wrote(done)?.rows_affected(), limit))
     }
 }
