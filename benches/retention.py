@@ -219,19 +219,29 @@ def main():
         values = sorted(pick(run) for run in results[label])
         return values[len(values) // 2]
 
+    def paired(pick):
+        """Each round's ratio of the seeded database to the empty one timed just before it:
+        the median, and the lowest and highest, so that a drift of the machine over the run
+        cancels out of each ratio."""
+        ratios = sorted(pick(s) / pick(e) for e, s in zip(results["empty"], results[label]))
+        return ratios[len(ratios) // 2], ratios[0], ratios[-1]
+
     labels = list(results)
     print(f"\n{'PostgreSQL' if args.postgres else 'SQLite'}: {args.requests} signups per mode, "
           f"concurrency {args.concurrency}, {args.scrapes} scrapes, median of {args.rounds} "
-          "alternating rounds, in ms")
-    print(f"{'':<22} " + " ".join(f"{label:>16}" for label in labels) + f" {'ratio':>7}")
+          "alternating rounds, in ms; ratio of the medians, then the median (lowest-highest) "
+          "of the rounds' own ratios")
+    print(f"{'':<22} " + " ".join(f"{label:>16}" for label in labels) + f" {'ratio':>7}"
+          + f" {'paired':>19}")
     rows = [("/metrics scrape", lambda run: run["scrape_ms"])]
     for mode in ("sync", "background"):
         rows.append((f"{mode} signup p50", lambda run, m=mode: run["modes"][m]["latency_ms"]["p50"]))
         rows.append((f"{mode} signup p99", lambda run, m=mode: run["modes"][m]["latency_ms"]["p99"]))
     for name, pick in rows:
         values = [median(label, pick) for label in labels]
+        middle, low, high = paired(pick)
         print(f"{name:<22} " + " ".join(f"{v:>16.2f}" for v in values)
-              + f" {values[1] / values[0]:>7.2f}")
+              + f" {values[1] / values[0]:>7.2f} {middle:>7.2f} ({low:.2f}-{high:.2f})")
     pruned = sum(run["pruned"] for run in results[label])
     print(f"seeded outbox rows: {before:,} before, {after:,} after; the pruner deleted "
           f"{pruned:,.0f} rows during the rounds")
