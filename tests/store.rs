@@ -475,6 +475,9 @@ async fn prune_signed_up_twice(store: &Store) {
     let mut hashes = Vec::new();
     for i in 0..3 {
         for _ in 0..2 {
+            // Each token younger than the last on both clocks, so that the pick's order by
+            // creation takes a user's two tokens together (PostgreSQL orders ties as it likes).
+            clocks_past(store, now_ms()).await;
             let new = NewSignup {
                 token_expires_at: past,
                 resend_interval_ms: 0,

@@ -403,9 +403,10 @@ impl Store {
 
     // Retention.
 
-    /// Deletes at most `limit` rows of `what` in one statement (its own transaction), and
-    /// returns how many: fewer than `limit` means none is left. Each statement reads only the
-    /// rows it may delete, off an index. On SQLite it goes through the writer connection, so it
+    /// Deletes at most `limit` rows of `what` in one transaction (one statement, but two for
+    /// PostgreSQL's expired signups). More may be left while the answer is `full`, even when
+    /// its `rows` is below `limit` (see [`Pruned`]). Each statement reads only the rows it may
+    /// delete, off an index. On SQLite it goes through the writer connection, so it
     /// waits its turn between signup groups and holds the write lock for one batch only; on
     /// PostgreSQL it skips rows another instance's pruner holds.
     pub async fn prune(&self, what: Prune, limit: u32) -> Result<Pruned, StoreError> {
