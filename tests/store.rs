@@ -324,6 +324,13 @@ async fn sent(store: &Store, email: &str, link_expires_at: i64) -> (StoredSignup
         token_expires_at: link_expires_at,
         ..signup(email, now_ms())
     };
+    sent_signup(store, new).await
+}
+
+/// `new` written, its row claimed and marked sent, its link valid until its token expires;
+/// returns it and its token's hash.
+async fn sent_signup(store: &Store, new: NewSignup) -> (StoredSignup, TokenHash) {
+    let link_expires_at = new.token_expires_at;
     let hash = new.token_hash.clone();
     let stored = store.create_signup(new).await.unwrap();
     let claimed = store
@@ -483,17 +490,7 @@ async fn prune_signed_up_twice(store: &Store) {
                 resend_interval_ms: 0,
                 ..signup(&format!("twice{i}@example.com"), now_ms())
             };
-            hashes.push(new.token_hash.clone());
-            let stored = store.create_signup(new).await.unwrap();
-            let claimed = store
-                .claim(stored.outbox_id, Duration::from_secs(60))
-                .await
-                .unwrap()
-                .unwrap();
-            store
-                .mark_sent(claimed.claim, now_ms(), past)
-                .await
-                .unwrap();
+            hashes.push(sent_signup(store, new).await.1);
         }
     }
     let cutoff = now_ms() + 1;
