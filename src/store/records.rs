@@ -213,7 +213,8 @@ pub enum Prune {
     },
 }
 
-/// What one prune statement did (see `Store::prune`).
+/// What one prune batch did (see `Store::prune`): one statement, or two for PostgreSQL's
+/// expired signups.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Pruned {
     /// Rows deleted: emails, tokens, or users (not counting the tokens and emails that went
